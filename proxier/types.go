@@ -1,0 +1,219 @@
+// Package proxier holds the model shared by every proxy mode: the pure function from Services,
+// EndpointSlices and this node's identity to the desired state, and the change tracker that feeds it.
+//
+// Nothing here touches the kernel. Mode packages (proxier/iptables, proxier/nftables, proxier/ipvs)
+// render a *State into their kernel form.
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Family is an IP family.
+type Family int
+
+const (
+	// IPv4 is the IPv4 family.
+	IPv4 Family = 4
+	// IPv6 is the IPv6 family.
+	IPv6 Family = 6
+)
+
+// Families lists both families in a stable order.
+var Families = []Family{IPv4, IPv6}
+
+// FamilyOf returns the family of a.
+func FamilyOf(a netip.Addr) Family {
+	if a.Is4() || a.Is4In6() {
+		return IPv4
+	}
+	return IPv6
+}
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// ServicePortName identifies one port of one Service in one IP family, the unit every proxier
+// programs. Port is the Service port's name ("" for an unnamed single port).
+type ServicePortName struct {
+	types.NamespacedName
+	Port     string
+	Protocol v1.Protocol
+	Family   Family
+}
+
+func (n ServicePortName) String() string {
+	s := n.NamespacedName.String()
+	if n.Port != "" {
+		s += ":" + n.Port
+	}
+	return fmt.Sprintf("%s/%s/%s", s, n.Protocol, n.Family)
+}
+
+// Endpoint is one backend address of a ServicePort, with its conditions as published in the
+// EndpointSlice (nil conditions already resolved the way Kubernetes defines them).
+type Endpoint struct {
+	Addr        netip.Addr
+	Port        uint16
+	NodeName    string
+	Local       bool // NodeName is this node
+	Ready       bool
+	Serving     bool
+	Terminating bool
+}
+
+// AddrPort is the endpoint's address and port.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, e.Port) }
+
+func (e Endpoint) String() string { return e.AddrPort().String() }
+
+// ServicePort is the desired state of one ServicePortName: where it is reachable and which
+// endpoints each kind of traffic may use. All addresses are of Name.Family.
+type ServicePort struct {
+	Name ServicePortName
+
+	ClusterIP netip.Addr // never invalid: services without one are not in the model
+	Port      uint16
+	// NodePort is 0 when the service has none (ClusterIP type, or allocateLoadBalancerNodePorts=false).
+	NodePort                 uint16
+	ExternalIPs              []netip.Addr
+	LoadBalancerIPs          []netip.Addr   // status.loadBalancer.ingress with ipMode VIP (or unset)
+	LoadBalancerSourceRanges []netip.Prefix // empty: any source
+	HealthCheckNodePort      uint16         // only for ExternalPolicyLocal LoadBalancer services
+
+	// SessionAffinity is ClientIP affinity; AffinityTimeout is its timeout (default 10800s).
+	SessionAffinity bool
+	AffinityTimeout time.Duration
+
+	ExternalPolicyLocal bool // externalTrafficPolicy: Local (only meaningful with external addresses)
+	InternalPolicyLocal bool // internalTrafficPolicy: Local
+
+	// ClusterEndpoints are the endpoints traffic with a Cluster policy may use: the ready ones
+	// anywhere, or when none is ready the serving-and-terminating ones.
+	ClusterEndpoints []Endpoint
+	// LocalEndpoints are the endpoints on this node chosen the same way among local ones.
+	LocalEndpoints []Endpoint
+	// AllEndpoints are every endpoint with an address, whatever its conditions; proxiers use it
+	// to know which conntrack entries are still valid.
+	AllEndpoints []Endpoint
+}
+
+// InternalEndpoints are the endpoints that traffic to the cluster IP may use.
+func (sp *ServicePort) InternalEndpoints() []Endpoint {
+	if sp.InternalPolicyLocal {
+		return sp.LocalEndpoints
+	}
+	return sp.ClusterEndpoints
+}
+
+// ExternalEndpoints are the endpoints that traffic to node ports, external IPs and load-balancer
+// IPs may use (traffic from outside the cluster).
+func (sp *ServicePort) ExternalEndpoints() []Endpoint {
+	if sp.ExternalPolicyLocal {
+		return sp.LocalEndpoints
+	}
+	return sp.ClusterEndpoints
+}
+
+// HasExternal reports whether the service port is reachable by any external path.
+func (sp *ServicePort) HasExternal() bool {
+	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
+}
+
+// Node is this node's identity and the configuration that shapes every service.
+type Node struct {
+	Name string
+	// IPs are the node's own addresses (both families), used for node ports when
+	// NodePortAddresses is set and as the source of health-check answers.
+	IPs []netip.Addr
+}
+
+// Config is the part of the agent's configuration the model and proxiers need.
+type Config struct {
+	// ClusterCIDRs are the pod networks (--cluster-cidr); traffic from outside them to a cluster IP
+	// is masqueraded. Empty: no such masquerade (kube-proxy's behaviour without --cluster-cidr).
+	ClusterCIDRs []netip.Prefix
+	// NodePortAddresses restricts node ports to local addresses in these prefixes
+	// (--nodeport-addresses); empty means every local address.
+	NodePortAddresses []netip.Prefix
+	// MasqueradeAll masquerades all traffic to cluster IPs (--masquerade-all).
+	MasqueradeAll bool
+}
+
+// ClusterCIDRsOf returns the cluster CIDRs of family f.
+func (c Config) ClusterCIDRsOf(f Family) []netip.Prefix { return prefixesOf(c.ClusterCIDRs, f) }
+
+// NodePortAddressesOf returns the node-port prefixes of family f.
+func (c Config) NodePortAddressesOf(f Family) []netip.Prefix {
+	return prefixesOf(c.NodePortAddresses, f)
+}
+
+func prefixesOf(ps []netip.Prefix, f Family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if FamilyOf(p.Addr()) == f {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// State is the whole desired state for this node: every ServicePort in both families, sorted by
+// name, plus what shaped it. Proxiers must treat it as read-only.
+type State struct {
+	Node     Node
+	Config   Config
+	Services []*ServicePort
+	// Problems are objects left out, with the reason (invalid, or conflicting with another).
+	Problems []Problem
+}
+
+// ForFamily returns the service ports of family f in state order.
+func (s *State) ForFamily(f Family) []*ServicePort {
+	var out []*ServicePort
+	for _, sp := range s.Services {
+		if sp.Name.Family == f {
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+// NodeIPsOf returns the node's addresses of family f.
+func (s *State) NodeIPsOf(f Family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s.Node.IPs {
+		if FamilyOf(a) == f {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Problem is an object, or part of one, that the model left out.
+type Problem struct {
+	Kind   string // "Service" or "EndpointSlice"
+	Object types.NamespacedName
+	Reason string
+}
+
+func (p Problem) String() string { return fmt.Sprintf("%s %s: %s", p.Kind, p.Object, p.Reason) }
+
+// Changes says which services changed since the previous State handed to a proxier. A proxier
+// may rewrite only those; Full asks it to rewrite everything (node or config change, first sync).
+type Changes struct {
+	Full     bool
+	Services map[types.NamespacedName]bool
+}
+
+// Changed reports whether the service named n must be rewritten.
+func (c Changes) Changed(n types.NamespacedName) bool { return c.Full || c.Services[n] }
