@@ -1,0 +1,83 @@
+package health
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/proxier"
+)
+
+func TestProxyHealth(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := NewProxy(time.Minute)
+	p.now = func() time.Time { return now }
+	if ok, _ := p.Healthy(); ok {
+		t.Fatal("healthy before the first sync")
+	}
+	p.Synced(now)
+	if ok, _ := p.Healthy(); !ok {
+		t.Fatal("unhealthy after a sync")
+	}
+	now = now.Add(time.Second)
+	p.Queued()
+	now = now.Add(2 * time.Minute)
+	rec := httptest.NewRecorder()
+	p.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("change queued for 2m: code %d", rec.Code)
+	}
+	p.Synced(now)
+	rec = httptest.NewRecorder()
+	p.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"lastUpdated"`) {
+		t.Fatalf("after sync: %d %s", rec.Code, rec.Body)
+	}
+}
+
+func TestServiceHealthCheckPorts(t *testing.T) {
+	s := NewServices(slog.Default())
+	ports := map[uint16]string{}
+	s.listen = func(port uint16) (net.Listener, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err == nil {
+			ports[port] = ln.Addr().String()
+		}
+		return ln, err
+	}
+	defer s.Close()
+	name := types.NamespacedName{Namespace: "default", Name: "demoapp-lb"}
+	sp := &proxier.ServicePort{Name: proxier.ServicePortName{NamespacedName: name}, HealthCheckNodePort: 31999,
+		LocalEndpoints: []proxier.Endpoint{{Addr: netip.MustParseAddr("10.244.1.59"), Port: 80}}}
+	s.Sync(&proxier.State{Services: []*proxier.ServicePort{sp}})
+	get := func() (int, string) {
+		resp, err := http.Get("http://" + ports[31999])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || !strings.Contains(body, `"localEndpoints":1`) {
+		t.Fatalf("with a local endpoint: %d %s", code, body)
+	}
+	noLocal := *sp
+	noLocal.LocalEndpoints = nil
+	s.Sync(&proxier.State{Services: []*proxier.ServicePort{&noLocal}})
+	if code, _ := get(); code != 503 {
+		t.Fatalf("without local endpoints: %d", code)
+	}
+	s.Sync(&proxier.State{})
+	if _, err := http.Get("http://" + ports[31999]); err == nil {
+		t.Fatal("port still open after the service went away")
+	}
+}
