@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -8,7 +9,17 @@ import (
 	"time"
 )
 
-func TestMain(m *testing.M) { os.Exit(Main(m)) }
+func TestMain(m *testing.M) {
+	// Scenarios mostly wait on the network and on agents; three labs at a time keep two cores
+	// busy without starving the agents. An explicit -test.parallel wins.
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "3")
+	}
+	os.Exit(Main(m))
+}
 
 // TestLabConnectivity checks the lab network itself, without any agent: pods reach pods on
 // other nodes over both families, the client reaches every node on the LAN, client2 reaches the
