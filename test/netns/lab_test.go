@@ -1,10 +1,13 @@
 package lab
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -174,5 +177,51 @@ func TestParseReply(t *testing.T) {
 	}
 	if _, err := ParseReply("HTTP/1.1 404 Not Found"); err == nil {
 		t.Error("garbage parsed")
+	}
+}
+
+// TestLabNAT checks that the lab gives a proxy what a Kubernetes node gives kube-proxy, with
+// hand-written iptables rules in node01: DNAT to a pod on the same bridge is undone on the reply
+// (bridged traffic passes the node's netfilter hooks), and a REJECT refuses at once.
+func TestLabNAT(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("needs iptables")
+	}
+	l := New(t, Options{Nodes: 2})
+	n := l.Node(1)
+	l.AddPod(n, "backend", netip.MustParseAddr("10.244.1.59"))
+	l.AddPod(l.Node(2), "remote", netip.MustParseAddr("10.244.2.48"))
+	client := l.AddPod(n, "client", netip.MustParseAddr("10.244.1.10"))
+	for _, rule := range [][]string{
+		{"-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.244.1.59:80"},
+		{"-t", "nat", "-A", "OUTPUT", "-d", "10.96.0.10", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.244.1.59:80"},
+		{"-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.20", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.244.2.48:80"},
+		{"-t", "filter", "-A", "OUTPUT", "-d", "10.96.0.11", "-p", "tcp", "-j", "REJECT"},
+		{"-t", "filter", "-A", "FORWARD", "-d", "10.96.0.11", "-p", "tcp", "-j", "REJECT"},
+	} {
+		l.MustExec(n.NS, "iptables", append([]string{"-w"}, rule...)...)
+	}
+	// Pod → service → pod on the same bridge.
+	r, err := Ask(client.NS, "tcp", "10.96.0.10:80")
+	if err != nil || r.ServerName != "backend" || r.ClientIP != client.IP {
+		t.Errorf("pod → DNAT → same-node pod: %v %v", r, err)
+	}
+	// Pod → service → pod on another node.
+	r, err = Ask(client.NS, "tcp", "10.96.0.20:80")
+	if err != nil || r.ServerName != "remote" || r.ClientIP != client.IP {
+		t.Errorf("pod → DNAT → other node's pod: %v %v", r, err)
+	}
+	// Node → service.
+	if r, err := Ask(n.NS, "tcp", "10.96.0.10:80"); err != nil || r.ServerName != "backend" {
+		t.Errorf("node → DNAT → pod: %v %v", r, err)
+	}
+	// REJECT: refused, fast, from the node and from a pod.
+	for _, ns := range []string{n.NS, client.NS} {
+		start := time.Now()
+		_, err := DialFrom(ns, "tcp", "", "10.96.0.11:80", time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > 100*time.Millisecond {
+			t.Errorf("%s → rejected address: %v after %v, want connection refused at once", ns, err, time.Since(start))
+		}
 	}
 }
