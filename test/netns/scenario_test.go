@@ -147,6 +147,7 @@ type setup struct {
 	pods   []podSpec
 	agents []int // nodes to run an agent on (default all)
 	args   []string
+	before func(*Lab) // runs before the agents start
 }
 
 func newEnv(t *testing.T, m mode, s setup) *env {
@@ -159,6 +160,9 @@ func newEnv(t *testing.T, m mode, s setup) *env {
 	}
 	for _, p := range s.pods {
 		l.AddPod(l.Node(p.node), p.name, netip.MustParseAddr(p.ip), p.ports...)
+	}
+	if s.before != nil {
+		s.before(l)
 	}
 	nodes := s.agents
 	if nodes == nil {
@@ -666,23 +670,24 @@ func testRestart(t *testing.T, m mode) {
 
 // testCleanup: `nodeagent cleanup` removes everything of ours and leaves a foreign rule alone.
 func testCleanup(t *testing.T, m mode) {
-	Binary(t)
-	l := New(t, Options{Mode: m.name})
-	n := l.Node(1)
-	if err := m.addForeign(n.NS); err != nil {
-		t.Fatal(err)
-	}
-	l.WriteManifest("demoapp.yaml", []byte(seed(t, "demoapp.yaml")))
-	l.WriteManifest("demoapp-endpoints.yaml", []byte(seed(t, "demoapp-endpoints.yaml")))
-	l.WriteManifest("myapp.yaml", []byte(seed(t, "myapp.yaml")))
-	l.AddPod(n, "demoapp-1", netip.MustParseAddr("10.244.1.59"))
-	a := l.StartAgent(n)
-	if _, err := Ask(l.Client, "tcp", hostPort(n.IP, 32725)); err != nil {
-		// Readiness means synced; the node port must work now.
-		if !Eventually(Scaled(5*time.Second), 20*time.Millisecond, func() bool { _, err = Ask(l.Client, "tcp", hostPort(n.IP, 32725)); return err == nil }) {
-			t.Fatalf("node port before cleanup: %v", err)
-		}
-	}
+	e := newEnv(t, m, setup{
+		files: map[string]string{
+			"demoapp.yaml":           seed(t, "demoapp.yaml"),
+			"demoapp-endpoints.yaml": seed(t, "demoapp-endpoints.yaml"),
+			"myapp.yaml":             seed(t, "myapp.yaml"),
+			"tomcat.yaml":            seed(t, "tomcat.yaml"),
+		},
+		pods:   demoappPods,
+		agents: []int{1},
+		// The foreign rule exists before the agent starts: neither its syncs nor cleanup may touch it.
+		before: func(l *Lab) {
+			if err := m.addForeign(l.Node(1).NS); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	n, a := e.Node(1), e.agents[1]
+	e.waitAnswer(e.Client, "tcp", hostPort(n.IP, 32725))
 	before, err := m.dump(n.NS)
 	if err != nil {
 		t.Fatal(err)
@@ -706,6 +711,9 @@ func testCleanup(t *testing.T, m mode) {
 	}
 	if !m.foreign.MatchString(after) {
 		t.Errorf("cleanup removed a rule it does not own:\n%s", after)
+	}
+	if r, err := Ask(e.Client, "tcp", hostPort(n.IP, 32725)); err == nil {
+		t.Errorf("the node port still answers after cleanup: %v", r)
 	}
 	// A second cleanup finds nothing and succeeds.
 	if _, err := Exec(n.NS, Binary(t), "cleanup", "--proxy-mode", m.name); err != nil {
