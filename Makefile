@@ -1,0 +1,29 @@
+# nodeagent: `sudo make demo` runs the lab demo, `sudo make test` runs every test.
+export PATH := $(PATH):/usr/local/go/bin:/root/go/bin
+GO ?= go
+BIN := bin/nodeagent
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build deps demo test unit lab vet clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/nodeagent
+
+demo: build
+	$(GO) run ./test/demo --bin $(BIN) --examples examples
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+
+# Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
+test: build vet
+	$(GO) test -count=1 -timeout 25m ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,79 @@
+// Command nodeagent is a per-node dataplane agent: it does kube-proxy's job (Services and
+// EndpointSlices programmed into iptables, nftables or IPVS) from a Kubernetes API server or a
+// directory of manifests.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `nodeagent — kube-proxy and MetalLB-speaker work in one per-node agent
+
+Usage:
+  nodeagent run       [flags]   program the kernel and keep it in sync (the daemon)
+  nodeagent render    [flags]   print what run would program, touching nothing
+  nodeagent cleanup   [flags]   remove everything nodeagent created in this network namespace
+  nodeagent get services [flags] (alias: svc) list services the way kubectl get svc does
+  nodeagent version
+
+Run "nodeagent <command> -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "nodeagent:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runCmd(ctx, args, stderr)
+	case "render":
+		return renderCmd(ctx, args, stdout, stderr)
+	case "cleanup":
+		return cleanupCmd(ctx, args, stderr)
+	case "get":
+		if len(args) == 0 || (args[0] != "services" && args[0] != "svc" && args[0] != "service") {
+			return fmt.Errorf("get: only \"services\" (svc) can be listed")
+		}
+		return getServicesCmd(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "nodeagent", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

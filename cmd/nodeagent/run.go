@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"nodeagent/health"
+	"nodeagent/proxier"
+	"nodeagent/runner"
+)
+
+func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	c := defaultConfig()
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.DurationVar(&c.syncPeriod, "sync-period", c.syncPeriod, "how often rules are fully resynced and checked for drift")
+	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "least time between two syncs (0: a change is applied as soon as the previous sync ends)")
+	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "ip:port of the /healthz server (empty: off)")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
+	if err := parseWithConfig(fs, args, &c); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, c.LogLevel)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	node, err := thisNode(c.HostnameOverride)
+	if err != nil {
+		return err
+	}
+	mc, err := c.modelConfig()
+	if err != nil {
+		return err
+	}
+	px, err := newProxier(c.Mode, log)
+	if err != nil {
+		return err
+	}
+	src, err := openSource(&c, node.Name, log)
+	if err != nil {
+		return err
+	}
+
+	tracker := proxier.NewTracker(node, mc, log)
+	metrics := health.NewMetrics()
+	proxyHealth := health.NewProxy(max(2*c.syncPeriod, time.Minute))
+	svcHealth := health.NewServices(log)
+	defer svcHealth.Close()
+
+	firstSync := true
+	sync := func(ctx context.Context, periodic bool) error {
+		if !tracker.Ready() {
+			return nil
+		}
+		if periodic {
+			// Node addresses may have changed; the tracker ignores a no-op.
+			if n, err := thisNode(c.HostnameOverride); err == nil {
+				tracker.SetNode(n)
+			}
+		}
+		start := time.Now()
+		st, ch := tracker.Snapshot()
+		ch.Full = ch.Full || periodic
+		kind := "partial"
+		if ch.Full {
+			kind = "full"
+		}
+		if err := px.Sync(ctx, st, ch); err != nil {
+			metrics.SyncErrors.Inc()
+			log.Error("sync failed; previous rules stay, retrying", "mode", c.Mode, "sync", kind, "err", err)
+			return err
+		}
+		took := time.Since(start)
+		metrics.SyncDuration.WithLabelValues(kind).Observe(took.Seconds())
+		metrics.LastSync.SetToCurrentTime()
+		endpoints := 0
+		for _, sp := range st.Services {
+			endpoints += len(sp.AllEndpoints)
+		}
+		metrics.Services.Set(float64(len(st.Services)))
+		metrics.Endpoints.Set(float64(endpoints))
+		metrics.InvalidObject.Set(float64(len(st.Problems)))
+		proxyHealth.Synced(start)
+		svcHealth.Sync(st)
+		if firstSync {
+			firstSync = false
+			log.Info("first sync done", "mode", c.Mode, "servicePorts", len(st.Services), "endpoints", endpoints, "took", took)
+		} else {
+			log.Debug("synced", "sync", kind, "changed", len(ch.Services), "took", took)
+		}
+		return nil
+	}
+	r := runner.New(sync)
+	r.Period = c.syncPeriod
+	r.MinInterval = c.minSyncPeriod
+	tracker.OnChange = func() {
+		proxyHealth.Queued()
+		r.Trigger()
+	}
+
+	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth}); err != nil {
+		return err
+	}
+	if err := serve(ctx, log, c.MetricsBindAddress, map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth}); err != nil {
+		return err
+	}
+
+	log.Info("starting", "version", version, "node", node.Name, "mode", c.Mode, "nodeIPs", fmt.Sprint(node.IPs))
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- src.Run(ctx, tracker) }()
+	go r.Run(ctx)
+	select {
+	case <-ctx.Done():
+		// Rules stay in place: a restarted agent must not interrupt live connections.
+		log.Info("stopping; programmed rules are left in place")
+		return nil
+	case err := <-srcErr:
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("source stopped: %w", err)
+	}
+}
+
+// serve starts an HTTP server on addr (skipped when addr is empty or its port is 0) that stops
+// with ctx.
+func serve(ctx context.Context, log *slog.Logger, addr string, routes map[string]http.Handler) error {
+	if addr == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	for p, h := range routes {
+		mux.Handle(p, h)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "addr", addr, "err", err)
+		}
+	}()
+	return nil
+}

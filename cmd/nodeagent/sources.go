@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"nodeagent/source"
+)
+
+// manifests returns the manifests source configured by c.
+func (c *Config) manifests(log *slog.Logger) (*source.Manifests, error) {
+	cidrs, err := source.ParseServiceCIDRs(c.ServiceClusterIPRange)
+	if err != nil {
+		return nil, fmt.Errorf("--service-cluster-ip-range: %w", err)
+	}
+	ports, err := source.ParsePortRange(c.ServiceNodePortRange)
+	if err != nil {
+		return nil, fmt.Errorf("--service-node-port-range: %w", err)
+	}
+	return &source.Manifests{Dir: c.Manifests, ServiceCIDRs: cidrs, NodePortRange: ports, Log: log}, nil
+}
+
+// kubeClient connects to the API server named by --kubeconfig, or in-cluster.
+func (c *Config) kubeClient() (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if c.ClientConnection.Kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", c.ClientConnection.Kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "nodeagent/" + version
+	return kubernetes.NewForConfig(cfg)
+}
+
+var errNoSource = errors.New("no source: give --manifests DIR or --kubeconfig FILE (or run in a cluster)")
+
+func (c *Config) useKube() (bool, error) {
+	switch {
+	case c.Manifests != "" && c.ClientConnection.Kubeconfig != "":
+		return false, errors.New("--manifests and --kubeconfig exclude each other")
+	case c.Manifests != "":
+		if st, err := os.Stat(c.Manifests); err != nil || !st.IsDir() {
+			return false, fmt.Errorf("--manifests %s: not a directory", c.Manifests)
+		}
+		return false, nil
+	case c.ClientConnection.Kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		return true, nil
+	}
+	return false, errNoSource
+}
+
+// openSource returns the source the configuration names.
+func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error) {
+	kube, err := c.useKube()
+	if err != nil {
+		return nil, err
+	}
+	if !kube {
+		return c.manifests(log)
+	}
+	client, err := c.kubeClient()
+	if err != nil {
+		return nil, err
+	}
+	return &source.Kube{Client: client, NodeName: node, Log: log}, nil
+}
+
+// loadObjects reads the inputs once, for render: the manifests, or a list from the API server.
+func loadObjects(ctx context.Context, c *Config, node string, log *slog.Logger) ([]runtime.Object, error) {
+	src, err := openSource(c, node, log)
+	if err != nil {
+		return nil, err
+	}
+	if m, ok := src.(*source.Manifests); ok {
+		objs, problems, err := m.Load()
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range problems {
+			log.Warn("manifest problem", "problem", p.String())
+		}
+		var out []runtime.Object
+		for _, k := range objs.Keys() {
+			out = append(out, objs.Get(k))
+		}
+		return out, nil
+	}
+	rec := &recorder{synced: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- src.Run(ctx, rec) }()
+	select {
+	case <-rec.synced:
+		cancel()
+		return rec.objs, nil
+	case err := <-errc:
+		return nil, fmt.Errorf("list from API server: %w", err)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("list from API server: %w", ctx.Err())
+	}
+}
+
+// recorder is a Sink that keeps the initial list.
+type recorder struct {
+	objs   []runtime.Object
+	synced chan struct{}
+	done   bool
+}
+
+func (r *recorder) Upsert(obj runtime.Object) {
+	if !r.done {
+		r.objs = append(r.objs, obj)
+	}
+}
+func (r *recorder) Delete(runtime.Object) {}
+func (r *recorder) Synced() {
+	if !r.done {
+		r.done = true
+		close(r.synced)
+	}
+}
+
+// listServices returns the services in force, with the allocation a running agent computes.
+func listServices(ctx context.Context, c *Config, log *slog.Logger) ([]*v1.Service, error) {
+	kube, err := c.useKube()
+	if err != nil {
+		return nil, err
+	}
+	if !kube {
+		m, err := c.manifests(log)
+		if err != nil {
+			return nil, err
+		}
+		objs, _, err := m.Load()
+		if err != nil {
+			return nil, err
+		}
+		return objs.Services(), nil
+	}
+	client, err := c.kubeClient()
+	if err != nil {
+		return nil, err
+	}
+	list, err := client.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	out := make([]*v1.Service, len(list.Items))
+	for i := range list.Items {
+		out[i] = &list.Items[i]
+	}
+	return out, nil
+}
+
+func writeServiceTable(w io.Writer, svcs []*v1.Service, now time.Time) {
+	source.WriteServiceTable(w, svcs, now)
+}

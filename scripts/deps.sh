@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian/Ubuntu machine lacks to build nodeagent and run its lab: the kernel
+# tools the proxy modes and tests drive. Idempotent; only calls apt-get when something is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have iptables-restore || need+=(iptables)
+have nft || need+=(nftables)
+have conntrack || need+=(conntrack)
+have ip || need+=(iproute2)
+have socat || need+=(socat)
+have curl || need+=(curl)
+have tcpdump || need+=(tcpdump)
+have arping || need+=(arping)
+have make || need+=(make)
+have git || need+=(git)
+have gcc || need+=(gcc)
+if ! have go && [ ! -x /usr/local/go/bin/go ]; then need+=(golang-go); fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing ${need[*]}; run as root (sudo) so they can be installed" >&2
+    exit 1
+  fi
+  echo "deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
