@@ -1,0 +1,172 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+const (
+	// labelServiceProxyName marks objects another proxy handles.
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	// proxyLabelSelector is kube-proxy's label selector for Services and EndpointSlices.
+	proxyLabelSelector = "!" + labelServiceProxyName + ",!" + v1.IsHeadlessService
+)
+
+// proxySelector is proxyLabelSelector parsed, to filter on the client side too (a fake
+// clientset's watches do not filter by label).
+var proxySelector = func() labels.Selector {
+	a, _ := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	b, _ := labels.NewRequirement(v1.IsHeadlessService, selection.DoesNotExist, nil)
+	return labels.NewSelector().Add(*a, *b)
+}()
+
+// Kube serves Services, EndpointSlices and this node's Node from a Kubernetes API server through
+// client-go shared informers, filtered as kube-proxy filters them: objects labelled
+// service.kubernetes.io/service-proxy-name (another proxy's) or service.kubernetes.io/headless
+// are not delivered. Informers have no periodic resync: the sink sees real changes only.
+type Kube struct {
+	// Client is the API client.
+	Client kubernetes.Interface
+	// NodeName is this node's name; its Node object is watched. Empty: no Node is watched.
+	NodeName string
+	// Log receives informer problems; nil: slog.Default().
+	Log *slog.Logger
+}
+
+var _ Runner = (*Kube)(nil)
+
+// Run starts the informers, delivers every event to sink and calls Synced once all caches have
+// synced and every initial object has been delivered. Events before that are delivered as upserts
+// too (the sink does not act before Synced). Run returns when ctx is done, after the informers
+// stopped; it returns an error only when the caches cannot sync.
+func (k *Kube) Run(ctx context.Context, sink Sink) error {
+	log := k.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("source", "kubernetes")
+	if k.Client == nil {
+		return errors.New("kubernetes source: no client")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Managed fields are large and useless to a proxy: drop them before they reach the cache.
+	strip := informers.WithTransform(func(obj any) (any, error) {
+		if m, err := meta.Accessor(obj); err == nil {
+			m.SetManagedFields(nil)
+		}
+		return obj, nil
+	})
+	factory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxyLabelSelector }))
+	infs := []cache.SharedIndexInformer{
+		factory.Core().V1().Services().Informer(),
+		factory.Discovery().V1().EndpointSlices().Informer(),
+	}
+	filters := []func(metav1.Object) bool{proxied, proxied}
+	factories := []informers.SharedInformerFactory{factory}
+	if k.NodeName != "" {
+		nodeFactory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
+			}))
+		infs = append(infs, nodeFactory.Core().V1().Nodes().Informer())
+		filters = append(filters, func(m metav1.Object) bool { return m.GetName() == k.NodeName })
+		factories = append(factories, nodeFactory)
+	}
+
+	var synced []cache.InformerSynced
+	for i, inf := range infs {
+		reg, err := inf.AddEventHandler(handler(sink, filters[i], log))
+		if err != nil {
+			return fmt.Errorf("kubernetes source: add event handler: %w", err)
+		}
+		// The registration, not the informer, says when this handler has seen every initial
+		// object; the informer's own HasSynced may come before the handler got them all.
+		synced = append(synced, reg.HasSynced)
+		_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			log.Warn("watch failed; retrying", "err", err)
+		})
+	}
+	for _, f := range factories {
+		f.Start(ctx.Done())
+	}
+	defer func() {
+		cancel()
+		for _, f := range factories {
+			f.Shutdown()
+		}
+	}()
+
+	start := time.Now()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("kubernetes source: caches did not sync")
+	}
+	sink.Synced()
+	log.Info("caches synced", "took", time.Since(start))
+	<-ctx.Done()
+	return nil
+}
+
+// proxied reports whether kube-proxy would see an object with m's labels.
+func proxied(m metav1.Object) bool { return proxySelector.Matches(labels.Set(m.GetLabels())) }
+
+// handler turns informer callbacks into sink calls. An update that makes an object leave the
+// filter (a label added) is delivered as a delete, as a filtered watch would.
+func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger) cache.ResourceEventHandler {
+	accept := func(obj any) (runtime.Object, bool) {
+		o, ok := obj.(runtime.Object)
+		if !ok {
+			log.Warn("informer delivered an unexpected object", "type", fmt.Sprintf("%T", obj))
+			return nil, false
+		}
+		m, err := meta.Accessor(o)
+		if err != nil {
+			return nil, false
+		}
+		return o, keep(m)
+	}
+	return cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, _ bool) {
+			if o, ok := accept(obj); ok {
+				sink.Upsert(o)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			if o, ok := accept(newObj); ok {
+				sink.Upsert(o)
+			} else if o != nil {
+				if _, had := accept(oldObj); had {
+					sink.Delete(o)
+				}
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				// The watch missed the delete; the tombstone holds the last state known.
+				obj = t.Obj
+			}
+			if o, ok := accept(obj); ok {
+				sink.Delete(o)
+			}
+		},
+	}
+}

@@ -1,0 +1,322 @@
+package source
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// Load reads every manifest in dir with the API server's default service CIDR and node-port
+// range. See Manifests.Load.
+func Load(dir string) (Objects, []Problem, error) {
+	return (&Manifests{Dir: dir}).Load()
+}
+
+// manifestFile reports whether a directory entry name is a manifest: *.yaml, *.yml or *.json,
+// not hidden (editors' swap and lock files, Kubernetes' ..data volume links are hidden).
+func manifestFile(name string) bool {
+	if strings.HasPrefix(name, ".") {
+		return false
+	}
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// fileState is what a loader remembers of one manifest file.
+type fileState struct {
+	sum  [sha256.Size]byte
+	last parsed  // the latest parse
+	good *parsed // the latest parse in which every document decoded; nil: none yet
+}
+
+// loader turns a directory into Objects. It remembers each file's last good parse and each
+// object's last valid version, so that a broken edit keeps the previous state served, and it
+// parses only files whose content changed.
+type loader struct {
+	dir       string
+	cidrs     []netip.Prefix
+	nodePorts PortRange
+	files     map[string]*fileState
+	lastValid map[Key]*document
+}
+
+func newLoader(dir string, cidrs []netip.Prefix, nodePorts PortRange) *loader {
+	return &loader{dir: dir, cidrs: cidrs, nodePorts: nodePorts,
+		files: map[string]*fileState{}, lastValid: map[Key]*document{}}
+}
+
+// load reads the directory (not recursively: like kubectl apply -f without -R). The error is for
+// a directory that cannot be read at all; everything else is a Problem.
+func (l *loader) load() (Objects, []Problem, error) {
+	entries, err := os.ReadDir(l.dir)
+	if err != nil {
+		return Objects{}, nil, fmt.Errorf("read manifests directory: %w", err)
+	}
+	var docs []*document
+	var problems []Problem
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if !manifestFile(e.Name()) {
+			continue
+		}
+		path := filepath.Join(l.dir, e.Name())
+		data, err := os.ReadFile(path) // follows symlinks
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile, or a dangling link
+		}
+		var info fs.FileInfo
+		if err == nil {
+			info, err = os.Stat(path)
+		}
+		if err == nil && info.IsDir() {
+			continue
+		}
+		fsState := l.files[path]
+		seen[path] = true
+		if err != nil {
+			problems = append(problems, Problem{File: path, Reason: err.Error()})
+			if fsState != nil && fsState.good != nil {
+				problems = append(problems, Problem{File: path, Reason: "serving its last good version"})
+				docs = append(docs, fsState.good.docs...)
+			}
+			continue
+		}
+		sum := sha256.Sum256(data)
+		if fsState == nil || fsState.sum != sum {
+			if fsState == nil {
+				fsState = &fileState{}
+				l.files[path] = fsState
+			}
+			fsState.sum, fsState.last = sum, decodeFile(path, data)
+			if fsState.last.ok {
+				fsState.good = &fsState.last
+			}
+		}
+		problems = append(problems, fsState.last.problems...)
+		switch {
+		case fsState.last.ok:
+			docs = append(docs, fsState.last.docs...)
+		case fsState.good != nil:
+			problems = append(problems, Problem{File: path, Reason: "serving its last good version"})
+			docs = append(docs, fsState.good.docs...)
+		default:
+			// Never parsed completely: serve the documents that did decode.
+			docs = append(docs, fsState.last.docs...)
+		}
+	}
+	for path := range l.files {
+		if !seen[path] {
+			delete(l.files, path)
+		}
+	}
+	objs, more := l.combine(docs)
+	return objs, append(problems, more...), nil
+}
+
+// combine validates the decoded documents (in file order), drops duplicates, applies the API
+// server's defaults, allocates cluster IPs and node ports, and makes EndpointSlices from Pods.
+func (l *loader) combine(docs []*document) (Objects, []Problem) {
+	var problems []Problem
+	byKey := map[Key]*document{}
+	var order []*document
+	for _, d := range docs {
+		if first, dup := byKey[d.key]; dup {
+			problems = append(problems, d.problem("duplicate: already defined in %s document %d", first.file, first.doc))
+			continue
+		}
+		byKey[d.key] = d
+		order = append(order, d)
+	}
+
+	valid := map[Key]*document{}
+	for _, d := range order {
+		r := validateMeta(d.obj, d.kind.scope)
+		if d.kind.validate != nil {
+			r = append(r, d.kind.validate(d.obj)...)
+		}
+		if len(r) == 0 {
+			valid[d.key] = d
+			continue
+		}
+		reason := strings.Join(r, "; ")
+		if last := l.lastValid[d.key]; last != nil {
+			reason += "; serving its last valid version"
+			valid[d.key] = last
+		}
+		problems = append(problems, d.problem("%s", reason))
+	}
+	l.lastValid = valid
+
+	keys := make([]Key, 0, len(valid))
+	for k := range valid {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compareKeys)
+
+	out := map[Key]runtime.Object{}
+	var services []*v1.Service
+	var pods []*v1.Pod
+	nodes := map[string]*v1.Node{}
+	haveSlice := map[[2]string]bool{} // namespace, service name
+	for _, k := range keys {
+		d := valid[k]
+		switch o := d.obj.(type) {
+		case *v1.Service:
+			svc := o.DeepCopy()
+			defaultService(svc)
+			services = append(services, svc)
+			continue // added once allocated
+		case *discoveryv1.EndpointSlice:
+			es := defaultEndpointSlice(o)
+			if s := es.Labels[discoveryv1.LabelServiceName]; s != "" {
+				haveSlice[[2]string{es.Namespace, s}] = true
+			}
+			out[k] = es
+			continue
+		case *v1.Pod:
+			pods = append(pods, o)
+		case *v1.Node:
+			nodes[o.Name] = o
+		}
+		out[k] = d.obj
+	}
+
+	// Allocation, as the API server would have done it when each service was created: explicit
+	// values first (a later service claiming a taken value is rejected), then the missing ones.
+	alloc := newAllocator(l.cidrs, l.nodePorts)
+	plans := make([]*plan, len(services))
+	for i, svc := range services {
+		p, err := alloc.planService(svc)
+		if err == nil {
+			err = alloc.reserve(svc, p)
+		}
+		if err != nil {
+			problems = append(problems, valid[objectKey(svc)].problem("%v", err))
+			continue
+		}
+		plans[i] = p
+	}
+	for i, svc := range services {
+		if plans[i] == nil {
+			continue
+		}
+		if err := alloc.allocate(svc, plans[i]); err != nil {
+			problems = append(problems, valid[objectKey(svc)].problem("%v", err))
+			continue
+		}
+		out[objectKey(svc)] = svc
+		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == v1.ServiceTypeExternalName ||
+			haveSlice[[2]string{svc.Namespace, svc.Name}] {
+			continue
+		}
+		for _, es := range endpointSlicesFor(svc, podsIn(pods, svc.Namespace), nodes) {
+			k := objectKey(es)
+			if _, taken := out[k]; taken {
+				problems = append(problems, Problem{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name,
+					Reason: fmt.Sprintf("generated for service %s from its pods, but the name is taken", svc.Name)})
+				continue
+			}
+			out[k] = es
+		}
+	}
+	return Objects{m: out}, problems
+}
+
+func podsIn(pods []*v1.Pod, namespace string) []*v1.Pod {
+	var out []*v1.Pod
+	for _, p := range pods {
+		if p.Namespace == namespace {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// objectKey returns the key of one of the core objects.
+func objectKey(obj runtime.Object) Key {
+	switch o := obj.(type) {
+	case *v1.Service:
+		return Key{GroupKind: serviceKind, Namespace: o.Namespace, Name: o.Name}
+	case *discoveryv1.EndpointSlice:
+		return Key{GroupKind: endpointSliceKind, Namespace: o.Namespace, Name: o.Name}
+	case *v1.Node:
+		return Key{GroupKind: nodeKind, Name: o.Name}
+	case *v1.Pod:
+		return Key{GroupKind: podKind, Namespace: o.Namespace, Name: o.Name}
+	}
+	return Key{}
+}
+
+// defaultService applies the API server's defaults to a service (a copy).
+func defaultService(svc *v1.Service) {
+	spec := &svc.Spec
+	if spec.Type == "" {
+		spec.Type = v1.ServiceTypeClusterIP
+	}
+	if spec.SessionAffinity == "" {
+		spec.SessionAffinity = v1.ServiceAffinityNone
+	}
+	if spec.SessionAffinity == v1.ServiceAffinityNone {
+		spec.SessionAffinityConfig = nil
+	} else {
+		if spec.SessionAffinityConfig == nil {
+			spec.SessionAffinityConfig = &v1.SessionAffinityConfig{}
+		}
+		if spec.SessionAffinityConfig.ClientIP == nil {
+			spec.SessionAffinityConfig.ClientIP = &v1.ClientIPConfig{}
+		}
+		if spec.SessionAffinityConfig.ClientIP.TimeoutSeconds == nil {
+			spec.SessionAffinityConfig.ClientIP.TimeoutSeconds = ptr(v1.DefaultClientIPServiceAffinitySeconds)
+		}
+	}
+	for i := range spec.Ports {
+		p := &spec.Ports[i]
+		if p.Protocol == "" {
+			p.Protocol = v1.ProtocolTCP
+		}
+		if p.TargetPort.IntVal == 0 && p.TargetPort.StrVal == "" {
+			p.TargetPort.Type, p.TargetPort.IntVal = 0, p.Port
+		}
+	}
+	if spec.ExternalTrafficPolicy == "" && externallyAccessible(svc) {
+		spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	}
+	if spec.InternalTrafficPolicy == nil && spec.Type != v1.ServiceTypeExternalName {
+		spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyCluster)
+	}
+	if spec.Type == v1.ServiceTypeLoadBalancer && spec.AllocateLoadBalancerNodePorts == nil {
+		spec.AllocateLoadBalancerNodePorts = ptr(true)
+	}
+}
+
+// defaultEndpointSlice applies the API server's defaults to the ports of a slice (copying it only
+// when something changes).
+func defaultEndpointSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	needs := slices.ContainsFunc(es.Ports, func(p discoveryv1.EndpointPort) bool { return p.Name == nil || p.Protocol == nil })
+	if !needs {
+		return es
+	}
+	es = es.DeepCopy()
+	for i := range es.Ports {
+		if es.Ports[i].Name == nil {
+			es.Ports[i].Name = ptr("")
+		}
+		if es.Ports[i].Protocol == nil {
+			es.Ports[i].Protocol = ptr(v1.ProtocolTCP)
+		}
+	}
+	return es
+}
