@@ -83,8 +83,10 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func svcKey(ns, name string) Key   { return Key{GroupKind: serviceKind, Namespace: ns, Name: name} }
-func sliceKey(ns, name string) Key { return Key{GroupKind: endpointSliceKind, Namespace: ns, Name: name} }
+func svcKey(ns, name string) Key { return Key{GroupKind: serviceKind, Namespace: ns, Name: name} }
+func sliceKey(ns, name string) Key {
+	return Key{GroupKind: endpointSliceKind, Namespace: ns, Name: name}
+}
 
 // writeFile writes a manifest into dir atomically (temporary file and rename), as editors do.
 func writeFile(t *testing.T, dir, name, content string) {
