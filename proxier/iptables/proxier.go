@@ -1,0 +1,365 @@
+// Package iptables is the iptables proxy mode: kube-proxy's iptables rules, in chains named NA-*,
+// applied with one iptables-restore --noflush per family and sync.
+//
+// A sync renders every service port into its own chains (NA-SVC-, NA-SVL-, NA-EXT-, NA-FW-,
+// NA-SEP-) plus its rules in the shared dispatch chains (NA-SERVICES, NA-NODEPORTS, ...). A partial
+// sync reuses the rendering of unchanged service ports and writes only the chains of changed ones,
+// the dispatch chains whose content changed, and deletes the chains of removed ones. A full sync
+// reads iptables-save first, reports chains that changed behind its back, rewrites every chain,
+// deletes NA- chains it no longer wants (also leftovers of an earlier run) and restores missing
+// jump rules in the built-in chains.
+package iptables
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"nodeagent/proxier"
+)
+
+// ConntrackCleaner removes conntrack entries made stale by a sync; *conntrack.Cleaner is one.
+type ConntrackCleaner interface {
+	Clean(st *proxier.State) error
+}
+
+// Options configure a Proxier.
+type Options struct {
+	// Log defaults to slog.Default().
+	Log *slog.Logger
+	// Families to program. Empty: every family whose iptables binary exists on this host.
+	Families []proxier.Family
+	// Exec runs iptables-save and iptables-restore. Nil: CommandExec{} (this network namespace).
+	Exec Exec
+	// Rules returns single-rule access for a family, used for the jump rules in the built-in
+	// chains. Nil: GoIPTables(f, "").
+	Rules func(f proxier.Family) (Rules, error)
+	// Conntrack, when set, is called after every successful Sync with the new state. Nil: no
+	// conntrack cleanup (the caller must pass one for UDP/SCTP services to fail over promptly).
+	Conntrack ConntrackCleaner
+}
+
+// Proxier programs a proxier.State into iptables. It is safe for concurrent use.
+type Proxier struct {
+	log       *slog.Logger
+	exec      Exec
+	conntrack ConntrackCleaner
+
+	mu   sync.Mutex
+	fams []*family
+}
+
+var _ proxier.Proxier = (*Proxier)(nil)
+
+// family is the per-family half of the Proxier, with what it last programmed.
+type family struct {
+	family      proxier.Family
+	rules       Rules // nil when rulesErr is set
+	rulesErr    error
+	randomFully bool
+	wait        bool
+
+	needFull bool
+	// cache is the rendering of every service port as last programmed.
+	cache map[proxier.ServicePortName]*serviceRules
+	// written is every chain of ours as last programmed.
+	written map[chainID][]string
+	// lastWrite is the chains written by the last restore, for tests and debugging.
+	lastWrite []string
+}
+
+// New returns a Proxier. It runs no kernel command: it only looks for the iptables binaries
+// (through go-iptables) to learn which families are available and what they support.
+func New(opts Options) (*Proxier, error) {
+	p := &Proxier{log: opts.Log, exec: opts.Exec, conntrack: opts.Conntrack}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.exec == nil {
+		p.exec = CommandExec{}
+	}
+	rulesFor := opts.Rules
+	if rulesFor == nil {
+		rulesFor = func(f proxier.Family) (Rules, error) { return GoIPTables(f, "") }
+	}
+	detect := len(opts.Families) == 0
+	for _, f := range proxier.Families {
+		if !detect && !slices.Contains(opts.Families, f) {
+			continue
+		}
+		fp := &family{family: f, needFull: true, randomFully: true, wait: true}
+		r, err := rulesFor(f)
+		if err != nil {
+			if detect {
+				p.log.Info("iptables mode: family not available", "family", f.String(), "err", err)
+				continue
+			}
+			// Asked for explicitly: Render still works, Sync and Cleanup report the error.
+			fp.rulesErr = err
+		} else {
+			fp.rules = r
+			fp.randomFully = r.HasRandomFully()
+			v1, v2, v3 := r.GetIptablesVersion()
+			fp.wait = v1 > 1 || (v1 == 1 && (v2 > 6 || (v2 == 6 && v3 >= 2)))
+		}
+		p.fams = append(p.fams, fp)
+	}
+	if len(p.fams) == 0 {
+		return nil, errors.New("iptables mode: neither iptables nor ip6tables found")
+	}
+	return p, nil
+}
+
+// Sync implements proxier.Proxier.
+func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Changes) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, fp := range p.fams {
+		if err := p.syncFamily(ctx, fp, st, ch); err != nil {
+			fp.needFull = true
+			errs = append(errs, fmt.Errorf("sync %s iptables rules: %w", fp.family, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if p.conntrack != nil {
+		// The rules are in place; a failure here is retried by the cleaner on its next call and
+		// must not make the runner believe the rules failed.
+		if err := p.conntrack.Clean(st); err != nil {
+			p.log.Warn("conntrack cleanup failed", "err", err)
+		}
+	}
+	return nil
+}
+
+func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State, ch proxier.Changes) error {
+	if fp.rulesErr != nil {
+		return fp.rulesErr
+	}
+	full := ch.Full || fp.needFull
+	r := newRenderer(st, fp.family, fp.randomFully)
+	sps := st.ForFamily(fp.family)
+	cache := make(map[proxier.ServicePortName]*serviceRules, len(sps))
+	rendered := make([]*serviceRules, len(sps))
+	changed := make([]bool, len(sps))
+	for i, sp := range sps {
+		if c, ok := fp.cache[sp.Name]; ok && !full && !ch.Changed(sp.Name.NamespacedName) {
+			rendered[i] = c
+		} else {
+			rendered[i], changed[i] = r.service(sp), true
+		}
+		cache[sp.Name] = rendered[i]
+	}
+	base := r.baseChains(rendered)
+	desired := make(map[chainID][]string, len(fp.written))
+	for _, c := range base {
+		desired[c.id] = c.rules
+	}
+	for _, s := range rendered {
+		for _, c := range s.own {
+			desired[c.id] = c.rules
+		}
+	}
+
+	in := &restoreInput{}
+	var kernel *saved
+	if full {
+		var err error
+		if kernel, err = p.save(ctx, fp.family); err != nil {
+			return err
+		}
+		if fp.written != nil {
+			p.reportDrift(fp, kernel)
+		}
+		in.write = append(in.write, base...)
+		for _, s := range rendered {
+			in.write = append(in.write, s.own...)
+		}
+		for id := range kernel.chains {
+			if _, ok := desired[id]; !ok {
+				in.remove = append(in.remove, id)
+			}
+		}
+	} else {
+		for _, c := range base {
+			if old, ok := fp.written[c.id]; !ok || !slices.Equal(old, c.rules) {
+				in.write = append(in.write, c)
+			}
+		}
+		for i, s := range rendered {
+			if !changed[i] {
+				continue
+			}
+			for _, c := range s.own {
+				if old, ok := fp.written[c.id]; !ok || !slices.Equal(old, c.rules) {
+					in.write = append(in.write, c)
+				}
+			}
+		}
+		for id := range fp.written {
+			if _, ok := desired[id]; !ok {
+				in.remove = append(in.remove, id)
+			}
+		}
+	}
+	slices.SortFunc(in.remove, compareIDs)
+
+	fp.lastWrite = in.chainNames()
+	if !in.empty() {
+		if err := p.restore(ctx, fp, in.bytes()); err != nil {
+			return err
+		}
+	}
+	if full {
+		if err := p.ensureJumps(fp, kernel); err != nil {
+			return err
+		}
+	}
+	fp.written, fp.cache, fp.needFull = desired, cache, false
+	return nil
+}
+
+func compareIDs(a, b chainID) int {
+	return cmp.Or(cmp.Compare(a.table, b.table), cmp.Compare(a.name, b.name))
+}
+
+// reportDrift logs (once per full sync, only when something is off) our chains and jump rules
+// that are missing or hold a different number of rules than last written: someone flushed or
+// edited them. The full sync that follows repairs them.
+func (p *Proxier) reportDrift(fp *family, kernel *saved) {
+	var drifted []string
+	for id, rules := range fp.written {
+		got, ok := kernel.chains[id]
+		if !ok || len(got) != len(rules) {
+			drifted = append(drifted, id.String())
+		}
+	}
+	missingJumps := 0
+	for _, j := range jumps {
+		if kernel.jumpCount(j) != 1 {
+			missingJumps++
+		}
+	}
+	if len(drifted) == 0 && missingJumps == 0 {
+		return
+	}
+	slices.Sort(drifted)
+	shown := drifted
+	if len(shown) > 5 {
+		shown = shown[:5]
+	}
+	p.log.Warn("iptables rules changed outside the agent; rewriting them", "family", fp.family.String(),
+		"chains", len(drifted), "first", shown, "jumpRulesOff", missingJumps)
+}
+
+// ensureJumps inserts missing jump rules at the top of the built-in chains and removes duplicates.
+func (p *Proxier) ensureJumps(fp *family, kernel *saved) error {
+	for _, j := range jumps {
+		n := kernel.jumpCount(j)
+		if n == 0 {
+			if err := fp.rules.Insert(j.table, j.from, 1, j.spec()...); err != nil {
+				return fmt.Errorf("insert jump %s %s -> %s: %w", j.table, j.from, j.to, err)
+			}
+		}
+		for ; n > 1; n-- {
+			if err := fp.rules.Delete(j.table, j.from, j.spec()...); err != nil {
+				return fmt.Errorf("delete duplicate jump %s %s -> %s: %w", j.table, j.from, j.to, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (p *Proxier) save(ctx context.Context, f proxier.Family) (*saved, error) {
+	s := newSaved()
+	for _, table := range []string{tableFilter, tableNAT} {
+		out, err := p.exec.Run(ctx, binary(f, "-save"), []string{"-t", table}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("read %s table: %w", table, err)
+		}
+		s.parse(out)
+	}
+	return s, nil
+}
+
+func (p *Proxier) restore(ctx context.Context, fp *family, input []byte) error {
+	args := []string{"--noflush"}
+	if fp.wait {
+		args = append(args, "-w", "5")
+	}
+	if _, err := p.exec.Run(ctx, binary(fp.family, "-restore"), args, input); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	return nil
+}
+
+// Render implements proxier.Proxier: per family, a "# IPv4" / "# IPv6" line and the
+// iptables-restore --noflush input a first full sync into an empty namespace would apply,
+// jump rules included.
+func (p *Proxier) Render(w io.Writer, st *proxier.State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, fp := range p.fams {
+		r := newRenderer(st, fp.family, fp.randomFully)
+		in := &restoreInput{jumps: jumps}
+		var rendered []*serviceRules
+		for _, sp := range st.ForFamily(fp.family) {
+			rendered = append(rendered, r.service(sp))
+		}
+		in.write = r.baseChains(rendered)
+		for _, s := range rendered {
+			in.write = append(in.write, s.own...)
+		}
+		if _, err := fmt.Fprintf(w, "# %s\n%s", fp.family, in.bytes()); err != nil {
+			return fmt.Errorf("render %s: %w", fp.family, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup implements proxier.Proxier: in every family it deletes the jump rules carrying our
+// comment from the built-in chains, then flushes and deletes every NA- chain of the nat and filter
+// tables. Nothing else is touched.
+func (p *Proxier) Cleanup(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, fp := range p.fams {
+		fp.needFull, fp.written, fp.cache = true, nil, nil
+		if err := p.cleanupFamily(ctx, fp); err != nil {
+			errs = append(errs, fmt.Errorf("clean up %s iptables rules: %w", fp.family, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Proxier) cleanupFamily(ctx context.Context, fp *family) error {
+	if fp.rulesErr != nil {
+		return fp.rulesErr
+	}
+	kernel, err := p.save(ctx, fp.family)
+	if err != nil {
+		return err
+	}
+	for _, j := range kernel.jumps {
+		if err := fp.rules.Delete(j.table, j.chain, j.args...); err != nil {
+			return fmt.Errorf("delete jump %s %s -> %s: %w", j.table, j.chain, j.target, err)
+		}
+	}
+	in := &restoreInput{}
+	for id := range kernel.chains {
+		in.remove = append(in.remove, id)
+	}
+	if in.empty() {
+		return nil
+	}
+	slices.SortFunc(in.remove, compareIDs)
+	return p.restore(ctx, fp, in.bytes())
+}

@@ -1,0 +1,403 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"nodeagent/proxier"
+)
+
+// chain is one of our chains and its rules, each a full restore line ("-A NAME ...").
+type chain struct {
+	id    chainID
+	rules []string
+}
+
+// serviceRules is what one service port contributes: chains it owns and rules it adds to the
+// shared dispatch chains. It depends only on the service port and the renderer's settings, so an
+// unchanged service port's rules are reused between syncs.
+type serviceRules struct {
+	own      []chain
+	dispatch map[chainID][]string
+}
+
+// renderer turns service ports of one family into rules.
+type renderer struct {
+	family proxier.Family
+	// clusterCIDR is the pod network used to tell pod traffic from off-cluster traffic; like
+	// kube-proxy's cluster-CIDR detector only one per family is used (the first).
+	clusterCIDR   netip.Prefix
+	masqueradeAll bool
+	nodeIPs       []netip.Addr
+	// nodePortAddrs restricts node ports to these node IPs; nil means every local address.
+	nodePortAddrs []netip.Addr
+	randomFully   bool
+}
+
+func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *renderer {
+	r := &renderer{family: f, masqueradeAll: st.Config.MasqueradeAll, nodeIPs: st.NodeIPsOf(f), randomFully: randomFully}
+	if cidrs := st.Config.ClusterCIDRsOf(f); len(cidrs) > 0 {
+		r.clusterCIDR = cidrs[0]
+	}
+	// As kube-proxy's --nodeport-addresses: no prefix of this family, or a zero-length one,
+	// means every local address.
+	prefixes := st.Config.NodePortAddressesOf(f)
+	matchAll := len(prefixes) == 0
+	for _, p := range prefixes {
+		matchAll = matchAll || p.Bits() == 0
+	}
+	if !matchAll {
+		r.nodePortAddrs = []netip.Addr{}
+		for _, a := range r.nodeIPs {
+			for _, p := range prefixes {
+				if p.Contains(a) && !a.IsLoopback() {
+					r.nodePortAddrs = append(r.nodePortAddrs, a)
+					break
+				}
+			}
+		}
+	}
+	return r
+}
+
+// line joins words into one restore line.
+func line(words ...string) string { return strings.Join(words, " ") }
+
+func comment(s string) string { return `-m comment --comment "` + s + `"` }
+
+// probability is the statistic match's argument for the i-th of n remaining endpoints, printed
+// as kube-proxy prints it.
+func probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
+
+// service renders one service port the way kube-proxy's iptables mode does.
+func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
+	out := &serviceRules{dispatch: map[chainID][]string{}}
+	add := func(table, name string, rules ...string) {
+		id := chainID{table, name}
+		out.dispatch[id] = append(out.dispatch[id], rules...)
+	}
+
+	name := portName(sp.Name)
+	proto := strings.ToLower(string(sp.Name.Protocol))
+	pmatch := "-m " + proto + " -p " + proto
+	port := strconv.Itoa(int(sp.Port))
+	cip := sp.ClusterIP.String()
+
+	svcChain := serviceChain(svcPrefix, sp.Name)
+	svlChain := serviceChain(svlPrefix, sp.Name)
+	extChain := serviceChain(extPrefix, sp.Name)
+	fwChain := serviceChain(fwPrefix, sp.Name)
+
+	// Which endpoints each path uses, as kube-proxy's CategorizeEndpoints: Cluster endpoints
+	// whenever internal traffic has Cluster policy or there is external traffic at all (the
+	// Local external policy still short-circuits pod and node traffic to them); Local endpoints
+	// whenever either policy is Local.
+	external := sp.HasExternal()
+	usesCluster := !sp.InternalPolicyLocal || external
+	usesLocal := sp.InternalPolicyLocal || (external && sp.ExternalPolicyLocal)
+	var clusterEPs, localEPs []proxier.Endpoint
+	if usesCluster {
+		clusterEPs = sp.ClusterEndpoints
+	}
+	if usesLocal {
+		localEPs = sp.LocalEndpoints
+	}
+	reachable := union(clusterEPs, localEPs)
+	// Usable endpoints anywhere in the cluster, even if none is reachable from here.
+	hasEndpoints := len(sp.ClusterEndpoints) > 0
+
+	internalChain, hasInternal := svcChain, hasEndpoints
+	if sp.InternalPolicyLocal {
+		internalChain, hasInternal = svlChain, len(localEPs) > 0
+	}
+	externalPolicyChain, hasExternal := svcChain, hasEndpoints
+	if sp.ExternalPolicyLocal {
+		externalPolicyChain, hasExternal = svlChain, len(localEPs) > 0
+	}
+	// The EXT chain exists whenever there are endpoints somewhere, even with none local, so
+	// that pod and node traffic still short-circuits to the cluster endpoints.
+	usesExt := hasEndpoints && external
+	usesFW := hasEndpoints && len(sp.LoadBalancerIPs) > 0 && len(sp.LoadBalancerSourceRanges) > 0
+	lbChain := extChain
+	if usesFW {
+		lbChain = fwChain
+	}
+
+	internalFilter, internalFilterComment := "", ""
+	externalFilter, externalFilterComment := "", ""
+	if !hasEndpoints {
+		internalFilter, internalFilterComment = "REJECT", name+" has no endpoints"
+		externalFilter, externalFilterComment = "REJECT", name+" has no endpoints"
+	} else {
+		if !hasInternal {
+			internalFilter, internalFilterComment = "DROP", name+" has no local endpoints"
+		}
+		if !hasExternal {
+			externalFilter, externalFilterComment = "DROP", name+" has no local endpoints"
+		}
+	}
+
+	// Cluster IP.
+	if hasInternal {
+		add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" cluster IP"), pmatch, "-d", cip, "--dport", port, "-j", internalChain))
+	} else {
+		add(tableFilter, servicesChain, line("-A", servicesChain, comment(internalFilterComment), pmatch, "-d", cip, "--dport", port, "-j", internalFilter))
+	}
+	// External IPs.
+	for _, a := range sp.ExternalIPs {
+		if hasEndpoints {
+			add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" external IP"), pmatch, "-d", a.String(), "--dport", port, "-j", extChain))
+		}
+		if !hasExternal {
+			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
+		}
+	}
+	// Load-balancer IPs.
+	for _, a := range sp.LoadBalancerIPs {
+		if hasEndpoints {
+			add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" loadbalancer IP"), pmatch, "-d", a.String(), "--dport", port, "-j", lbChain))
+		}
+		if usesFW {
+			add(tableFilter, firewallChain, line("-A", firewallChain, comment(name+" traffic not accepted by "+fwChain), pmatch, "-d", a.String(), "--dport", port, "-j", "DROP"))
+		}
+	}
+	if !hasExternal {
+		for _, a := range sp.LoadBalancerIPs {
+			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
+		}
+	}
+	// Node port. Like kube-proxy, loadBalancerSourceRanges do not apply to it.
+	if sp.NodePort != 0 {
+		np := strconv.Itoa(int(sp.NodePort))
+		if hasEndpoints {
+			add(tableNAT, nodePortsChain, line("-A", nodePortsChain, comment(name), pmatch, "--dport", np, "-j", extChain))
+		}
+		if !hasExternal {
+			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), "-m addrtype --dst-type LOCAL", pmatch, "--dport", np, "-j", externalFilter))
+		}
+	}
+	// Health-check node port: accepted whatever the endpoints, so the load balancer can ask.
+	if sp.HealthCheckNodePort != 0 {
+		add(tableFilter, nodePortsChain, line("-A", nodePortsChain, comment(name+" health check node port"), "-m tcp -p tcp", "--dport", strconv.Itoa(int(sp.HealthCheckNodePort)), "-j ACCEPT"))
+	}
+
+	// Per-service chains, in the order kube-proxy creates them.
+	rules := map[string][]string{}
+	var order []string
+	own := func(name string, rs ...string) {
+		if _, ok := rules[name]; !ok {
+			order = append(order, name)
+		}
+		rules[name] = append(rules[name], rs...)
+	}
+	usesClusterChain := len(clusterEPs) > 0
+	usesLocalChain := len(localEPs) > 0
+	if usesClusterChain {
+		own(svcChain)
+	}
+	if usesLocalChain {
+		own(svlChain)
+	}
+	if usesExt {
+		own(extChain)
+	}
+	if usesFW {
+		own(fwChain)
+	}
+
+	// Internal traffic: masquerade what must come back through this node.
+	if hasInternal {
+		args := line(comment(name+" cluster IP"), pmatch, "-d", cip, "--dport", port)
+		switch {
+		case r.masqueradeAll:
+			own(internalChain, line("-A", internalChain, args, "-j", markMasqChain))
+		case r.clusterCIDR.IsValid():
+			// Off-cluster clients reaching a cluster IP through this node (a static route to
+			// the service range) may be sent to another node: masquerade so replies return here.
+			own(internalChain, line("-A", internalChain, args, "!", "-s", r.clusterCIDR.String(), "-j", markMasqChain))
+		}
+	}
+
+	// External traffic.
+	if usesExt {
+		if !sp.ExternalPolicyLocal {
+			own(extChain, line("-A", extChain, comment("masquerade traffic for "+name+" external destinations"), "-j", markMasqChain))
+		} else {
+			if r.clusterCIDR.IsValid() {
+				// Pods reaching an external address behave as if they went out to the load
+				// balancer and came back: no traffic policy applies.
+				own(extChain, line("-A", extChain, comment("pod traffic for "+name+" external destinations"), "-s", r.clusterCIDR.String(), "-j", svcChain))
+			}
+			// The node itself: its source would be the local VIP, so masquerade, and send it
+			// to any endpoint.
+			own(extChain,
+				line("-A", extChain, comment("masquerade LOCAL traffic for "+name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", markMasqChain),
+				line("-A", extChain, comment("route LOCAL traffic for "+name+" external destinations"), "-m addrtype --src-type LOCAL", "-j", svcChain))
+		}
+		if hasExternal {
+			own(extChain, line("-A", extChain, "-j", externalPolicyChain))
+		}
+	}
+
+	// Firewall for loadBalancerSourceRanges.
+	if usesFW {
+		c := comment(name + " loadbalancer IP")
+		allowFromNode := false
+		for _, p := range sp.LoadBalancerSourceRanges {
+			own(fwChain, line("-A", fwChain, c, "-s", p.String(), "-j", extChain))
+			for _, a := range r.nodeIPs {
+				if p.Contains(a) {
+					allowFromNode = true
+				}
+			}
+		}
+		// A request from this node to a VIP that is also a local address loops back with the
+		// VIP as source; let it through when the node itself is allowed.
+		if allowFromNode {
+			for _, a := range sp.LoadBalancerIPs {
+				own(fwChain, line("-A", fwChain, c, "-s", a.String(), "-j", extChain))
+			}
+		}
+		// Whatever reaches the end was not DNAT-ed and is dropped by NA-PROXY-FIREWALL.
+		own(fwChain, line("-A", fwChain, comment("other traffic to "+name+" will be dropped by "+firewallChain)))
+	}
+
+	if usesClusterChain {
+		own(svcChain, r.toEndpoints(sp, name, svcChain, clusterEPs)...)
+	}
+	if usesLocalChain {
+		own(svlChain, r.toEndpoints(sp, name, svlChain, localEPs)...)
+	}
+	for _, e := range reachable {
+		sep := endpointChain(sp.Name, e)
+		c := comment(name)
+		// Hairpin: an endpoint reaching itself through the service must be masqueraded, or it
+		// would answer itself directly.
+		rs := []string{line("-A", sep, c, "-s", e.Addr.String(), "-j", markMasqChain)}
+		affinity := ""
+		if sp.SessionAffinity {
+			affinity = " -m recent --name " + sep + " --set"
+		}
+		rs = append(rs, line("-A", sep, c+affinity, pmatch, "-j DNAT --to-destination", e.AddrPort().String()))
+		own(sep, rs...)
+	}
+
+	for _, n := range order {
+		out.own = append(out.own, chain{chainID{tableNAT, n}, rules[n]})
+	}
+	return out
+}
+
+// toEndpoints writes the rules of a SVC or SVL chain: affinity first, then random balancing
+// where the i-th rule of n takes 1/(n-i) of what reaches it, so each endpoint gets 1/n.
+func (r *renderer) toEndpoints(sp *proxier.ServicePort, name, from string, eps []proxier.Endpoint) []string {
+	var rs []string
+	if sp.SessionAffinity {
+		secs := strconv.Itoa(int(sp.AffinityTimeout.Seconds()))
+		for _, e := range eps {
+			sep := endpointChain(sp.Name, e)
+			rs = append(rs, line("-A", from, comment(name+" -> "+e.String()), "-m recent --name", sep, "--rcheck --seconds", secs, "--reap -j", sep))
+		}
+	}
+	for i, e := range eps {
+		sep := endpointChain(sp.Name, e)
+		c := comment(name + " -> " + e.String())
+		if left := len(eps) - i; left > 1 {
+			rs = append(rs, line("-A", from, c, "-m statistic --mode random --probability", probability(left), "-j", sep))
+		} else {
+			rs = append(rs, line("-A", from, c, "-j", sep))
+		}
+	}
+	return rs
+}
+
+// union merges two address-sorted endpoint lists, dropping duplicates.
+func union(a, b []proxier.Endpoint) []proxier.Endpoint {
+	if len(b) == 0 {
+		return a
+	}
+	if len(a) == 0 {
+		return b
+	}
+	out := make([]proxier.Endpoint, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b):
+			out = append(out, a[i])
+			i++
+		case i == len(a):
+			out = append(out, b[j])
+			j++
+		default:
+			switch c := a[i].AddrPort().Compare(b[j].AddrPort()); {
+			case c < 0:
+				out = append(out, a[i])
+				i++
+			case c > 0:
+				out = append(out, b[j])
+				j++
+			default:
+				out = append(out, a[i])
+				i++
+				j++
+			}
+		}
+	}
+	return out
+}
+
+// baseChains assembles the shared chains of one family from the service ports' dispatch rules,
+// in state order, around the fixed rules kube-proxy writes.
+func (r *renderer) baseChains(services []*serviceRules) []chain {
+	collect := func(id chainID) []string {
+		var rs []string
+		for _, s := range services {
+			rs = append(rs, s.dispatch[id]...)
+		}
+		return rs
+	}
+	natServices := collect(chainID{tableNAT, servicesChain})
+	// Node ports come last in NA-SERVICES, so a VIP that is also a local address is matched
+	// as a VIP first.
+	npComment := comment("nodeagent service nodeports; NOTE: this must be the last rule in this chain")
+	if r.nodePortAddrs == nil {
+		loopback := "127.0.0.0/8"
+		if r.family == proxier.IPv6 {
+			loopback = "::1/128"
+		}
+		// Node ports are not offered on loopback (kube-proxy's --iptables-localhost-nodeports=false;
+		// answering there needs route_localnet, which the agent does not set).
+		natServices = append(natServices, line("-A", servicesChain, npComment, "-m addrtype --dst-type LOCAL", "!", "-d", loopback, "-j", nodePortsChain))
+	} else {
+		for _, a := range r.nodePortAddrs {
+			natServices = append(natServices, line("-A", servicesChain, npComment, "-d", a.String(), "-j", nodePortsChain))
+		}
+	}
+	masq := line("-A", postroutingChain, comment("nodeagent service traffic requiring SNAT"), "-j MASQUERADE")
+	if r.randomFully {
+		masq += " --random-fully"
+	}
+	return []chain{
+		{chainID{tableFilter, servicesChain}, collect(chainID{tableFilter, servicesChain})},
+		{chainID{tableFilter, externalServicesChain}, collect(chainID{tableFilter, externalServicesChain})},
+		{chainID{tableFilter, forwardChain}, []string{
+			line("-A", forwardChain, "-m conntrack --ctstate INVALID -j DROP"),
+			line("-A", forwardChain, comment("nodeagent forwarding rules"), "-m mark --mark", masqMark+"/"+masqMark, "-j ACCEPT"),
+			line("-A", forwardChain, comment("nodeagent forwarding conntrack rule"), "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+		}},
+		{chainID{tableFilter, nodePortsChain}, collect(chainID{tableFilter, nodePortsChain})},
+		{chainID{tableFilter, firewallChain}, collect(chainID{tableFilter, firewallChain})},
+		{chainID{tableNAT, servicesChain}, natServices},
+		{chainID{tableNAT, nodePortsChain}, collect(chainID{tableNAT, nodePortsChain})},
+		{chainID{tableNAT, postroutingChain}, []string{
+			line("-A", postroutingChain, "-m mark ! --mark", masqMark+"/"+masqMark, "-j RETURN"),
+			// Clear the mark so a packet re-entering the stack is not masqueraded twice.
+			line("-A", postroutingChain, "-j MARK --xor-mark", masqMark),
+			masq,
+		}},
+		{chainID{tableNAT, markMasqChain}, []string{line("-A", markMasqChain, "-j MARK --or-mark", masqMark)}},
+	}
+}
