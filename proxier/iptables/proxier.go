@@ -69,6 +69,8 @@ type family struct {
 	cache map[proxier.ServicePortName]*serviceRules
 	// written is every chain of ours as last programmed.
 	written map[chainID][]string
+	// settings are the renderer settings cache was made with.
+	settings string
 	// lastWrite is the chains written by the last restore, for tests and debugging.
 	lastWrite []string
 }
@@ -143,8 +145,10 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 	if fp.rulesErr != nil {
 		return fp.rulesErr
 	}
-	full := ch.Full || fp.needFull
 	r := newRenderer(st, fp.family, fp.randomFully)
+	// Cached renderings are only valid for the settings they were made with; a caller that
+	// changes node or config without Changes.Full still gets a full sync.
+	full := ch.Full || fp.needFull || r.settings() != fp.settings
 	sps := st.ForFamily(fp.family)
 	cache := make(map[proxier.ServicePortName]*serviceRules, len(sps))
 	rendered := make([]*serviceRules, len(sps))
@@ -222,7 +226,7 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 			return err
 		}
 	}
-	fp.written, fp.cache, fp.needFull = desired, cache, false
+	fp.written, fp.cache, fp.needFull, fp.settings = desired, cache, false, r.settings()
 	return nil
 }
 
@@ -230,33 +234,39 @@ func compareIDs(a, b chainID) int {
 	return cmp.Or(cmp.Compare(a.table, b.table), cmp.Compare(a.name, b.name))
 }
 
-// reportDrift logs (once per full sync, only when something is off) our chains and jump rules
-// that are missing or hold a different number of rules than last written: someone flushed or
-// edited them. The full sync that follows repairs them.
+// reportDrift logs (once per full sync, only when something is off) what drift found. The full
+// sync that follows repairs it.
 func (p *Proxier) reportDrift(fp *family, kernel *saved) {
-	var drifted []string
-	for id, rules := range fp.written {
-		got, ok := kernel.chains[id]
-		if !ok || len(got) != len(rules) {
-			drifted = append(drifted, id.String())
-		}
-	}
-	missingJumps := 0
-	for _, j := range jumps {
-		if kernel.jumpCount(j) != 1 {
-			missingJumps++
-		}
-	}
-	if len(drifted) == 0 && missingJumps == 0 {
+	drifted, jumpsOff := drift(fp.written, kernel)
+	if len(drifted) == 0 && jumpsOff == 0 {
 		return
 	}
-	slices.Sort(drifted)
 	shown := drifted
 	if len(shown) > 5 {
 		shown = shown[:5]
 	}
 	p.log.Warn("iptables rules changed outside the agent; rewriting them", "family", fp.family.String(),
-		"chains", len(drifted), "first", shown, "jumpRulesOff", missingJumps)
+		"chains", len(drifted), "first", shown, "jumpRulesOff", jumpsOff)
+}
+
+// drift lists our chains that are missing from the kernel or hold a different number of rules
+// than written (someone flushed or edited them), and counts jump rules not present exactly once.
+// Rules are counted rather than compared because iptables-save prints them in its own canonical
+// form (matches reordered, /32 added, MARK --or-mark shown as --set-xmark, ...).
+func drift(written map[chainID][]string, kernel *saved) (chains []string, jumpsOff int) {
+	for id, rules := range written {
+		got, ok := kernel.chains[id]
+		if !ok || len(got) != len(rules) {
+			chains = append(chains, id.String())
+		}
+	}
+	slices.Sort(chains)
+	for _, j := range jumps {
+		if kernel.jumpCount(j) != 1 {
+			jumpsOff++
+		}
+	}
+	return chains, jumpsOff
 }
 
 // ensureJumps inserts missing jump rules at the top of the built-in chains and removes duplicates.

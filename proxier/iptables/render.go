@@ -62,6 +62,11 @@ func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *rendere
 	return r
 }
 
+// settings summarises everything besides the service port that a rendering depends on.
+func (r *renderer) settings() string {
+	return fmt.Sprint(r.clusterCIDR, r.masqueradeAll, r.nodeIPs, r.nodePortAddrs == nil, r.nodePortAddrs, r.randomFully)
+}
+
 // line joins words into one restore line.
 func line(words ...string) string { return strings.Join(words, " ") }
 

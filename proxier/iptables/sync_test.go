@@ -280,3 +280,24 @@ func TestNewDetectsFamilies(t *testing.T) {
 		t.Error("New with no iptables at all succeeded")
 	}
 }
+
+func TestSyncSettingsChangeIsFull(t *testing.T) {
+	ctx := context.Background()
+	h := newFakeHost()
+	opts := h.options()
+	opts.Families = []proxier.Family{proxier.IPv4}
+	p, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := labState(svc("default", "web", "http", v1.ProtocolTCP, "10.96.0.100", 80, ep("10.244.1.5:8080")))
+	if err := p.Sync(ctx, st, proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	st2 := labState(st.Services...)
+	st2.Config.MasqueradeAll = true
+	if err := p.Sync(ctx, st2, changes()); err != nil {
+		t.Fatal(err)
+	}
+	checkKernel(t, h.v4, st2, proxier.IPv4)
+}
