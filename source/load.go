@@ -102,7 +102,8 @@ func (l *loader) load() (Objects, []Problem, error) {
 			}
 			fsState.sum, fsState.last = sum, decodeFile(path, data)
 			if fsState.last.ok {
-				fsState.good = &fsState.last
+				good := fsState.last
+				fsState.good = &good
 			}
 		}
 		problems = append(problems, fsState.last.problems...)

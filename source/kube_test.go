@@ -1,0 +1,217 @@
+package source
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
+)
+
+// normalized returns a copy of obj without what an API server adds or a source may leave out
+// (type meta, resource version, managed fields), for comparing objects across sources.
+func normalized(obj runtime.Object) runtime.Object {
+	c := obj.DeepCopyObject()
+	switch o := c.(type) {
+	case *v1.Service:
+		o.TypeMeta, o.ResourceVersion, o.ManagedFields = metav1.TypeMeta{}, "", nil
+	case *discoveryv1.EndpointSlice:
+		o.TypeMeta, o.ResourceVersion, o.ManagedFields = metav1.TypeMeta{}, "", nil
+	case *v1.Node:
+		o.TypeMeta, o.ResourceVersion, o.ManagedFields = metav1.TypeMeta{}, "", nil
+	}
+	return c
+}
+
+// watchStarts counts the watches a fake clientset opened per resource. The fake's watches do
+// not replay what happened between an informer's list and its watch, so a test changes objects
+// only once every watch is open.
+type watchStarts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (w *watchStarts) react(action k8stesting.Action) (bool, watch.Interface, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.n[action.GetResource().Resource]++
+	return false, nil, nil // let the default reactor open the watch
+}
+
+func (w *watchStarts) open(resources ...string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range resources {
+		if w.n[r] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestKubeMatchesManifests loads the seed manifests, creates the objects in a fake API server,
+// and checks that the Kubernetes source delivers what the manifests source delivers (the part
+// kube-proxy watches), then that updates and deletes flow through.
+func TestKubeMatchesManifests(t *testing.T) {
+	dir := seedDir(t)
+	writeFile(t, dir, "nodes.yaml", `apiVersion: v1
+kind: Node
+metadata: {name: node01, labels: {kubernetes.io/hostname: node01}}
+status: {addresses: [{type: InternalIP, address: 10.0.0.151}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node02}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other-proxy, labels: {service.kubernetes.io/service-proxy-name: someone-else}}
+spec: {selector: {app: x}, ports: [{port: 80}]}
+`)
+	manifests := &Manifests{Dir: dir, Log: quietLog}
+	objs, _, err := manifests.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFiles := newRecorder()
+	objs.Deliver(fromFiles)
+
+	client := fake.NewClientset()
+	starts := &watchStarts{n: map[string]int{}}
+	client.PrependWatchReactor("*", starts.react)
+	ctx := context.Background()
+	for _, o := range objs.Services() {
+		if _, err := client.CoreV1().Services(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range objs.EndpointSlices() {
+		if _, err := client.DiscoveryV1().EndpointSlices(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range objs.Nodes() {
+		if _, err := client.CoreV1().Nodes().Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	fromAPI := newRecorder()
+	kube := &Kube{Client: client, NodeName: "node01", Log: quietLog}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- kube.Run(runCtx, fromAPI) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	eventually(t, "caches synced", func() bool { s, _, _ := fromAPI.counts(); return s == 1 })
+
+	// What kube-proxy sees of the manifests: no Pods, no objects labelled for another proxy or
+	// headless, and only this node.
+	want := map[Key]runtime.Object{}
+	for k, o := range fromFiles.snapshot() {
+		m := o.(metav1.Object)
+		if k.GroupKind == nodeKind && k.Name != "node01" || !proxied(m) && k.GroupKind != nodeKind {
+			continue
+		}
+		want[k] = o
+	}
+	if _, ok := want[svcKey("default", "other-proxy")]; ok {
+		t.Fatal("filter kept a service labelled for another proxy")
+	}
+	got := fromAPI.snapshot()
+	if len(want) < 12 {
+		t.Fatalf("only %d objects to compare", len(want))
+	}
+	t.Logf("comparing %d objects", len(want))
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Errorf("%v: delivered from files, not from the API", k)
+			continue
+		}
+		if !equality.Semantic.DeepEqual(normalized(g), normalized(w)) {
+			t.Errorf("%v differs:\n api: %+v\nfile: %+v", k, normalized(g), normalized(w))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%v: delivered from the API only", k)
+		}
+	}
+
+	eventually(t, "watches open", func() bool { return starts.open("services", "endpointslices", "nodes") })
+
+	// An update flows through.
+	redis := objs.Get(svcKey("default", "redis")).(*v1.Service).DeepCopy()
+	redis.Spec.Ports[0].Port = 6390
+	if _, err := client.CoreV1().Services("default").Update(ctx, redis, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "redis update", func() bool { return redisPort(fromAPI) == 6390 })
+
+	// A delete flows through.
+	if err := client.DiscoveryV1().EndpointSlices("default").Delete(ctx, "redis-x7k2p", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "slice delete", func() bool { return fromAPI.get(sliceKey("default", "redis-x7k2p")) == nil })
+
+	// A service labelled for another proxy leaves, as it would leave a filtered watch.
+	redis.Labels = map[string]string{labelServiceProxyName: "someone-else"}
+	if _, err := client.CoreV1().Services("default").Update(ctx, redis, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "relabelled service gone", func() bool { return fromAPI.get(svcKey("default", "redis")) == nil })
+
+	// Another node is not this node's business.
+	if _, err := client.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node03"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	node01 := objs.Get(Key{GroupKind: nodeKind, Name: "node01"}).(*v1.Node).DeepCopy()
+	node01.Labels["changed"] = "yes"
+	if _, err := client.CoreV1().Nodes().Update(ctx, node01, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "node01 update", func() bool {
+		n, _ := fromAPI.get(Key{GroupKind: nodeKind, Name: "node01"}).(*v1.Node)
+		return n != nil && n.Labels["changed"] == "yes"
+	})
+	if fromAPI.get(Key{GroupKind: nodeKind, Name: "node03"}) != nil {
+		t.Error("another node was delivered")
+	}
+}
+
+func TestKubeTombstone(t *testing.T) {
+	rec := newRecorder()
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "default"}}
+	h := handler(rec, proxied, quietLog)
+	h.OnAdd(svc, true)
+	if rec.get(svcKey("default", "a")) == nil {
+		t.Fatal("add not delivered")
+	}
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/a", Obj: svc})
+	if _, _, del := rec.counts(); del != 1 || rec.get(svcKey("default", "a")) != nil {
+		t.Error("tombstone not delivered as a delete")
+	}
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/b", Obj: "garbage"})
+	if _, _, del := rec.counts(); del != 1 {
+		t.Error("a tombstone without an object was delivered")
+	}
+}
