@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/vishvananda/netns"
+
 	"nodeagent/proxier"
+	"nodeagent/proxier/conntrack"
+	"nodeagent/proxier/iptables"
 )
 
 // allModes lists every proxy mode, in the order cleanup visits them.
@@ -13,11 +17,31 @@ var allModes = []string{"iptables", "nftables", "ipvs"}
 // newProxier returns the proxier of a mode, ready to program this network namespace.
 func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
 	switch mode {
+	case "iptables":
+		ct, err := newConntrack(log)
+		if err != nil {
+			return nil, err
+		}
+		return iptables.New(iptables.Options{Log: log, Conntrack: ct})
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
 }
 
-// newRenderer returns a proxier of the mode only used to Render, so it must not need the kernel.
+// newRenderer returns a proxier of the mode used only to Render: it must not need the kernel.
 func newRenderer(mode string, log *slog.Logger) (proxier.Proxier, error) {
+	switch mode {
+	case "iptables":
+		// Render both families whatever binaries this machine has.
+		return iptables.New(iptables.Options{Log: log, Families: proxier.Families})
+	}
 	return newProxier(mode, log)
+}
+
+// newConntrack returns the cleaner of stale UDP/SCTP flows in this network namespace.
+func newConntrack(log *slog.Logger) (*conntrack.Cleaner, error) {
+	k, err := conntrack.NewKernel(netns.None())
+	if err != nil {
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	return conntrack.NewCleaner(k, log), nil
 }
