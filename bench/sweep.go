@@ -40,7 +40,10 @@ func Sweep(ctx context.Context, self string, modes []string, sizes []int, args [
 
 func runIsolated(ctx context.Context, self, name, mode string, services int, args []string) (Result, error) {
 	agent, pod := name, name+"p"
-	defer func() { _ = exec.Command("ip", "netns", "del", agent).Run(); _ = exec.Command("ip", "netns", "del", pod).Run() }()
+	defer func() {
+		_ = exec.Command("ip", "netns", "del", agent).Run()
+		_ = exec.Command("ip", "netns", "del", pod).Run()
+	}()
 	steps := [][]string{
 		{"netns", "add", agent},
 		{"netns", "add", pod},
