@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	v1 "k8s.io/api/core/v1"
+
 	"nodeagent/proxier"
 )
 
@@ -133,8 +135,14 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	internalFilter, internalFilterComment := "", ""
 	externalFilter, externalFilterComment := "", ""
 	if !hasEndpoints {
-		internalFilter, internalFilterComment = "REJECT", name+" has no endpoints"
-		externalFilter, externalFilterComment = "REJECT", name+" has no endpoints"
+		// A TCP reset, unlike ICMP port-unreachable, is not rate-limited by the kernel
+		// (net.ipv4.icmp_ratelimit), so every client sees "connection refused" at once.
+		reject := "REJECT"
+		if sp.Name.Protocol == v1.ProtocolTCP {
+			reject = "REJECT --reject-with tcp-reset"
+		}
+		internalFilter, internalFilterComment = reject, name+" has no endpoints"
+		externalFilter, externalFilterComment = reject, name+" has no endpoints"
 	} else {
 		if !hasInternal {
 			internalFilter, internalFilterComment = "DROP", name+" has no local endpoints"
