@@ -1,0 +1,356 @@
+package nftables
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"golang.org/x/sys/unix"
+
+	"nodeagent/proxier"
+)
+
+// Kernel object names. The table is ours alone; everything else lives inside it.
+const (
+	tableName = "nodeagent"
+
+	setClusterIPs          = "cluster-ips"
+	setNodePortIPs         = "nodeport-ips"
+	setHairpin             = "hairpin-ips"
+	mapServiceIPs          = "service-ips"
+	mapServiceNodePorts    = "service-nodeports"
+	mapNoEndpointServices  = "no-endpoint-services"
+	mapNoEndpointNodePorts = "no-endpoint-nodeports"
+	mapFirewallIPs         = "firewall-ips"
+
+	chainFilterPreroutingPreDNAT = "filter-prerouting-pre-dnat"
+	chainFilterOutputPreDNAT     = "filter-output-pre-dnat"
+	chainFilterInput             = "filter-input"
+	chainFilterForward           = "filter-forward"
+	chainFilterOutput            = "filter-output"
+	chainNATPrerouting           = "nat-prerouting"
+	chainNATOutput               = "nat-output"
+	chainNATPostrouting          = "nat-postrouting"
+	chainFirewallCheck           = "firewall-check"
+	chainServices                = "services"
+	chainServiceEndpointsCheck   = "service-endpoints-check"
+	chainNodePortEndpointsCheck  = "nodeport-endpoints-check"
+	chainClusterIPsCheck         = "cluster-ips-check"
+	chainReject                  = "reject-chain"
+	chainMarkForMasquerade       = "mark-for-masquerade"
+	chainMarkOffCluster          = "mark-for-masquerade-off-cluster"
+	chainMasquerading            = "masquerading"
+
+	// maxNameLen keeps generated names well inside the kernel's 256-byte limit; the hash in
+	// every generated name keeps truncated names unique.
+	maxNameLen = 200
+)
+
+// Base chain priorities, as kube-proxy's: the firewall runs just before DNAT.
+const (
+	prioDstNAT = -100
+	prioSrcNAT = 100
+	prioFilter = 0
+)
+
+// fragment is what one owner (the base ruleset, or one ServicePort) puts into a table.
+type fragment struct {
+	sets   []*set
+	chains []*chain
+	elems  []element
+}
+
+func (fr *fragment) addElem(seen map[elemID]bool, set string, key elemKey, val verdict) {
+	id := elemID{set: set, key: key}
+	if seen[id] {
+		return
+	}
+	seen[id] = true
+	fr.elems = append(fr.elems, element{set: set, key: key, val: val})
+}
+
+// baseSets are the named sets and maps every table has.
+func baseSets(cfg *proxier.Config, f *family) []*set {
+	sets := []*set{
+		{name: setClusterIPs, kind: keyAddr, comment: "active cluster IPs"},
+		{name: setHairpin, kind: keyAddrAddr, comment: "endpoint . endpoint, to masquerade hairpin traffic"},
+		{name: mapServiceIPs, kind: keyAddrProtoPort, isMap: true, comment: "cluster, external and load-balancer IPs"},
+		{name: mapServiceNodePorts, kind: keyProtoPort, isMap: true, comment: "node ports"},
+		{name: mapNoEndpointServices, kind: keyAddrProtoPort, isMap: true, comment: "reject or drop traffic to services without endpoints"},
+		{name: mapNoEndpointNodePorts, kind: keyProtoPort, isMap: true, comment: "reject or drop traffic to node ports without endpoints"},
+		{name: mapFirewallIPs, kind: keyAddrProtoPort, isMap: true, comment: "load-balancer IPs with source ranges"},
+	}
+	if len(cfg.NodePortAddressesOf(f.pf)) > 0 {
+		sets = append(sets, &set{name: setNodePortIPs, kind: keyAddr, comment: "node addresses that accept node ports"})
+	}
+	return sets
+}
+
+// buildBase is the fixed part of a table: base chains, dispatch through the maps, the reject
+// and masquerade helpers. It depends only on the configuration and the node's addresses.
+func buildBase(st *proxier.State, f *family) *fragment {
+	cfg := &st.Config
+	fr := &fragment{sets: baseSets(cfg, f)}
+	base := func(name, typ string, hooknum uint32, prio int32, rules ...rule) {
+		fr.chains = append(fr.chains, &chain{name: name, hook: &hook{typ: typ, hooknum: hooknum, priority: prio}, rules: rules})
+	}
+	helper := func(name string, rules ...rule) {
+		fr.chains = append(fr.chains, &chain{name: name, rules: rules})
+	}
+	newConn := func(target string) rule { return rule{ctStateNew{}, jumpChain(target)} }
+
+	base(chainFilterPreroutingPreDNAT, "filter", unix.NF_INET_PRE_ROUTING, prioDstNAT-10, newConn(chainFirewallCheck))
+	base(chainFilterOutputPreDNAT, "filter", unix.NF_INET_LOCAL_OUT, prioDstNAT-10, newConn(chainFirewallCheck))
+	base(chainFilterInput, "filter", unix.NF_INET_LOCAL_IN, prioFilter,
+		newConn(chainNodePortEndpointsCheck), newConn(chainServiceEndpointsCheck))
+	base(chainFilterForward, "filter", unix.NF_INET_FORWARD, prioFilter,
+		newConn(chainServiceEndpointsCheck), newConn(chainClusterIPsCheck))
+	base(chainFilterOutput, "filter", unix.NF_INET_LOCAL_OUT, prioFilter,
+		newConn(chainServiceEndpointsCheck), newConn(chainClusterIPsCheck))
+	base(chainNATPrerouting, "nat", unix.NF_INET_PRE_ROUTING, prioDstNAT, rule{jumpChain(chainServices)})
+	base(chainNATOutput, "nat", unix.NF_INET_LOCAL_OUT, prioDstNAT, rule{jumpChain(chainServices)})
+	base(chainNATPostrouting, "nat", unix.NF_INET_POST_ROUTING, prioSrcNAT, rule{jumpChain(chainMasquerading)})
+
+	// Node ports: on the configured addresses, else on every local address but loopback
+	// (route_localnet is not something a proxy should turn on).
+	var nodePortMatch rule
+	if len(cfg.NodePortAddressesOf(f.pf)) > 0 {
+		nodePortMatch = rule{addrInSet{set: setNodePortIPs}}
+	} else {
+		nodePortMatch = rule{fibLocal{}, addrMatch{neg: true, prefix: f.loopback}}
+	}
+	helper(chainFirewallCheck, rule{serviceVmap{set: mapFirewallIPs}})
+	helper(chainServices,
+		rule{serviceVmap{set: mapServiceIPs}},
+		append(append(rule{}, nodePortMatch...), portVmap{set: mapServiceNodePorts}))
+	helper(chainServiceEndpointsCheck, rule{serviceVmap{set: mapNoEndpointServices}})
+	helper(chainNodePortEndpointsCheck, append(append(rule{}, nodePortMatch...), portVmap{set: mapNoEndpointNodePorts}))
+	helper(chainClusterIPsCheck, rule{addrInSet{set: setClusterIPs}, gotoChain(chainReject)})
+	helper(chainReject, rule{l4proto{unix.IPPROTO_TCP}, reject{tcpReset: true}}, rule{reject{}})
+	helper(chainMarkForMasquerade, rule{markSet})
+	if cidrs := cfg.ClusterCIDRsOf(f.pf); len(cidrs) > 0 && !cfg.MasqueradeAll {
+		var rules []rule
+		for _, c := range cidrs {
+			rules = append(rules, rule{addrMatch{src: true, prefix: c}, verdictReturn})
+		}
+		helper(chainMarkOffCluster, append(rules, rule{markSet})...)
+	}
+	helper(chainMasquerading,
+		rule{ctStatusDNAT{}, addrPairInSet{set: setHairpin}, markSet},
+		rule{markUnset, verdictReturn},
+		rule{markClear},
+		rule{masquerade{}})
+
+	seen := map[elemID]bool{}
+	if prefixes := cfg.NodePortAddressesOf(f.pf); len(prefixes) > 0 {
+		for _, a := range st.NodeIPsOf(f.pf) {
+			for _, p := range prefixes {
+				if p.Contains(a) {
+					fr.addElem(seen, setNodePortIPs, elemKey{addr: a}, verdict{})
+					break
+				}
+			}
+		}
+	}
+	return fr
+}
+
+// nameBase is kube-proxy's readable service port name: namespace/name/protocol/port.
+func nameBase(sp *proxier.ServicePort) string {
+	return sp.Name.Namespace + "/" + sp.Name.Name + "/" + strings.ToLower(string(sp.Name.Protocol)) + "/" + sp.Name.Port
+}
+
+// objectName is prefix-HASH-readable, truncated: stable across restarts and unique.
+func objectName(prefix, readable, hashInput string) string {
+	sum := sha256.Sum256([]byte(hashInput))
+	name := prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
+	if len(name) > maxNameLen {
+		name = name[:maxNameLen]
+	}
+	return name
+}
+
+// endpointText is the endpoint as it appears in names: nft identifiers may not contain ':'.
+func endpointText(ep proxier.Endpoint) string {
+	return strings.ReplaceAll(ep.Addr.String(), ":", ".") + "/" + strconv.Itoa(int(ep.Port))
+}
+
+func protoNum(p v1.Protocol) uint8 {
+	switch p {
+	case v1.ProtocolUDP:
+		return unix.IPPROTO_UDP
+	case v1.ProtocolSCTP:
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// buildService is everything one ServicePort programs: its dispatch chains, endpoint chains,
+// affinity sets and the elements that route its addresses to them (or reject them).
+func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
+	cfg := &st.Config
+	fr := &fragment{}
+	seen := map[elemID]bool{}
+	base := nameBase(sp)
+	svcChain := objectName("service", base, base)
+	localChain := objectName("local", base, base)
+	extChain := objectName("external", base, base)
+	fwChain := objectName("firewall", base, base)
+	proto := protoNum(sp.Name.Protocol)
+
+	cluster, local := sp.ClusterEndpoints, sp.LocalEndpoints
+	hasExternal := sp.HasExternal()
+	// The cluster-policy chain serves internal traffic (Cluster policy) and external traffic
+	// (Cluster policy, or pod/node-originated traffic short-circuited under Local policy).
+	needCluster := len(cluster) > 0 && (!sp.InternalPolicyLocal || hasExternal)
+	needLocal := len(local) > 0 && (sp.InternalPolicyLocal || (hasExternal && sp.ExternalPolicyLocal))
+	needExternal := hasExternal && len(cluster) > 0
+	internalChain := svcChain
+	if sp.InternalPolicyLocal {
+		internalChain = localChain
+	}
+
+	timeout := sp.AffinityTimeout
+	if timeout <= 0 {
+		timeout = proxier.DefaultAffinityTimeout
+	}
+	epChain := func(ep proxier.Endpoint) string {
+		t := endpointText(ep)
+		return objectName("endpoint", base+"__"+t, base+"__"+t)
+	}
+	affinitySet := func(ep proxier.Endpoint) string {
+		t := endpointText(ep)
+		return objectName("affinity", base+"__"+t, base+"__"+t+"__"+timeout.String())
+	}
+
+	// Off-cluster traffic to the cluster IP is masqueraded so that replies come back here.
+	var masq rule
+	switch {
+	case cfg.MasqueradeAll:
+		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkForMasquerade)}
+	case len(cfg.ClusterCIDRsOf(f.pf)) > 0:
+		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkOffCluster)}
+	}
+	dispatch := func(name string, eps []proxier.Endpoint, internal bool) {
+		c := &chain{name: name}
+		if internal && masq != nil {
+			c.rules = append(c.rules, masq)
+		}
+		chains := make([]string, len(eps))
+		for i, ep := range eps {
+			chains[i] = epChain(ep)
+			if sp.SessionAffinity {
+				c.rules = append(c.rules, rule{addrInSet{src: true, set: affinitySet(ep)}, gotoChain(chains[i])})
+			}
+		}
+		c.rules = append(c.rules, rule{numgenDispatch{chains: chains}})
+		fr.chains = append(fr.chains, c)
+	}
+	if needCluster {
+		dispatch(svcChain, cluster, !sp.InternalPolicyLocal)
+	}
+	if needLocal {
+		dispatch(localChain, local, sp.InternalPolicyLocal)
+	}
+	if needExternal {
+		c := &chain{name: extChain}
+		if !sp.ExternalPolicyLocal {
+			c.rules = []rule{{jumpChain(chainMarkForMasquerade)}, {gotoChain(svcChain)}}
+		} else {
+			// Local policy keeps the client address, but traffic from pods and from the node
+			// itself goes to any endpoint (masqueraded when from the node), as kube-proxy does.
+			for _, p := range cfg.ClusterCIDRsOf(f.pf) {
+				c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, gotoChain(svcChain)})
+			}
+			c.rules = append(c.rules,
+				rule{fibLocal{src: true}, jumpChain(chainMarkForMasquerade)},
+				rule{fibLocal{src: true}, gotoChain(svcChain)})
+			if needLocal {
+				c.rules = append(c.rules, rule{gotoChain(localChain)})
+			}
+		}
+		fr.chains = append(fr.chains, c)
+	}
+
+	// Endpoint chains for every endpoint a dispatch chain uses.
+	used := map[netip.AddrPort]bool{}
+	addEndpoint := func(ep proxier.Endpoint) {
+		if used[ep.AddrPort()] {
+			return
+		}
+		used[ep.AddrPort()] = true
+		r := rule{l4proto{proto}}
+		if sp.SessionAffinity {
+			aff := affinitySet(ep)
+			fr.sets = append(fr.sets, &set{name: aff, kind: keyAddr, timeout: timeout})
+			r = append(r, updateSource{set: aff})
+		}
+		r = append(r, dnat{to: ep.AddrPort()})
+		fr.chains = append(fr.chains, &chain{name: epChain(ep), rules: []rule{r}})
+		fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr, addr2: ep.Addr}, verdict{})
+	}
+	if needCluster {
+		for _, ep := range cluster {
+			addEndpoint(ep)
+		}
+	}
+	if needLocal {
+		for _, ep := range local {
+			addEndpoint(ep)
+		}
+	}
+
+	// Where the addresses go: to a chain, or (no usable endpoint) dropped or rejected.
+	// Local policy with endpoints elsewhere drops, like kube-proxy; no endpoint at all rejects.
+	noEndpoints := func(policyLocal bool) verdict {
+		if policyLocal && len(cluster) > 0 {
+			return verdictDrop
+		}
+		return gotoChain(chainReject)
+	}
+	fr.addElem(seen, setClusterIPs, elemKey{addr: sp.ClusterIP}, verdict{})
+	cipKey := elemKey{addr: sp.ClusterIP, proto: proto, port: sp.Port}
+	if len(sp.InternalEndpoints()) > 0 {
+		fr.addElem(seen, mapServiceIPs, cipKey, gotoChain(internalChain))
+	} else {
+		fr.addElem(seen, mapNoEndpointServices, cipKey, noEndpoints(sp.InternalPolicyLocal))
+	}
+	externalOK := len(sp.ExternalEndpoints()) > 0
+	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
+		for _, a := range addrs {
+			k := elemKey{addr: a, proto: proto, port: sp.Port}
+			if needExternal {
+				fr.addElem(seen, mapServiceIPs, k, gotoChain(extChain))
+			}
+			if !externalOK {
+				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(sp.ExternalPolicyLocal))
+			}
+		}
+	}
+	if sp.NodePort != 0 {
+		k := elemKey{proto: proto, port: sp.NodePort}
+		if needExternal {
+			fr.addElem(seen, mapServiceNodePorts, k, gotoChain(extChain))
+		}
+		if !externalOK {
+			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(sp.ExternalPolicyLocal))
+		}
+	}
+
+	// loadBalancerSourceRanges: only the listed sources reach the load-balancer IPs.
+	if len(sp.LoadBalancerSourceRanges) > 0 && len(sp.LoadBalancerIPs) > 0 {
+		c := &chain{name: fwChain}
+		for _, p := range sp.LoadBalancerSourceRanges {
+			c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, verdictReturn})
+		}
+		c.rules = append(c.rules, rule{verdictDrop})
+		fr.chains = append(fr.chains, c)
+		for _, a := range sp.LoadBalancerIPs {
+			fr.addElem(seen, mapFirewallIPs, elemKey{addr: a, proto: proto, port: sp.Port}, gotoChain(fwChain))
+		}
+	}
+	return fr
+}

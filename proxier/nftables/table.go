@@ -1,0 +1,567 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"nodeagent/proxier"
+)
+
+// This file is the small Go description of our tables: chains made of rules made of terms, sets
+// and maps, and their elements. Every term renders two ways: appendText writes nft syntax (for
+// Render, golden files and humans) and exprs produces the google/nftables expressions the
+// kernel receives. Keeping both renderings next to each other is what keeps them in step.
+
+// family is one IP family's table and the constants that differ between ip and ip6.
+type family struct {
+	pf       proxier.Family
+	name     string // nft family keyword and payload protocol: "ip" or "ip6"
+	nfproto  byte   // NFPROTO_IPV4 / NFPROTO_IPV6
+	addrLen  uint32 // bytes in an address
+	saddrOff uint32 // offset of the source address in the network header
+	daddrOff uint32 // offset of the destination address in the network header
+	addrType string // nft type name of an address
+	loopback netip.Prefix
+}
+
+var (
+	familyIPv4 = &family{pf: proxier.IPv4, name: "ip", nfproto: unix.NFPROTO_IPV4, addrLen: 4,
+		saddrOff: 12, daddrOff: 16, addrType: "ipv4_addr", loopback: netip.MustParsePrefix("127.0.0.0/8")}
+	familyIPv6 = &family{pf: proxier.IPv6, name: "ip6", nfproto: unix.NFPROTO_IPV6, addrLen: 16,
+		saddrOff: 8, daddrOff: 24, addrType: "ipv6_addr", loopback: netip.MustParsePrefix("::1/128")}
+)
+
+func familyOf(f proxier.Family) *family {
+	if f == proxier.IPv6 {
+		return familyIPv6
+	}
+	return familyIPv4
+}
+
+// hook makes a chain a base chain.
+type hook struct {
+	typ      string // "filter" or "nat"
+	hooknum  uint32 // NF_INET_*
+	priority int32
+	prioText string // nft's symbolic priority, e.g. "dstnat - 10"
+}
+
+var hookNames = map[uint32]string{
+	unix.NF_INET_PRE_ROUTING: "prerouting", unix.NF_INET_LOCAL_IN: "input", unix.NF_INET_FORWARD: "forward",
+	unix.NF_INET_LOCAL_OUT: "output", unix.NF_INET_POST_ROUTING: "postrouting",
+}
+
+// chain is a chain with its rules in order.
+type chain struct {
+	name  string
+	hook  *hook
+	rules []rule
+}
+
+// rule is a sequence of terms (matches and statements) evaluated left to right.
+type rule []term
+
+// setKind is the key (and data) type of a set or map.
+type setKind uint8
+
+const (
+	keyAddr          setKind = iota // ipvX_addr
+	keyAddrAddr                     // ipvX_addr . ipvX_addr
+	keyAddrProtoPort                // ipvX_addr . inet_proto . inet_service
+	keyProtoPort                    // inet_proto . inet_service
+)
+
+// set is a named set, or a verdict map when isMap.
+type set struct {
+	name    string
+	kind    setKind
+	isMap   bool
+	timeout time.Duration // > 0: flags dynamic,timeout (affinity sets)
+	comment string
+}
+
+// elemKey is one element's key; which fields count depends on the set's kind.
+type elemKey struct {
+	addr  netip.Addr
+	addr2 netip.Addr
+	proto uint8
+	port  uint16
+}
+
+// verdict is a rule or map verdict; chain is set for jump and goto.
+type verdict struct {
+	code  int32 // expr.VerdictKind values
+	chain string
+}
+
+var (
+	verdictDrop   = verdict{code: int32(expr.VerdictDrop)}
+	verdictReturn = verdict{code: int32(expr.VerdictReturn)}
+)
+
+func gotoChain(name string) verdict { return verdict{code: int32(expr.VerdictGoto), chain: name} }
+func jumpChain(name string) verdict { return verdict{code: int32(expr.VerdictJump), chain: name} }
+
+// element is one element of a set or map (val is ignored for plain sets).
+type element struct {
+	set string
+	key elemKey
+	val verdict
+}
+
+// anonMap is an anonymous, constant verdict map built for one rule (numgen dispatch).
+type anonMap struct {
+	id     uint32
+	chains []string // element i : goto chains[i]
+}
+
+// exprCtx collects what a rule's expressions need besides themselves: anonymous maps that must
+// be created in the same batch just before the rule.
+type exprCtx struct {
+	nextID *uint32
+	anon   []anonMap
+}
+
+func (c *exprCtx) newAnon(chains []string) uint32 {
+	*c.nextID++
+	c.anon = append(c.anon, anonMap{id: *c.nextID, chains: chains})
+	return *c.nextID
+}
+
+// term is one match or statement of a rule.
+type term interface {
+	appendText(b []byte, f *family) []byte
+	exprs(f *family, c *exprCtx) []expr.Any
+}
+
+// Registers: single values use NFT_REG_1; concatenations start at NFT_REG32_00 like nft does.
+const (
+	reg1    = unix.NFT_REG_1
+	reg2    = unix.NFT_REG_2
+	reg32At = unix.NFT_REG32_00
+)
+
+func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+func protoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "tcp"
+	case unix.IPPROTO_UDP:
+		return "udp"
+	case unix.IPPROTO_SCTP:
+		return "sctp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+func addrField(src bool) string {
+	if src {
+		return "saddr"
+	}
+	return "daddr"
+}
+
+func (f *family) addrOffset(src bool) uint32 {
+	if src {
+		return f.saddrOff
+	}
+	return f.daddrOff
+}
+
+func loadAddr(f *family, src bool, reg uint32, n uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: f.addrOffset(src), Len: n}
+}
+
+// ctStateNew matches the first packet of a connection.
+type ctStateNew struct{}
+
+func (ctStateNew) appendText(b []byte, _ *family) []byte { return append(b, "ct state new"...) }
+func (ctStateNew) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(8), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+	}
+}
+
+// ctStatusDNAT matches connections whose destination was translated.
+type ctStatusDNAT struct{}
+
+func (ctStatusDNAT) appendText(b []byte, _ *family) []byte { return append(b, "ct status dnat"...) }
+func (ctStatusDNAT) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(0x20), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
+	}
+}
+
+// addrMatch matches the source or destination address against a prefix (or one address).
+type addrMatch struct {
+	src    bool
+	neg    bool
+	prefix netip.Prefix
+}
+
+func (m addrMatch) appendText(b []byte, f *family) []byte {
+	b = append(b, f.name...)
+	b = append(b, ' ')
+	b = append(b, addrField(m.src)...)
+	if m.neg {
+		b = append(b, " !="...)
+	}
+	b = append(b, ' ')
+	if m.prefix.IsSingleIP() {
+		return m.prefix.Addr().AppendTo(b)
+	}
+	return m.prefix.AppendTo(b)
+}
+
+func (m addrMatch) exprs(f *family, _ *exprCtx) []expr.Any {
+	// Like nft: load only the bytes the prefix covers, mask only a partial last byte.
+	bits := m.prefix.Bits()
+	n := uint32((bits + 7) / 8)
+	addr := m.prefix.Addr().AsSlice()[:n]
+	out := []expr.Any{loadAddr(f, m.src, reg1, n)}
+	if bits%8 != 0 {
+		mask := make([]byte, n)
+		for i := range mask {
+			mask[i] = 0xff
+		}
+		mask[n-1] = byte(0xff << (8 - bits%8))
+		out = append(out, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: n, Mask: mask, Xor: make([]byte, n)})
+	}
+	op := expr.CmpOpEq
+	if m.neg {
+		op = expr.CmpOpNeq
+	}
+	return append(out, &expr.Cmp{Op: op, Register: reg1, Data: addr})
+}
+
+// addrInSet matches the source or destination address against a named set.
+type addrInSet struct {
+	src bool
+	set string
+}
+
+func (m addrInSet) appendText(b []byte, f *family) []byte {
+	b = append(b, f.name...)
+	b = append(b, ' ')
+	b = append(b, addrField(m.src)...)
+	b = append(b, " @"...)
+	return append(b, m.set...)
+}
+
+func (m addrInSet) exprs(f *family, _ *exprCtx) []expr.Any {
+	return []expr.Any{loadAddr(f, m.src, reg1, f.addrLen), &expr.Lookup{SourceRegister: reg1, SetName: m.set}}
+}
+
+// addrPairInSet matches "saddr . daddr" against a named set.
+type addrPairInSet struct{ set string }
+
+func (m addrPairInSet) appendText(b []byte, f *family) []byte {
+	b = append(b, f.name...)
+	b = append(b, " saddr . "...)
+	b = append(b, f.name...)
+	b = append(b, " daddr @"...)
+	return append(b, m.set...)
+}
+
+func (m addrPairInSet) exprs(f *family, _ *exprCtx) []expr.Any {
+	return []expr.Any{
+		loadAddr(f, true, reg32At, f.addrLen),
+		loadAddr(f, false, reg32At+f.addrLen/4, f.addrLen),
+		&expr.Lookup{SourceRegister: reg32At, SetName: m.set},
+	}
+}
+
+// serviceVmap dispatches on "daddr . l4proto . dport" through a named verdict map.
+type serviceVmap struct{ set string }
+
+func (m serviceVmap) appendText(b []byte, f *family) []byte {
+	b = append(b, f.name...)
+	b = append(b, " daddr . meta l4proto . th dport vmap @"...)
+	return append(b, m.set...)
+}
+
+func (m serviceVmap) exprs(f *family, _ *exprCtx) []expr.Any {
+	r := uint32(reg32At)
+	return []expr.Any{
+		loadAddr(f, false, r, f.addrLen),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.addrLen/4},
+		&expr.Payload{DestRegister: r + f.addrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: r, DestRegister: 0, IsDestRegSet: true, SetName: m.set},
+	}
+}
+
+// portVmap dispatches on "l4proto . dport" through a named verdict map.
+type portVmap struct{ set string }
+
+func (m portVmap) appendText(b []byte, _ *family) []byte {
+	b = append(b, "meta l4proto . th dport vmap @"...)
+	return append(b, m.set...)
+}
+
+func (m portVmap) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32At},
+		&expr.Payload{DestRegister: reg32At + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg32At, DestRegister: 0, IsDestRegSet: true, SetName: m.set},
+	}
+}
+
+// fibLocal matches packets whose source or destination address is local to this node.
+type fibLocal struct{ src bool }
+
+func (m fibLocal) appendText(b []byte, _ *family) []byte {
+	b = append(b, "fib "...)
+	b = append(b, addrField(m.src)...)
+	return append(b, " type local"...)
+}
+
+func (m fibLocal) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, FlagSADDR: m.src, FlagDADDR: !m.src, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(unix.RTN_LOCAL)},
+	}
+}
+
+// l4proto matches the transport protocol.
+type l4proto struct{ proto uint8 }
+
+func (m l4proto) appendText(b []byte, _ *family) []byte {
+	return append(append(b, "meta l4proto "...), protoName(m.proto)...)
+}
+
+func (m l4proto) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{m.proto}},
+	}
+}
+
+// masqMark is the packet mark bit that asks the srcnat chain to masquerade, as kube-proxy's.
+const masqMark = 0x4000
+
+// markOp is one of the three mark operations of the masquerade protocol.
+type markOp uint8
+
+const (
+	markSet     markOp = iota // meta mark set meta mark or 0x4000
+	markClear                 // meta mark set meta mark xor 0x4000 (only after markUnset failed)
+	markUnset                 // meta mark & 0x4000 == 0
+	markTextFmt = "0x00004000"
+)
+
+func (m markOp) appendText(b []byte, _ *family) []byte {
+	switch m {
+	case markSet:
+		return append(b, "meta mark set meta mark or "+markTextFmt...)
+	case markClear:
+		return append(b, "meta mark set meta mark xor "+markTextFmt...)
+	}
+	return append(b, "meta mark & "+markTextFmt+" == 0x00000000"...)
+}
+
+func (m markOp) exprs(*family, *exprCtx) []expr.Any {
+	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg1}
+	store := &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1}
+	switch m {
+	case markSet:
+		return []expr.Any{load, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: native32(^uint32(masqMark)), Xor: native32(masqMark)}, store}
+	case markClear:
+		return []expr.Any{load, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: native32(0xffffffff), Xor: native32(masqMark)}, store}
+	}
+	return []expr.Any{load,
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(masqMark), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(0)}}
+}
+
+// appendText writes a verdict.
+func (v verdict) appendText(b []byte, _ *family) []byte {
+	switch expr.VerdictKind(v.code) {
+	case expr.VerdictJump:
+		return append(append(b, "jump "...), v.chain...)
+	case expr.VerdictGoto:
+		return append(append(b, "goto "...), v.chain...)
+	case expr.VerdictDrop:
+		return append(b, "drop"...)
+	case expr.VerdictReturn:
+		return append(b, "return"...)
+	case expr.VerdictAccept:
+		return append(b, "accept"...)
+	}
+	return append(b, "continue"...)
+}
+
+func (v verdict) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictKind(v.code), Chain: v.chain}}
+}
+
+// reject answers with a TCP reset (tcp) or ICMP port unreachable, so that clients fail at once.
+type reject struct{ tcpReset bool }
+
+func (r reject) appendText(b []byte, _ *family) []byte {
+	if r.tcpReset {
+		return append(b, "reject with tcp reset"...)
+	}
+	return append(b, "reject"...)
+}
+
+func (r reject) exprs(f *family, _ *exprCtx) []expr.Any {
+	if r.tcpReset {
+		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
+	}
+	code := uint8(3) // ICMP_PORT_UNREACH
+	if f.pf == proxier.IPv6 {
+		code = 4 // ICMPV6_PORT_UNREACH
+	}
+	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: code}}
+}
+
+// masquerade source-NATs to the outgoing interface's address with random ports.
+type masquerade struct{}
+
+func (masquerade) appendText(b []byte, _ *family) []byte {
+	return append(b, "masquerade fully-random"...)
+}
+func (masquerade) exprs(*family, *exprCtx) []expr.Any {
+	return []expr.Any{&expr.Masq{FullyRandom: true}}
+}
+
+// dnat translates the destination to an endpoint.
+type dnat struct{ to netip.AddrPort }
+
+func (d dnat) appendText(b []byte, f *family) []byte {
+	b = append(b, "dnat to "...)
+	if f.pf == proxier.IPv6 {
+		b = append(b, '[')
+		b = d.to.Addr().AppendTo(b)
+		b = append(b, ']')
+	} else {
+		b = d.to.Addr().AppendTo(b)
+	}
+	b = append(b, ':')
+	return strconv.AppendUint(b, uint64(d.to.Port()), 10)
+}
+
+func (d dnat) exprs(f *family, _ *exprCtx) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: reg1, Data: d.to.Addr().AsSlice()},
+		&expr.Immediate{Register: reg2, Data: binary.BigEndian.AppendUint16(nil, d.to.Port())},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: reg1, RegProtoMin: reg2},
+	}
+}
+
+// updateSource adds (or refreshes) the source address in a dynamic set: session affinity.
+type updateSource struct{ set string }
+
+func (u updateSource) appendText(b []byte, f *family) []byte {
+	b = append(b, "update @"...)
+	b = append(b, u.set...)
+	b = append(b, " { "...)
+	b = append(b, f.name...)
+	return append(b, " saddr }"...)
+}
+
+func (u updateSource) exprs(f *family, _ *exprCtx) []expr.Any {
+	return []expr.Any{
+		loadAddr(f, true, reg1, f.addrLen),
+		&expr.Dynset{SrcRegKey: reg1, SetName: u.set, Operation: unix.NFT_DYNSET_OP_UPDATE},
+	}
+}
+
+// numgenDispatch picks one of chains at random: numgen random mod N vmap { i : goto chains[i] }.
+type numgenDispatch struct{ chains []string }
+
+func (n numgenDispatch) appendText(b []byte, _ *family) []byte {
+	b = append(b, "numgen random mod "...)
+	b = strconv.AppendInt(b, int64(len(n.chains)), 10)
+	b = append(b, " vmap { "...)
+	for i, c := range n.chains {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = strconv.AppendInt(b, int64(i), 10)
+		b = append(b, " : goto "...)
+		b = append(b, c...)
+	}
+	return append(b, " }"...)
+}
+
+func (n numgenDispatch) exprs(_ *family, c *exprCtx) []expr.Any {
+	id := c.newAnon(n.chains)
+	return []expr.Any{
+		&expr.Numgen{Register: reg1, Modulus: uint32(len(n.chains)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: "__map%d", SetID: id},
+	}
+}
+
+// appendRule writes one rule's terms separated by spaces.
+func appendRule(b []byte, f *family, r rule) []byte {
+	for i, t := range r {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = t.appendText(b, f)
+	}
+	return b
+}
+
+// fingerprint is the text of a chain's rules: two chains program the same rules iff their
+// fingerprints are equal.
+func (c *chain) fingerprint(f *family) string {
+	var b []byte
+	for _, r := range c.rules {
+		b = appendRule(b, f, r)
+		b = append(b, '\n')
+	}
+	return string(b)
+}
+
+// appendKey writes an element's key in nft syntax.
+func appendKey(b []byte, kind setKind, k elemKey) []byte {
+	switch kind {
+	case keyAddr:
+		return k.addr.AppendTo(b)
+	case keyAddrAddr:
+		b = k.addr.AppendTo(b)
+		b = append(b, " . "...)
+		return k.addr2.AppendTo(b)
+	case keyAddrProtoPort:
+		b = k.addr.AppendTo(b)
+		b = append(b, " . "...)
+		fallthrough
+	default:
+		b = append(b, protoName(k.proto)...)
+		b = append(b, " . "...)
+		return strconv.AppendUint(b, uint64(k.port), 10)
+	}
+}
+
+// typeText is the set's "type" clause.
+func (s *set) typeText(f *family) string {
+	var t string
+	switch s.kind {
+	case keyAddr:
+		t = f.addrType
+	case keyAddrAddr:
+		t = f.addrType + " . " + f.addrType
+	case keyAddrProtoPort:
+		t = f.addrType + " . inet_proto . inet_service"
+	case keyProtoPort:
+		t = "inet_proto . inet_service"
+	}
+	if s.isMap {
+		t += " : verdict"
+	}
+	return t
+}
