@@ -41,8 +41,8 @@ type op struct {
 // Counts of what a batch writes, for tests and logs.
 type batchCounts struct {
 	chainsAdded, chainsFlushed, chainsDeleted int
-	rules, elemsAdded, elemsDeleted            int
-	setsAdded, setsDeleted                     int
+	rules, elemsAdded, elemsDeleted           int
+	setsAdded, setsDeleted                    int
 }
 
 const nlaHdrLen = 4
