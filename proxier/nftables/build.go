@@ -63,6 +63,16 @@ type fragment struct {
 	elems  []element
 }
 
+// chain returns the fragment's chain called name, or nil.
+func (fr *fragment) chain(name string) *chain {
+	for _, c := range fr.chains {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
 func (fr *fragment) addElem(seen map[elemID]bool, set string, key elemKey, val verdict) {
 	id := elemID{set: set, key: key}
 	if seen[id] {

@@ -17,6 +17,7 @@ package nftables
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -268,8 +269,19 @@ func (p *Proxier) checkDrift() string {
 		if err != nil {
 			return fmt.Sprintf("table %s %s: %v", f.name, tableName, err)
 		}
-		if want := p.tables[f].objects(); t.Use != uint32(want) {
-			return fmt.Sprintf("table %s %s holds %d objects, want %d", f.name, tableName, t.Use, want)
+		// google/nftables v0.3.0 decodes NFTA_TABLE_USE in host order; the kernel sends it in
+		// network order.
+		use := binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, t.Use))
+		if want := p.tables[f].objects(); use != uint32(want) {
+			return fmt.Sprintf("table %s %s holds %d chains and sets, want %d", f.name, tableName, use, want)
+		}
+		// A flushed table keeps its chains and sets: count the rules of one base chain too.
+		rules, err := conn.GetRules(&gnft.Table{Name: tableName, Family: f.tableFamily()}, &gnft.Chain{Name: chainServices})
+		if err != nil {
+			return fmt.Sprintf("list chain %s: %v", chainServices, err)
+		}
+		if want := len(p.tables[f].base.chain(chainServices).rules); len(rules) != want {
+			return fmt.Sprintf("chain %s holds %d rules, want %d", chainServices, len(rules), want)
 		}
 	}
 	return ""
@@ -287,10 +299,9 @@ type elemState struct {
 	val  verdict
 }
 
-// chainState is a programmed chain: its rules' fingerprint and the anonymous maps they hold.
+// chainState is a programmed chain: its rules' fingerprint ("" once flushed).
 type chainState struct {
 	fingerprint string
-	anon        int
 }
 
 // programmed is what we believe one family's table holds.
@@ -300,7 +311,6 @@ type programmed struct {
 	staleChains map[string]bool // flushed, to be deleted by a later sync
 	staleSets   map[string]bool
 	elems       map[elemID]*elemState
-	anon        int
 	base        *fragment
 	owners      map[proxier.ServicePortName]*fragment
 	byName      map[types.NamespacedName][]proxier.ServicePortName
@@ -315,8 +325,9 @@ func newProgrammed() *programmed {
 	}
 }
 
-// objects is the kernel's use count of the table: chains, named sets and anonymous maps.
-func (t *programmed) objects() int { return len(t.chains) + len(t.sets) + t.anon }
+// objects is the kernel's use count of the table: chains and named sets (anonymous maps do
+// not count).
+func (t *programmed) objects() int { return len(t.chains) + len(t.sets) }
 
 // plan collects one family's changes in the order the transaction needs them.
 type plan struct {
@@ -470,20 +481,16 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 			continue
 		default:
 			pl.flush = append(pl.flush, c.name)
-			t.anon -= cs.anon
 		}
-		n := anonMaps(c)
-		t.anon += n
-		t.chains[c.name] = chainState{fingerprint: fp, anon: n}
+		t.chains[c.name] = chainState{fingerprint: fp}
 		pl.rules = append(pl.rules, c)
 	}
 	for _, c := range oldFr.chains {
 		if wantChain[c.name] {
 			continue
 		}
-		if cs, ok := t.chains[c.name]; ok && !t.staleChains[c.name] {
+		if _, ok := t.chains[c.name]; ok && !t.staleChains[c.name] {
 			pl.flush = append(pl.flush, c.name)
-			t.anon -= cs.anon
 			t.chains[c.name] = chainState{}
 			t.staleChains[c.name] = true
 		}
@@ -551,17 +558,4 @@ func sortedSets(sets map[string]*set, m map[string][]element) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// anonMaps counts the anonymous maps a chain's rules create.
-func anonMaps(c *chain) int {
-	n := 0
-	for _, r := range c.rules {
-		for _, tm := range r {
-			if _, ok := tm.(numgenDispatch); ok {
-				n++
-			}
-		}
-	}
-	return n
 }
