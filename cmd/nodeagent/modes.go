@@ -9,6 +9,7 @@ import (
 	"nodeagent/proxier"
 	"nodeagent/proxier/conntrack"
 	"nodeagent/proxier/iptables"
+	"nodeagent/proxier/nftables"
 )
 
 // allModes lists every proxy mode, in the order cleanup visits them.
@@ -23,6 +24,12 @@ func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
 			return nil, err
 		}
 		return iptables.New(iptables.Options{Log: log, Conntrack: ct})
+	case "nftables":
+		ct, err := newConntrack(log)
+		if err != nil {
+			return nil, err
+		}
+		return nftables.New(nftables.Options{Log: log, Conntrack: ct})
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
 }
@@ -33,6 +40,8 @@ func newRenderer(mode string, log *slog.Logger) (proxier.Proxier, error) {
 	case "iptables":
 		// Render both families whatever binaries this machine has.
 		return iptables.New(iptables.Options{Log: log, Families: proxier.Families})
+	case "nftables":
+		return nftables.New(nftables.Options{Log: log, Families: proxier.Families})
 	}
 	return newProxier(mode, log)
 }
