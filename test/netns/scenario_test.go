@@ -21,9 +21,9 @@ type mode struct {
 	dump func(ns string) (string, error)
 	// ours matches a dump that still holds objects of nodeagent's.
 	ours *regexp.Regexp
-	// addForeign programs a rule nodeagent does not own; foreign matches a dump holding it.
+	// addForeign programs rules nodeagent does not own; each of foreign matches a dump holding them.
 	addForeign func(ns string) error
-	foreign    *regexp.Regexp
+	foreign    []*regexp.Regexp
 }
 
 // modes are the proxy modes the suite runs against: adding a mode is adding its row here.
@@ -54,7 +54,11 @@ var iptablesMode = mode{
 		}
 		return nil
 	},
-	foreign: regexp.MustCompile(`(?s):LAB-FOREIGN.*-A INPUT -s 192.0.2.1/32 -m comment --comment lab-foreign -j DROP`),
+	foreign: []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^:LAB-FOREIGN `),
+		regexp.MustCompile(`(?m)^-A LAB-FOREIGN -s 192.0.2.1/32 -j RETURN$`),
+		regexp.MustCompile(`(?m)^-A INPUT -s 192.0.2.1/32 -m comment --comment lab-foreign -j DROP$`),
+	},
 }
 
 var nftablesMode = mode{
@@ -71,7 +75,7 @@ var nftablesMode = mode{
 		_, err := Exec(ns, "nft", "add table inet labforeign; add chain inet labforeign input { type filter hook input priority 0; }; add rule inet labforeign input ip saddr 192.0.2.1 drop")
 		return err
 	},
-	foreign: regexp.MustCompile(`(?s)table inet labforeign.*ip saddr 192.0.2.1 drop`),
+	foreign: []*regexp.Regexp{regexp.MustCompile(`(?s)table inet labforeign.*ip saddr 192.0.2.1 drop`)},
 }
 
 var _ = nftablesMode // becomes a row in modes when the nftables mode lands
@@ -709,8 +713,10 @@ func testCleanup(t *testing.T, m mode) {
 	if loc := m.ours.FindStringIndex(after); loc != nil {
 		t.Errorf("after cleanup (%s) our objects remain, e.g. %q:\n%s", strings.TrimSpace(out), after[loc[0]:min(len(after), loc[1]+60)], after)
 	}
-	if !m.foreign.MatchString(after) {
-		t.Errorf("cleanup removed a rule it does not own:\n%s", after)
+	for _, re := range m.foreign {
+		if !re.MatchString(after) {
+			t.Errorf("cleanup removed a rule it does not own (%v):\n%s", re, after)
+		}
 	}
 	if r, err := Ask(e.Client, "tcp", hostPort(n.IP, 32725)); err == nil {
 		t.Errorf("the node port still answers after cleanup: %v", r)
