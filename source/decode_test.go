@@ -140,6 +140,26 @@ func FuzzDecode(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add([]byte(`{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"a":"b"}},"status":{"podIP":"10.0.0.1"}}]}`))
+	f.Add([]byte(`apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: web}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: shop, labels: {app: web}}
+spec: {nodeName: node01, containers: [{name: c, ports: [{name: web, containerPort: 8080}]}]}
+status: {podIPs: [{ip: 10.244.1.5}, {ip: "fd00:244:1::5"}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node01, labels: {topology.kubernetes.io/zone: z1}}
+`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := decodeFile("fuzz.yaml", data)
 		if !p.ok && len(p.problems) == 0 {
