@@ -17,6 +17,17 @@
 //	router              10.0.0.254             fd00:10::254
 //	client2 (behind)    203.0.113.10/24, default route via the router's 203.0.113.1
 //	pods on nodeN       10.244.N.0/24          fd00:244:N::/64     (bridge cni0, .1 / ::1)
+//
+// Running (as root; without root every test skips):
+//
+//	go test ./test/netns/                            # lab checks and the scenario suite, every mode
+//	go test ./test/netns/ -run 'TestScenarios/nftables' -v
+//	NODEAGENT_BIN=bin/nodeagent go test ./test/netns/ # use a built binary instead of building one
+//	NODEAGENT_TIMEOUT_SCALE=10 go test ./test/netns/ # stretch every deadline (emulated VMs)
+//
+// Scenarios run three at a time unless -test.parallel says otherwise. A killed run's namespaces
+// are removed by the next run (they carry the dead process's pid); agents die with the test
+// process (Pdeathsig).
 package lab
 
 import (
