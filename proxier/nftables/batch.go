@@ -169,15 +169,11 @@ func (b *batch) delChain(f *family, name string) {
 	b.end(m)
 }
 
-// addRule appends r to the chain, creating the anonymous maps it uses just before it.
+// addRule appends r to the chain.
 func (b *batch) addRule(f *family, chainName string, r rule) {
-	ctx := exprCtx{nextID: &b.setID}
 	var es []expr.Any
 	for _, t := range r {
-		es = append(es, t.exprs(f, &ctx)...)
-	}
-	for _, a := range ctx.anon {
-		b.addAnonMap(f, a)
+		es = append(es, t.exprs(f)...)
 	}
 	m := b.nftMsg(unix.NFT_MSG_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_APPEND, f.nfproto, chainName)
 	b.attrString(unix.NFTA_RULE_TABLE, tableName)
@@ -197,15 +193,12 @@ func (b *batch) addRule(f *family, chainName string, r rule) {
 
 // Set key encodings: nft's type numbers and the per-field lengths (each padded to 4 bytes).
 const (
-	typeInteger     = 4
 	typeIPv4Addr    = 7
 	typeIPv6Addr    = 8
 	typeInetProto   = 12
 	typeInetService = 13
 	concatBits      = 6
 	byteOrderBig    = 2
-	byteOrderHost   = 1
-	elemsPerMessage = 200   // anonymous map elements per message (each under 300 bytes)
 	elemListLimit   = 60000 // start a new message once an element list is this long
 
 	// Kernel constants golang.org/x/sys/unix does not export.
@@ -294,42 +287,6 @@ func (b *batch) delSet(f *family, name string) {
 	b.attrString(unix.NFTA_SET_TABLE, tableName)
 	b.attrString(unix.NFTA_SET_NAME, name)
 	b.end(m)
-}
-
-// addAnonMap creates the constant map of a numgen dispatch: integer keys 0..n-1 in host order.
-func (b *batch) addAnonMap(f *family, a anonMap) {
-	m := b.nftMsg(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE, f.nfproto, "__map%d")
-	b.attrString(unix.NFTA_SET_TABLE, tableName)
-	b.attrString(unix.NFTA_SET_NAME, "__map%d")
-	b.attrU32(unix.NFTA_SET_FLAGS, unix.NFT_SET_ANONYMOUS|unix.NFT_SET_CONSTANT|unix.NFT_SET_MAP)
-	b.attrU32(unix.NFTA_SET_KEY_TYPE, typeInteger)
-	b.attrU32(unix.NFTA_SET_KEY_LEN, 4)
-	b.attrU32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
-	b.attrU32(unix.NFTA_SET_ID, a.id)
-	desc := b.nest(unix.NFTA_SET_DESC)
-	b.attrU32(unix.NFTA_SET_DESC_SIZE, uint32(len(a.chains)))
-	b.endNest(desc)
-	b.attr(unix.NFTA_SET_USERDATA, userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, byteOrderHost))
-	b.end(m)
-
-	for start := 0; start < len(a.chains); start += elemsPerMessage {
-		stop := min(start+elemsPerMessage, len(a.chains))
-		m := b.nftMsg(unix.NFT_MSG_NEWSETELEM, unix.NLM_F_CREATE, f.nfproto, "__map%d")
-		b.attrString(unix.NFTA_SET_ELEM_LIST_TABLE, tableName)
-		b.attrString(unix.NFTA_SET_ELEM_LIST_SET, "__map%d")
-		b.attrU32(unix.NFTA_SET_ELEM_LIST_SET_ID, a.id)
-		list := b.nest(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
-		for i := start; i < stop; i++ {
-			e := b.nest(unix.NFTA_LIST_ELEM)
-			k := b.nest(unix.NFTA_SET_ELEM_KEY)
-			b.attr(unix.NFTA_DATA_VALUE, binary.NativeEndian.AppendUint32(nil, uint32(i)))
-			b.endNest(k)
-			b.verdictData(gotoChain(a.chains[i]))
-			b.endNest(e)
-		}
-		b.endNest(list)
-		b.end(m)
-	}
 }
 
 func (b *batch) verdictData(v verdict) {

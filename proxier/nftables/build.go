@@ -249,14 +249,19 @@ func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragme
 		if internal && masq != nil {
 			c.rules = append(c.rules, masq)
 		}
-		chains := make([]string, len(eps))
-		for i, ep := range eps {
-			chains[i] = epChain(ep)
-			if sp.SessionAffinity {
-				c.rules = append(c.rules, rule{addrInSet{src: true, set: affinitySet(ep)}, gotoChain(chains[i])})
+		if sp.SessionAffinity {
+			// A client seen recently goes back to its endpoint, before any random choice.
+			for _, ep := range eps {
+				c.rules = append(c.rules, rule{addrInSet{src: true, set: affinitySet(ep)}, gotoChain(epChain(ep))})
 			}
 		}
-		c.rules = append(c.rules, rule{numgenDispatch{chains: chains}})
+		for i, ep := range eps {
+			if left := len(eps) - i; left > 1 {
+				c.rules = append(c.rules, rule{numgenZero{mod: uint32(left)}, gotoChain(epChain(ep))})
+			} else {
+				c.rules = append(c.rules, rule{gotoChain(epChain(ep))})
+			}
+		}
 		fr.chains = append(fr.chains, c)
 	}
 	if needCluster {

@@ -61,7 +61,7 @@ func TestPartialSync(t *testing.T) {
 	}
 	// The service chain is rewritten; the removed endpoint's chain is flushed; its hairpin
 	// element goes. Nothing else.
-	if stats.ChainsFlushed != 2 || stats.ChainsAdded != 0 || stats.Rules != 2 || stats.ElementsDeleted != 1 ||
+	if stats.ChainsFlushed != 2 || stats.ChainsAdded != 0 || stats.Rules != 3 || stats.ElementsDeleted != 1 ||
 		stats.ElementsAdded != 0 || stats.ChainsDeleted != 0 {
 		t.Errorf("partial sync wrote %+v", stats)
 	}

@@ -52,7 +52,7 @@ func (d *desired) writeText(w *bufio.Writer) {
 		if s.isMap {
 			kw = "map"
 		}
-		w.WriteString("\t" + kw + " " + s.name + " {\n\t\ttype " + s.typeText(f) + "\n")
+		w.WriteString("\t" + kw + " " + s.name + " {\n\t\t" + s.typeText(f) + "\n")
 		if s.timeout > 0 {
 			w.WriteString("\t\tflags dynamic,timeout\n\t\ttimeout " + strconv.FormatInt(int64(s.timeout.Seconds()), 10) + "s\n")
 		}

@@ -12,7 +12,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 func render(t *testing.T) string {
 	t.Helper()
-	p := &Proxier{fams: []*family{familyIPv4, familyIPv6}}
+	p := &Proxier{fams: []*family{familyIPv4, familyIPv6}, rebuild: true}
 	var buf bytes.Buffer
 	if err := p.Render(&buf, testState()); err != nil {
 		t.Fatal(err)

@@ -114,29 +114,10 @@ type element struct {
 	val verdict
 }
 
-// anonMap is an anonymous, constant verdict map built for one rule (numgen dispatch).
-type anonMap struct {
-	id     uint32
-	chains []string // element i : goto chains[i]
-}
-
-// exprCtx collects what a rule's expressions need besides themselves: anonymous maps that must
-// be created in the same batch just before the rule.
-type exprCtx struct {
-	nextID *uint32
-	anon   []anonMap
-}
-
-func (c *exprCtx) newAnon(chains []string) uint32 {
-	*c.nextID++
-	c.anon = append(c.anon, anonMap{id: *c.nextID, chains: chains})
-	return *c.nextID
-}
-
 // term is one match or statement of a rule.
 type term interface {
 	appendText(b []byte, f *family) []byte
-	exprs(f *family, c *exprCtx) []expr.Any
+	exprs(f *family) []expr.Any
 }
 
 // Registers: single values use NFT_REG_1; concatenations start at NFT_REG32_00 like nft does.
@@ -182,7 +163,7 @@ func loadAddr(f *family, src bool, reg uint32, n uint32) *expr.Payload {
 type ctStateNew struct{}
 
 func (ctStateNew) appendText(b []byte, _ *family) []byte { return append(b, "ct state new"...) }
-func (ctStateNew) exprs(*family, *exprCtx) []expr.Any {
+func (ctStateNew) exprs(*family) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(8), Xor: native32(0)},
@@ -194,7 +175,7 @@ func (ctStateNew) exprs(*family, *exprCtx) []expr.Any {
 type ctStatusDNAT struct{}
 
 func (ctStatusDNAT) appendText(b []byte, _ *family) []byte { return append(b, "ct status dnat"...) }
-func (ctStatusDNAT) exprs(*family, *exprCtx) []expr.Any {
+func (ctStatusDNAT) exprs(*family) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(0x20), Xor: native32(0)},
@@ -223,7 +204,7 @@ func (m addrMatch) appendText(b []byte, f *family) []byte {
 	return m.prefix.AppendTo(b)
 }
 
-func (m addrMatch) exprs(f *family, _ *exprCtx) []expr.Any {
+func (m addrMatch) exprs(f *family) []expr.Any {
 	// Like nft: load only the bytes the prefix covers, mask only a partial last byte.
 	bits := m.prefix.Bits()
 	n := uint32((bits + 7) / 8)
@@ -258,7 +239,7 @@ func (m addrInSet) appendText(b []byte, f *family) []byte {
 	return append(b, m.set...)
 }
 
-func (m addrInSet) exprs(f *family, _ *exprCtx) []expr.Any {
+func (m addrInSet) exprs(f *family) []expr.Any {
 	return []expr.Any{loadAddr(f, m.src, reg1, f.addrLen), &expr.Lookup{SourceRegister: reg1, SetName: m.set}}
 }
 
@@ -273,7 +254,7 @@ func (m addrPairInSet) appendText(b []byte, f *family) []byte {
 	return append(b, m.set...)
 }
 
-func (m addrPairInSet) exprs(f *family, _ *exprCtx) []expr.Any {
+func (m addrPairInSet) exprs(f *family) []expr.Any {
 	return []expr.Any{
 		loadAddr(f, true, reg32At, f.addrLen),
 		loadAddr(f, false, reg32At+f.addrLen/4, f.addrLen),
@@ -290,7 +271,7 @@ func (m serviceVmap) appendText(b []byte, f *family) []byte {
 	return append(b, m.set...)
 }
 
-func (m serviceVmap) exprs(f *family, _ *exprCtx) []expr.Any {
+func (m serviceVmap) exprs(f *family) []expr.Any {
 	r := uint32(reg32At)
 	return []expr.Any{
 		loadAddr(f, false, r, f.addrLen),
@@ -308,7 +289,7 @@ func (m portVmap) appendText(b []byte, _ *family) []byte {
 	return append(b, m.set...)
 }
 
-func (m portVmap) exprs(*family, *exprCtx) []expr.Any {
+func (m portVmap) exprs(*family) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32At},
 		&expr.Payload{DestRegister: reg32At + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
@@ -325,7 +306,7 @@ func (m fibLocal) appendText(b []byte, _ *family) []byte {
 	return append(b, " type local"...)
 }
 
-func (m fibLocal) exprs(*family, *exprCtx) []expr.Any {
+func (m fibLocal) exprs(*family) []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: reg1, FlagSADDR: m.src, FlagDADDR: !m.src, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(unix.RTN_LOCAL)},
@@ -339,7 +320,7 @@ func (m l4proto) appendText(b []byte, _ *family) []byte {
 	return append(append(b, "meta l4proto "...), protoName(m.proto)...)
 }
 
-func (m l4proto) exprs(*family, *exprCtx) []expr.Any {
+func (m l4proto) exprs(*family) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{m.proto}},
@@ -369,7 +350,7 @@ func (m markOp) appendText(b []byte, _ *family) []byte {
 	return append(b, "meta mark & "+markTextFmt+" == 0x00000000"...)
 }
 
-func (m markOp) exprs(*family, *exprCtx) []expr.Any {
+func (m markOp) exprs(*family) []expr.Any {
 	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg1}
 	store := &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1}
 	switch m {
@@ -402,7 +383,7 @@ func (v verdict) appendText(b []byte, _ *family) []byte {
 	return append(b, "continue"...)
 }
 
-func (v verdict) exprs(*family, *exprCtx) []expr.Any {
+func (v verdict) exprs(*family) []expr.Any {
 	return []expr.Any{&expr.Verdict{Kind: expr.VerdictKind(v.code), Chain: v.chain}}
 }
 
@@ -416,7 +397,7 @@ func (r reject) appendText(b []byte, _ *family) []byte {
 	return append(b, "reject"...)
 }
 
-func (r reject) exprs(f *family, _ *exprCtx) []expr.Any {
+func (r reject) exprs(f *family) []expr.Any {
 	if r.tcpReset {
 		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 	}
@@ -433,7 +414,7 @@ type masquerade struct{}
 func (masquerade) appendText(b []byte, _ *family) []byte {
 	return append(b, "masquerade fully-random"...)
 }
-func (masquerade) exprs(*family, *exprCtx) []expr.Any {
+func (masquerade) exprs(*family) []expr.Any {
 	return []expr.Any{&expr.Masq{FullyRandom: true}}
 }
 
@@ -453,7 +434,7 @@ func (d dnat) appendText(b []byte, f *family) []byte {
 	return strconv.AppendUint(b, uint64(d.to.Port()), 10)
 }
 
-func (d dnat) exprs(f *family, _ *exprCtx) []expr.Any {
+func (d dnat) exprs(f *family) []expr.Any {
 	return []expr.Any{
 		&expr.Immediate{Register: reg1, Data: d.to.Addr().AsSlice()},
 		&expr.Immediate{Register: reg2, Data: binary.BigEndian.AppendUint16(nil, d.to.Port())},
@@ -472,36 +453,35 @@ func (u updateSource) appendText(b []byte, f *family) []byte {
 	return append(b, " saddr }"...)
 }
 
-func (u updateSource) exprs(f *family, _ *exprCtx) []expr.Any {
+func (u updateSource) exprs(f *family) []expr.Any {
 	return []expr.Any{
 		loadAddr(f, true, reg1, f.addrLen),
 		&expr.Dynset{SrcRegKey: reg1, SetName: u.set, Operation: unix.NFT_DYNSET_OP_UPDATE},
 	}
 }
 
-// numgenDispatch picks one of chains at random: numgen random mod N vmap { i : goto chains[i] }.
-type numgenDispatch struct{ chains []string }
+// numgenZero matches with probability 1/mod: numgen random mod <mod> == 0. A service chain
+// picks endpoint i of n with "numgen random mod n-i == 0 goto endpoint-i", the last one
+// unconditionally: each endpoint gets 1/n of new connections.
+//
+// Not kube-proxy's "numgen random mod n vmap { ... }": that needs an anonymous map per
+// service, and the kernel names and finds sets by walking the table's list of sets, which
+// makes the first sync quadratic in the number of services (measured on this project's
+// kernel: 2,000 / 4,000 / 8,000 services took 0.37 / 1.4 / 5.7 s for the maps alone). One
+// map shared by all services is no better: the kernel validates the whole map again for
+// every rule that looks into it. Plain rules keep every sync linear.
+type numgenZero struct{ mod uint32 }
 
-func (n numgenDispatch) appendText(b []byte, _ *family) []byte {
+func (n numgenZero) appendText(b []byte, _ *family) []byte {
 	b = append(b, "numgen random mod "...)
-	b = strconv.AppendInt(b, int64(len(n.chains)), 10)
-	b = append(b, " vmap { "...)
-	for i, c := range n.chains {
-		if i > 0 {
-			b = append(b, ", "...)
-		}
-		b = strconv.AppendInt(b, int64(i), 10)
-		b = append(b, " : goto "...)
-		b = append(b, c...)
-	}
-	return append(b, " }"...)
+	b = strconv.AppendUint(b, uint64(n.mod), 10)
+	return append(b, " 0"...)
 }
 
-func (n numgenDispatch) exprs(_ *family, c *exprCtx) []expr.Any {
-	id := c.newAnon(n.chains)
+func (n numgenZero) exprs(*family) []expr.Any {
 	return []expr.Any{
-		&expr.Numgen{Register: reg1, Modulus: uint32(len(n.chains)), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: "__map%d", SetID: id},
+		&expr.Numgen{Register: reg1, Modulus: n.mod, Type: unix.NFT_NG_RANDOM},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(0)},
 	}
 }
 
@@ -551,6 +531,7 @@ func appendKey(b []byte, kind setKind, k elemKey) []byte {
 func (s *set) typeText(f *family) string {
 	var t string
 	switch s.kind {
+
 	case keyAddr:
 		t = f.addrType
 	case keyAddrAddr:
@@ -563,5 +544,5 @@ func (s *set) typeText(f *family) string {
 	if s.isMap {
 		t += " : verdict"
 	}
-	return t
+	return "type " + t
 }
