@@ -31,6 +31,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/conntrack"
 )
 
 // Cleaner removes conntrack entries that a sync made stale. proxier/conntrack's Cleaner
@@ -48,8 +49,8 @@ type Options struct {
 	// NetNSPath, when set, is a network namespace file (e.g. /run/netns/NAME) whose
 	// nftables the proxier programs instead of its own namespace's. Tests use it.
 	NetNSPath string
-	// Conntrack, when set, is called after every successful Sync to clear stale flows.
-	// HOOK(conntrack): cmd wires proxier/conntrack's Cleaner here once that package exists.
+	// Conntrack, when set, is called after every successful Sync to clear stale flows: the
+	// wiring passes conntrack.NewCleaner(...) for the same namespace.
 	Conntrack Cleaner
 }
 
@@ -82,7 +83,10 @@ type Proxier struct {
 	last    SyncStats
 }
 
-var _ proxier.Proxier = (*Proxier)(nil)
+var (
+	_ proxier.Proxier = (*Proxier)(nil)
+	_ Cleaner         = (*conntrack.Cleaner)(nil)
+)
 
 // New returns a Proxier. It opens its netlink socket but programs nothing until Sync.
 func New(opts Options) (*Proxier, error) {
