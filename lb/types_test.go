@@ -51,7 +51,7 @@ func decodeAll(t *testing.T, file string) []runtime.Object {
 }
 
 func TestSeedDecodes(t *testing.T) {
-	objs := decodeAll(t, "/work/shared/seed-examples/metallb.yaml")
+	objs := decodeAll(t, "../examples/metallb.yaml")
 	if len(objs) != 2 {
 		t.Fatalf("decoded %d objects, want 2", len(objs))
 	}
