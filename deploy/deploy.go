@@ -1,0 +1,31 @@
+// Package deploy holds the manifests that install nodeagent into a Kubernetes cluster: the
+// ServiceAccount and the minimal ClusterRole it runs with (rbac.yaml), and the
+// CustomResourceDefinitions of the MetalLB kinds it reads (crds.yaml). The files are the source
+// of truth for `kubectl apply -f deploy/`; the package embeds them so that tests and tools apply
+// exactly what users would.
+package deploy
+
+import _ "embed"
+
+// RBAC is rbac.yaml: the nodeagent ServiceAccount in kube-system, the nodeagent ClusterRole and
+// the ClusterRoleBinding between them, as multi-document YAML.
+//
+//go:embed rbac.yaml
+var RBAC []byte
+
+// CRDs is crds.yaml: CustomResourceDefinitions for MetalLB's IPAddressPool, L2Advertisement,
+// BGPAdvertisement, BGPPeer and Community (group metallb.io), as multi-document YAML.
+//
+//go:embed crds.yaml
+var CRDs []byte
+
+// Names of the objects in RBAC, for code that binds other subjects to the same role or
+// impersonates the agent.
+const (
+	// Namespace is where the ServiceAccount lives.
+	Namespace = "kube-system"
+	// ServiceAccount is the name of the agent's ServiceAccount.
+	ServiceAccount = "nodeagent"
+	// ClusterRole is the name of the agent's ClusterRole (and of its binding).
+	ClusterRole = "nodeagent"
+)
