@@ -78,7 +78,6 @@ type Responder struct {
 	announced                         atomic.Int64
 	changes, arpAnswered, ndpAnswered atomic.Uint64
 	gratuitous, errors                atomic.Uint64
-	synced                            chan struct{} // receives after each reconcile (tests)
 	runningMu                         sync.Mutex
 }
 
@@ -161,12 +160,6 @@ func (r *Responder) Run(ctx context.Context) error {
 		if dirty {
 			r.reconcile()
 			dirty = false
-			if r.synced != nil {
-				select {
-				case r.synced <- struct{}{}:
-				default:
-				}
-			}
 		}
 		wait := time.Hour
 		if next := r.announceDue(time.Now()); !next.IsZero() {
