@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -374,21 +375,49 @@ func (a *allocator) reserve(svc *v1.Service, p *plan) error {
 	return nil
 }
 
-// allocate fills in the missing cluster IPs and node ports of svc (modified in place, which must
-// be a copy) after every explicit value has been reserved.
-func (a *allocator) allocate(svc *v1.Service, p *plan) error {
+// allocation is what the allocator decided for one service.
+type allocation struct {
+	clusterIPs          []string // nil for ExternalName
+	families            []v1.IPFamily
+	policy              v1.IPFamilyPolicy // "" for ExternalName
+	nodePorts           []int32           // per port of the service
+	healthCheckNodePort int32
+}
+
+func (a allocation) equal(b allocation) bool {
+	return slices.Equal(a.clusterIPs, b.clusterIPs) && slices.Equal(a.families, b.families) && a.policy == b.policy &&
+		slices.Equal(a.nodePorts, b.nodePorts) && a.healthCheckNodePort == b.healthCheckNodePort
+}
+
+// apply returns a copy of svc with the allocation filled in.
+func (a allocation) apply(svc *v1.Service) *v1.Service {
+	svc = svc.DeepCopy()
 	spec := &svc.Spec
-	if spec.Type == v1.ServiceTypeExternalName {
+	if a.policy == "" {
 		spec.ClusterIP, spec.ClusterIPs, spec.IPFamilies, spec.IPFamilyPolicy = "", nil, nil, nil
-		return nil
+		return svc
 	}
-	spec.IPFamilies = p.families
-	policy := p.policy
-	spec.IPFamilyPolicy = &policy
+	spec.ClusterIP, spec.ClusterIPs = a.clusterIPs[0], slices.Clone(a.clusterIPs)
+	spec.IPFamilies, spec.IPFamilyPolicy = slices.Clone(a.families), ptr(a.policy)
+	for i := range spec.Ports {
+		spec.Ports[i].NodePort = a.nodePorts[i]
+	}
+	spec.HealthCheckNodePort = a.healthCheckNodePort
+	return svc
+}
+
+// allocate decides the missing cluster IPs and node ports of svc (which it does not modify),
+// after every explicit value has been reserved.
+func (a *allocator) allocate(svc *v1.Service, p *plan) (allocation, error) {
+	spec := &svc.Spec
+	var out allocation
+	if spec.Type == v1.ServiceTypeExternalName {
+		return out, nil
+	}
+	out.families, out.policy = p.families, p.policy
 	if p.headless {
-		spec.ClusterIP, spec.ClusterIPs = v1.ClusterIPNone, []string{v1.ClusterIPNone}
+		out.clusterIPs = []string{v1.ClusterIPNone}
 	} else {
-		var ips []string
 		for _, f := range p.families {
 			addr, ok := p.explicit[f]
 			if !ok {
@@ -398,46 +427,49 @@ func (a *allocator) allocate(svc *v1.Service, p *plan) error {
 					return !taken
 				})
 				if !found {
-					return fmt.Errorf("no free cluster IP left in %s", r.prefix)
+					return out, fmt.Errorf("no free cluster IP left in %s", r.prefix)
 				}
 				addr = r.addr(i)
 				a.ips[addr] = p.owner
 			}
-			ips = append(ips, addr.String())
+			out.clusterIPs = append(out.clusterIPs, addr.String())
 		}
-		spec.ClusterIP, spec.ClusterIPs = ips[0], ips
+	}
+	out.nodePorts = make([]int32, len(spec.Ports))
+	for i, sp := range spec.Ports {
+		out.nodePorts[i] = sp.NodePort
 	}
 	if p.nodePorts {
-		for i := range spec.Ports {
-			sp := &spec.Ports[i]
-			if sp.NodePort != 0 {
+		for i, sp := range spec.Ports {
+			if out.nodePorts[i] != 0 {
 				continue
 			}
 			// Like the API server, a port number served over several protocols shares one node port.
-			for _, other := range spec.Ports {
-				if other.Port == sp.Port && other.NodePort != 0 {
-					sp.NodePort = other.NodePort
+			for j, other := range spec.Ports {
+				if other.Port == sp.Port && out.nodePorts[j] != 0 {
+					out.nodePorts[i] = out.nodePorts[j]
 					break
 				}
 			}
-			if sp.NodePort == 0 {
+			if out.nodePorts[i] == 0 {
 				port, err := a.nodePort(p.owner, p.owner+"/"+sp.Name)
 				if err != nil {
-					return err
+					return out, err
 				}
-				sp.NodePort = port
+				out.nodePorts[i] = port
 			}
 		}
 	}
+	out.healthCheckNodePort = spec.HealthCheckNodePort
 	if spec.Type == v1.ServiceTypeLoadBalancer && spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
-		spec.HealthCheckNodePort == 0 {
+		out.healthCheckNodePort == 0 {
 		port, err := a.nodePort(p.owner, p.owner+"#healthcheck")
 		if err != nil {
-			return err
+			return out, err
 		}
-		spec.HealthCheckNodePort = port
+		out.healthCheckNodePort = port
 	}
-	return nil
+	return out, nil
 }
 
 func (a *allocator) nodePort(owner, key string) (int32, error) {

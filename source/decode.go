@@ -8,6 +8,9 @@ import (
 	"io"
 	"strings"
 
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -24,6 +27,40 @@ type document struct {
 	file string
 	doc  int
 	item int
+
+	// Derived once: documents of files that did not change are reused across reloads.
+	checked  bool
+	reasons  []string       // why the object is invalid
+	prepared runtime.Object // obj with the API server's defaults
+}
+
+// validate returns why the document's object is invalid (nil: valid).
+func (d *document) validate() []string {
+	if !d.checked {
+		d.reasons = validateMeta(d.obj, d.kind.scope)
+		if d.kind.validate != nil {
+			d.reasons = append(d.reasons, d.kind.validate(d.obj)...)
+		}
+		d.checked = true
+	}
+	return d.reasons
+}
+
+// object returns the document's object with the API server's defaults applied.
+func (d *document) object() runtime.Object {
+	if d.prepared == nil {
+		switch o := d.obj.(type) {
+		case *v1.Service:
+			svc := o.DeepCopy()
+			defaultService(svc)
+			d.prepared = svc
+		case *discoveryv1.EndpointSlice:
+			d.prepared = defaultEndpointSlice(o)
+		default:
+			d.prepared = d.obj
+		}
+	}
+	return d.prepared
 }
 
 func (d *document) problem(format string, a ...any) Problem {

@@ -51,6 +51,8 @@ type loader struct {
 	nodePorts PortRange
 	files     map[string]*fileState
 	lastValid map[Key]*document
+	served    map[Key]servedService
+	generated map[Key]generatedSlices
 }
 
 func newLoader(dir string, cidrs []netip.Prefix, nodePorts PortRange) *loader {
@@ -127,27 +129,31 @@ func (l *loader) load() (Objects, []Problem, error) {
 	return objs, append(problems, more...), nil
 }
 
-// combine validates the decoded documents (in file order), drops duplicates, applies the API
+// combine validates the decoded documents (in file order), keeps the last of duplicates, applies the API
 // server's defaults, allocates cluster IPs and node ports, and makes EndpointSlices from Pods.
 func (l *loader) combine(docs []*document) (Objects, []Problem) {
 	var problems []Problem
 	byKey := map[Key]*document{}
 	var order []*document
+	// A later definition replaces an earlier one, as `kubectl apply -f DIR` applies files in name
+	// order: the seed's externalip.yaml is the tutorial's second version of demoapp-clusterip.
+	at := map[Key]int{}
 	for _, d := range docs {
-		if first, dup := byKey[d.key]; dup {
-			problems = append(problems, d.problem("duplicate: already defined in %s document %d", first.file, first.doc))
+		if i, dup := at[d.key]; dup {
+			first := order[i]
+			problems = append(problems, first.problem("duplicate: replaced by %s document %d", d.file, d.doc))
+			order[i] = d
+			byKey[d.key] = d
 			continue
 		}
+		at[d.key] = len(order)
 		byKey[d.key] = d
 		order = append(order, d)
 	}
 
 	valid := map[Key]*document{}
 	for _, d := range order {
-		r := validateMeta(d.obj, d.kind.scope)
-		if d.kind.validate != nil {
-			r = append(r, d.kind.validate(d.obj)...)
-		}
+		r := d.validate()
 		if len(r) == 0 {
 			valid[d.key] = d
 			continue
@@ -167,63 +173,81 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 	}
 	slices.SortFunc(keys, compareKeys)
 
-	out := map[Key]runtime.Object{}
-	var services []*v1.Service
-	var pods []*v1.Pod
+	out := make(map[Key]runtime.Object, len(valid))
+	var services []*document
+	pods := podIndex{}
 	nodes := map[string]*v1.Node{}
 	haveSlice := map[[2]string]bool{} // namespace, service name
 	for _, k := range keys {
 		d := valid[k]
-		switch o := d.obj.(type) {
+		switch o := d.object().(type) {
 		case *v1.Service:
-			svc := o.DeepCopy()
-			defaultService(svc)
-			services = append(services, svc)
+			services = append(services, d)
 			continue // added once allocated
 		case *discoveryv1.EndpointSlice:
-			es := defaultEndpointSlice(o)
-			if s := es.Labels[discoveryv1.LabelServiceName]; s != "" {
-				haveSlice[[2]string{es.Namespace, s}] = true
+			if s := o.Labels[discoveryv1.LabelServiceName]; s != "" {
+				haveSlice[[2]string{o.Namespace, s}] = true
 			}
-			out[k] = es
-			continue
 		case *v1.Pod:
-			pods = append(pods, o)
+			pods.add(o)
 		case *v1.Node:
 			nodes[o.Name] = o
 		}
-		out[k] = d.obj
+		out[k] = d.object()
 	}
 
 	// Allocation, as the API server would have done it when each service was created: explicit
 	// values first (a later service claiming a taken value is rejected), then the missing ones.
 	alloc := newAllocator(l.cidrs, l.nodePorts)
 	plans := make([]*plan, len(services))
-	for i, svc := range services {
+	for i, d := range services {
+		svc := d.object().(*v1.Service)
 		p, err := alloc.planService(svc)
 		if err == nil {
 			err = alloc.reserve(svc, p)
 		}
 		if err != nil {
-			problems = append(problems, valid[objectKey(svc)].problem("%v", err))
+			problems = append(problems, d.problem("%v", err))
 			continue
 		}
 		plans[i] = p
 	}
-	for i, svc := range services {
+	served := make(map[Key]servedService, len(services))
+	generated := map[Key]generatedSlices{}
+	for i, d := range services {
 		if plans[i] == nil {
 			continue
 		}
-		if err := alloc.allocate(svc, plans[i]); err != nil {
-			problems = append(problems, valid[objectKey(svc)].problem("%v", err))
+		svc := d.object().(*v1.Service)
+		a, err := alloc.allocate(svc, plans[i])
+		if err != nil {
+			problems = append(problems, d.problem("%v", err))
 			continue
 		}
-		out[objectKey(svc)] = svc
+		// The same document with the same allocation as at the last load: serve the same object,
+		// so that telling what changed costs a pointer comparison.
+		if prev, ok := l.served[d.key]; ok && prev.doc == d && prev.alloc.equal(a) {
+			svc = prev.obj
+		} else {
+			svc = a.apply(svc)
+		}
+		served[d.key] = servedService{doc: d, alloc: a, obj: svc}
+		out[d.key] = svc
 		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == v1.ServiceTypeExternalName ||
 			haveSlice[[2]string{svc.Namespace, svc.Name}] {
 			continue
 		}
-		for _, es := range endpointSlicesFor(svc, podsIn(pods, svc.Namespace), nodes) {
+		selected := pods.selected(svc.Namespace, svc.Spec.Selector)
+		podNodes := make([]*v1.Node, len(selected))
+		for i, p := range selected {
+			podNodes[i] = nodes[p.Spec.NodeName]
+		}
+		g, ok := l.generated[d.key]
+		if !ok || g.svc != svc || !slices.Equal(g.pods, selected) || !slices.Equal(g.nodes, podNodes) {
+			g = generatedSlices{svc: svc, pods: selected, nodes: podNodes, slices: endpointSlicesFor(svc, selected, nodes)}
+		}
+		generated[d.key] = g
+		for _, es := range g.slices {
 			k := objectKey(es)
 			if _, taken := out[k]; taken {
 				problems = append(problems, Problem{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name,
@@ -233,17 +257,56 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 			out[k] = es
 		}
 	}
+	l.generated = generated
+	l.served = served
 	return Objects{m: out}, problems
 }
 
-func podsIn(pods []*v1.Pod, namespace string) []*v1.Pod {
+// generatedSlices are the EndpointSlices made for a service from its pods at the last load; they
+// are reused while the service, its pods and their nodes are the same objects.
+type generatedSlices struct {
+	svc    *v1.Service
+	pods   []*v1.Pod
+	nodes  []*v1.Node
+	slices []*discoveryv1.EndpointSlice
+}
+
+// podIndex finds the pods a selector matches without testing every pod for every service.
+type podIndex map[podLabel][]*v1.Pod
+
+type podLabel struct{ namespace, key, value string }
+
+func (ix podIndex) add(p *v1.Pod) {
+	for k, v := range p.Labels {
+		l := podLabel{p.Namespace, k, v}
+		ix[l] = append(ix[l], p)
+	}
+}
+
+// selected returns the pods of namespace ns that selector matches, in the order they were added.
+func (ix podIndex) selected(ns string, selector map[string]string) []*v1.Pod {
+	var fewest []*v1.Pod
+	first := true
+	for k, v := range selector {
+		c := ix[podLabel{ns, k, v}]
+		if first || len(c) < len(fewest) {
+			fewest, first = c, false
+		}
+	}
 	var out []*v1.Pod
-	for _, p := range pods {
-		if p.Namespace == namespace {
+	for _, p := range fewest {
+		if selects(selector, p.Labels) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// servedService is a service as the last load served it.
+type servedService struct {
+	doc   *document
+	alloc allocation
+	obj   *v1.Service
 }
 
 // objectKey returns the key of one of the core objects.

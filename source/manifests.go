@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -177,25 +178,26 @@ func (m *Manifests) Run(ctx context.Context, sink Sink) error {
 // deliverChanges sends sink what changed from old to next: upserts first (in key order, so a
 // service arrives before slices generated for it), then deletes.
 func deliverChanges(sink Sink, old, next Objects) (upserts, deletes int) {
-	for _, k := range next.Keys() {
-		if !delivered(k) {
-			continue
+	var changed, gone []Key
+	for k, n := range next.m {
+		if o, had := old.m[k]; delivered(k) && (!had || o != n && !equality.Semantic.DeepEqual(o, n)) {
+			changed = append(changed, k)
 		}
-		n := next.m[k]
-		if o, had := old.m[k]; had && (o == n || equality.Semantic.DeepEqual(o, n)) {
-			continue
-		}
-		sink.Upsert(n)
-		upserts++
 	}
-	for _, k := range old.Keys() {
-		if _, still := next.m[k]; still || !delivered(k) {
-			continue
+	for k := range old.m {
+		if _, still := next.m[k]; !still && delivered(k) {
+			gone = append(gone, k)
 		}
+	}
+	slices.SortFunc(changed, compareKeys)
+	slices.SortFunc(gone, compareKeys)
+	for _, k := range changed {
+		sink.Upsert(next.m[k])
+	}
+	for _, k := range gone {
 		sink.Delete(old.m[k])
-		deletes++
 	}
-	return upserts, deletes
+	return len(changed), len(gone)
 }
 
 // logProblems logs the problems not in reported (as they were at the last load) and the ones
