@@ -159,6 +159,31 @@ func TestBIRDIPv6Peer(t *testing.T) {
 	waitNextHops(t, sock, lbV4, 5*time.Second, nodeV4(1))
 }
 
+// TestBIRDListen: asked to listen, a session with a source address accepts the router's own
+// connection attempts on that address (BIRD is active here), and only there.
+func TestBIRDListen(t *testing.T) {
+	t.Parallel()
+	l := newLab(t, 1)
+	sock := l.bird(`protocol bgp node1 { local as 64512; neighbor 10.0.0.151 as 64513; connect retry time 1;
+  ipv4 { import all; export none; }; }`)
+	sp := l.speakerWith(1, helperConfig{NodeAddresses: []netip.Addr{nodeV4(1)}, ListenPort: 179})
+	p := birdPeer()
+	p.SourceAddress = nodeV4(1)
+	p.Port = 1179 // nothing listens there: an established session must be BIRD's incoming one
+	sp.mustSetPeers(p)
+	sp.mustAdvertise(Advertisement{Prefix: lbV4})
+	waitFor(t, 5*time.Second, "a listener on 10.0.0.151:179", func() error {
+		if out := l.listeners(l.node(1)); !strings.Contains(out, "10.0.0.151:179") {
+			return errorf("listeners:\n%s", out)
+		}
+		return nil
+	})
+	waitNextHops(t, sock, lbV4, 20*time.Second, nodeV4(1))
+	if out := l.must("ip", "netns", "exec", l.node(1), "ss", "-Htn", "state", "established"); !strings.Contains(out, "10.0.0.151:179 ") {
+		t.Errorf("session is not on the listening port:\n%s", out)
+	}
+}
+
 // TestBIRDBadPeers: nodes configured with the wrong peer ASN or the wrong TCP-MD5 password get no
 // session and say why, while the other nodes' sessions stay up; on one speaker an unreachable peer
 // and an invalid one do not disturb its good session.

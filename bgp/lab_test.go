@@ -271,6 +271,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 type helperConfig struct {
 	NodeAddresses []netip.Addr
 	RouterID      netip.Addr
+	ListenPort    int
 }
 
 // helperRequest is one command to a helper speaker.
@@ -319,11 +320,17 @@ func (b *syncBuffer) String() string {
 // speaker starts a helper speaker in node i's namespace with that node's addresses.
 func (l *lab) speaker(i int) *speakerProc {
 	l.t.Helper()
+	return l.speakerWith(i, helperConfig{NodeAddresses: []netip.Addr{nodeV4(i), nodeV6(i)}})
+}
+
+// speakerWith starts a helper speaker in node i's namespace with the given configuration.
+func (l *lab) speakerWith(i int, hc helperConfig) *speakerProc {
+	l.t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	cfg, _ := json.Marshal(helperConfig{NodeAddresses: []netip.Addr{nodeV4(i), nodeV6(i)}})
+	cfg, _ := json.Marshal(hc)
 	cmd := exec.Command("ip", "netns", "exec", l.node(i), exe, "-test.run=^TestHelperSpeaker$")
 	cmd.Env = append(os.Environ(), "NA_BGP_HELPER="+string(cfg))
 	sp := &speakerProc{t: l.t, name: fmt.Sprintf("node%d", i), cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
@@ -446,7 +453,7 @@ func TestHelperSpeaker(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sp, err := New(Config{Logger: log, NodeAddresses: cfg.NodeAddresses, RouterID: cfg.RouterID, SessionWarnAfter: 5 * time.Second})
+	sp, err := New(Config{Logger: log, NodeAddresses: cfg.NodeAddresses, RouterID: cfg.RouterID, ListenPort: cfg.ListenPort, SessionWarnAfter: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

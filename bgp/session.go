@@ -207,7 +207,7 @@ func (s *session) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 		s.upSince = at
 		s.lastError = ""
 		s.repeated = 0
-		s.log.Info("bgp session established", "local", ev.Peer.Transport.LocalAddress)
+		s.log.Info("bgp session established")
 	case !s.up && wasUp && s.closing:
 		s.log.Info("bgp session closed")
 	case !s.up && wasUp:
