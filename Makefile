@@ -14,8 +14,9 @@ deps:
 build: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/nodeagent
 
+# The lab demo is a test that prints what a user would see (NODEAGENT_DEMO_MODE=iptables for the other mode).
 demo: build
-	$(GO) run ./test/demo --bin $(BIN) --examples examples
+	NODEAGENT_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run '^TestDemo$$' -v ./test/netns/
 
 vet:
 	$(GO) vet ./...

@@ -61,7 +61,7 @@ type Config struct {
 
 func defaultConfig() Config {
 	return Config{
-		Mode:                  "iptables",
+		Mode:                  "nftables",
 		HealthzBindAddress:    "0.0.0.0:10256",
 		MetricsBindAddress:    "127.0.0.1:10249",
 		ServiceClusterIPRange: "10.96.0.0/12",
