@@ -28,6 +28,7 @@ type PortRange struct {
 // Contains reports whether port p is in r.
 func (r PortRange) Contains(p int32) bool { return p >= int32(r.First) && p <= int32(r.Last) }
 
+// String formats the range as --service-node-port-range takes it.
 func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
 
 // ParsePortRange parses a port range the way kube-apiserver's --service-node-port-range does:

@@ -75,16 +75,16 @@ func (l *loader) load() (Objects, []Problem, error) {
 			continue
 		}
 		path := filepath.Join(l.dir, e.Name())
-		data, err := os.ReadFile(path) // follows symlinks
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile, or a dangling link
-		}
-		var info fs.FileInfo
-		if err == nil {
-			info, err = os.Stat(path)
-		}
+		info, err := os.Stat(path) // follows symlinks
 		if err == nil && info.IsDir() {
 			continue
+		}
+		var data []byte
+		if err == nil {
+			data, err = os.ReadFile(path)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile, or a dangling link
 		}
 		fsState := l.files[path]
 		seen[path] = true

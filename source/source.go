@@ -40,6 +40,7 @@ type Problem struct {
 	Reason    string
 }
 
+// String formats the problem for people: "FILE document N item M: KIND NAMESPACE/NAME: REASON".
 func (p Problem) String() string {
 	var b strings.Builder
 	if p.File != "" {
@@ -76,6 +77,7 @@ type Key struct {
 	Name      string
 }
 
+// String formats the key as "Kind.group namespace/name".
 func (k Key) String() string {
 	if k.Namespace == "" {
 		return k.GroupKind.String() + " " + k.Name
