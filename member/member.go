@@ -1,0 +1,143 @@
+// Package member keeps the view of which agents are alive, with hashicorp/memberlist as MetalLB's
+// speakers do, so that a dead node's load-balancer addresses move to another node in about a second.
+package member
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Options configure a member.
+type Options struct {
+	// Name is this node's name, as other agents will see it.
+	Name string
+	// Bind is the address and port memberlist listens on (TCP and UDP), e.g. 10.0.0.151:7946.
+	Bind netip.AddrPort
+	// Join lists addresses (host or host:port) of other agents; this node's own may be among them.
+	Join []string
+	// Secret, when set, encrypts gossip (16, 24 or 32 bytes, or any string hashed to 32 bytes).
+	Secret []byte
+	// OnChange is called, without locks held, whenever a node joins, leaves or dies.
+	OnChange func()
+	Log      *slog.Logger
+}
+
+// Members is the live membership view.
+type Members struct {
+	ml       *memberlist.Memberlist
+	onChange func()
+	log      *slog.Logger
+	mu       sync.Mutex
+	changes  int
+}
+
+// Start joins the cluster. Joining fails softly: a node that finds nobody runs alone and others
+// join it later.
+func Start(o Options) (*Members, error) {
+	m := &Members{onChange: o.OnChange, log: o.Log}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	c := memberlist.DefaultLANConfig()
+	c.Name = o.Name
+	c.BindAddr = o.Bind.Addr().String()
+	c.BindPort = int(o.Bind.Port())
+	c.AdvertiseAddr, c.AdvertisePort = c.BindAddr, c.BindPort
+	// Detect a dead node in about a second (memberlist's LAN defaults take 5 s or more).
+	c.ProbeInterval = 200 * time.Millisecond
+	c.ProbeTimeout = 150 * time.Millisecond
+	c.SuspicionMult = 2
+	c.GossipInterval = 100 * time.Millisecond
+	c.PushPullInterval = 5 * time.Second
+	c.Events = m
+	c.Logger = log.New(io.Discard, "", 0)
+	if len(o.Secret) > 0 {
+		c.SecretKey = secretKey(o.Secret)
+	}
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		return nil, fmt.Errorf("memberlist on %s: %w", o.Bind, err)
+	}
+	m.ml = ml
+	var peers []string
+	for _, j := range o.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			j = net.JoinHostPort(j, strconv.Itoa(int(o.Bind.Port())))
+		}
+		if j != o.Bind.String() {
+			peers = append(peers, j)
+		}
+	}
+	if len(peers) > 0 {
+		if n, err := ml.Join(peers); err != nil {
+			m.log.Warn("memberlist join found nobody yet; others will join this node", "peers", peers, "err", err)
+		} else {
+			m.log.Info("memberlist joined", "contacted", n)
+		}
+	}
+	return m, nil
+}
+
+// secretKey turns a user's secret into a valid AES key: used as is when it has a valid length,
+// else hashed to 32 bytes.
+func secretKey(s []byte) []byte {
+	switch len(s) {
+	case 16, 24, 32:
+		return s
+	}
+	return sha256Sum(s)
+}
+
+// Alive returns the names of the alive members, this node included, sorted.
+func (m *Members) Alive() []string {
+	var out []string
+	for _, n := range m.ml.Members() {
+		if n.State == memberlist.StateAlive {
+			out = append(out, n.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Changes counts the membership changes seen, for metrics.
+func (m *Members) Changes() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changes
+}
+
+// Leave tells the others this node is going away, then stops.
+func (m *Members) Leave(timeout time.Duration) {
+	_ = m.ml.Leave(timeout)
+	_ = m.ml.Shutdown()
+}
+
+func (m *Members) changed(what string, n *memberlist.Node) {
+	m.mu.Lock()
+	m.changes++
+	m.mu.Unlock()
+	m.log.Info("member "+what, "node", n.Name, "addr", n.Address())
+	if m.onChange != nil {
+		m.onChange()
+	}
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (m *Members) NotifyJoin(n *memberlist.Node) { m.changed("joined", n) }
+
+// NotifyLeave implements memberlist.EventDelegate (left or died).
+func (m *Members) NotifyLeave(n *memberlist.Node) { m.changed("left", n) }
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (m *Members) NotifyUpdate(*memberlist.Node) {}
