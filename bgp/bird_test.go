@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -108,8 +109,9 @@ func TestBIRDECMP(t *testing.T) {
 func TestBIRDAttributes(t *testing.T) {
 	t.Parallel()
 	l := newLab(t, 1)
-	sock := l.bird(`protocol bgp inode1 { local as 64512; neighbor 10.0.0.151 as 64512; passive on; direct;
-  password "s3cret"; ipv4 { import all; export none; }; ipv6 { import all; export none; }; }`)
+	sock := l.bird(`protocol static { ipv4; route 203.0.113.0/24 unreachable; }
+protocol bgp inode1 { local as 64512; neighbor 10.0.0.151 as 64512; passive on; direct;
+  password "s3cret"; ipv4 { import all; export where net = 203.0.113.0/24; }; ipv6 { import all; export none; }; }`)
 	sp := l.speaker(1)
 	p := Peer{Name: "ibgp", MyASN: routerASN, ASN: routerASN, Address: routerV4, Password: "s3cret", ConnectTime: 2 * time.Second}
 	sp.mustSetPeers(p)
@@ -138,8 +140,19 @@ func TestBIRDAttributes(t *testing.T) {
 	if hops, out, _ := birdNextHops(sock, netip.MustParsePrefix("10.0.0.70/32")); len(hops) != 0 {
 		t.Errorf("advertisement for another peer reached BIRD:\n%s", out)
 	}
-	// Nothing BIRD could send is accepted: the speaker's import policy rejects everything, and no
-	// route shows up in the node's kernel either.
+	// BIRD sends 203.0.113.0/24; the speaker receives it (adj-in) but its import policy keeps it
+	// out of the RIB, so it is neither used nor announced anywhere, and nothing reaches the
+	// node's kernel.
+	waitFor(t, 5*time.Second, "BIRD's route in the speaker's adj-in", func() error {
+		rib := sp.rib()
+		if !slices.Contains(rib["adj-in"], "203.0.113.0/24") {
+			return errorf("adj-in %v", rib["adj-in"])
+		}
+		if slices.Contains(rib["global"], "203.0.113.0/24") || !slices.Contains(rib["global"], lbV4.String()) {
+			t.Fatalf("global RIB holds %v: want our own routes and not BIRD's", rib["global"])
+		}
+		return nil
+	})
 	if out := l.must("ip", "-n", l.node(1), "route", "show", "proto", "bgp"); strings.TrimSpace(out) != "" {
 		t.Errorf("node installed BGP routes:\n%s", out)
 	}

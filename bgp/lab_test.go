@@ -31,6 +31,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 const (
@@ -276,7 +280,7 @@ type helperConfig struct {
 
 // helperRequest is one command to a helper speaker.
 type helperRequest struct {
-	Op    string // "peers", "advs", "status", "stop"
+	Op    string // "peers", "advs", "status", "rib", "stop"
 	Peers []Peer
 	Advs  []Advertisement
 }
@@ -285,6 +289,9 @@ type helperRequest struct {
 type helperReply struct {
 	Err    string
 	Status Status
+	// RIB maps "global" and "adj-in" to the prefixes in the sessions' global RIBs and in what
+	// their peers sent before import policy.
+	RIB map[string][]string
 }
 
 // speakerProc is a Speaker running in a helper process inside a node namespace.
@@ -480,6 +487,13 @@ func TestHelperSpeaker(t *testing.T) {
 			reply(sp.SetAdvertisements(req.Advs), Status{})
 		case "status":
 			reply(nil, sp.Status())
+		case "rib":
+			rib, err := sp.ribs()
+			r := helperReply{RIB: rib}
+			if err != nil {
+				r.Err = err.Error()
+			}
+			_ = enc.Encode(r)
 		case "stop":
 			sp.Stop()
 			reply(nil, Status{})
@@ -489,6 +503,39 @@ func TestHelperSpeaker(t *testing.T) {
 		}
 	}
 	sp.Stop()
+}
+
+// ribs lists what the sessions' GoBGP servers hold: their global RIB (what is announced) and the
+// routes their peers sent before the import policy (adj-in).
+func (s *Speaker) ribs() (map[string][]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]string{}
+	for _, sess := range s.sessions {
+		for _, f := range []gobgp.Family{gobgp.RF_IPv4_UC, gobgp.RF_IPv6_UC} {
+			for table, req := range map[string]apiutil.ListPathRequest{
+				"global": {TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: f},
+				"adj-in": {TableType: api.TableType_TABLE_TYPE_ADJ_IN, Family: f, Name: sess.peer.Address.String()},
+			} {
+				err := sess.srv.ListPath(req, func(prefix gobgp.NLRI, _ []*apiutil.Path) {
+					out[table] = append(out[table], prefix.String())
+				})
+				if err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (sp *speakerProc) rib() map[string][]string {
+	sp.t.Helper()
+	r := sp.call(helperRequest{Op: "rib"})
+	if r.Err != "" {
+		sp.t.Fatalf("%s: rib: %s", sp.name, r.Err)
+	}
+	return r.RIB
 }
 
 // listeners returns the TCP ports listened on in a namespace.
