@@ -12,6 +12,7 @@ import (
 	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/bpf"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
@@ -54,7 +55,8 @@ type Dialer interface {
 	// ListenARP returns a connection that reads and writes whole Ethernet frames carrying ARP on
 	// the link; written frames are addressed with a *packet.Addr.
 	ListenARP(l Link) (net.PacketConn, error)
-	// ListenNDP returns an ICMPv6 connection on the link that receives Neighbor Solicitations.
+	// ListenNDP returns a connection that receives the Neighbor Solicitations seen on the link,
+	// unicast and multicast, and sends Neighbor Advertisements.
 	ListenNDP(l Link) (NDPConn, error)
 }
 
@@ -130,34 +132,144 @@ func (k kernel) ListenARP(l Link) (net.PacketConn, error) {
 	return c, nil
 }
 
+// ListenNDP returns two sockets behind one NDPConn. Solicitations are read from a packet socket
+// filtered to ICMPv6 Neighbor Solicitations: an ICMPv6 socket would miss the unicast ones (a
+// neighbour re-checking a stale entry sends its probe to our MAC and the service address, which is
+// not local, so the kernel drops it before any ICMPv6 socket). Advertisements are sent, and the
+// solicited-node groups joined (so that the NIC accepts those multicast frames), through an
+// ICMPv6 socket from mdlayher/ndp whose receive side is filtered shut.
 func (k kernel) ListenNDP(l Link) (NDPConn, error) {
-	var c *ndp.Conn
+	var (
+		send *ndp.Conn
+		recv *packet.Conn
+	)
 	err := inNetNS(k.nsPath, func() error {
 		// Looked up here: the address list ndp.Listen reads comes from the namespace.
 		ifi, err := net.InterfaceByIndex(l.Index)
 		if err != nil {
 			return err
 		}
-		c, _, err = ndp.Listen(ifi, ndp.LinkLocal)
+		send, _, err = ndp.Listen(ifi, ndp.LinkLocal)
+		if err != nil {
+			return err
+		}
+		recv, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_IPV6, &packet.Config{Filter: nsFilter})
+		if err != nil {
+			send.Close()
+		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("NDP socket on %s: %w", l.Name, err)
+		return nil, fmt.Errorf("NDP sockets on %s: %w", l.Name, err)
 	}
 	var f ipv6.ICMPFilter
-	f.SetAll(true)
-	f.Accept(ipv6.ICMPTypeNeighborSolicitation)
-	if err := c.SetICMPFilter(&f); err != nil {
-		c.Close()
+	f.SetAll(true) // block everything: this socket only sends
+	if err := send.SetICMPFilter(&f); err != nil {
+		send.Close()
+		recv.Close()
 		return nil, fmt.Errorf("NDP socket on %s: ICMPv6 filter: %w", l.Name, err)
 	}
-	// The interface a solicitation arrived on: a socket also receives groups joined through
-	// other sockets on other interfaces.
-	if err := c.SetControlMessage(ipv6.FlagInterface, true); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("NDP socket on %s: control messages: %w", l.Name, err)
+	return &ndpSocket{Conn: send, recv: recv, index: l.Index}, nil
+}
+
+// nsFilter passes Ethernet frames carrying an IPv6 packet whose next header is ICMPv6 and whose
+// ICMPv6 type is Neighbor Solicitation (no extension headers: RFC 4861 messages carry none).
+var nsFilter = func() []bpf.RawInstruction {
+	const (
+		ipv6Next = 14 + 6  // Ethernet header, then IPv6 next header
+		icmpType = 14 + 40 // first byte after the IPv6 header
+	)
+	prog, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 12, Size: 2},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.ETH_P_IPV6, SkipTrue: 5},
+		bpf.LoadAbsolute{Off: ipv6Next, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.IPPROTO_ICMPV6, SkipTrue: 3},
+		bpf.LoadAbsolute{Off: icmpType, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6.ICMPTypeNeighborSolicitation), SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffff},
+		bpf.RetConstant{Val: 0},
+	})
+	if err != nil {
+		panic(fmt.Sprintf("assemble the NS filter: %v", err))
 	}
-	return c, nil
+	return prog
+}()
+
+// ndpSocket reads solicitations from a packet socket and does everything else through *ndp.Conn.
+type ndpSocket struct {
+	*ndp.Conn
+	recv  *packet.Conn
+	index int
+}
+
+// ReadFrom returns the next valid Neighbor Solicitation seen on the interface, unicast or
+// multicast, with its source address.
+func (s *ndpSocket) ReadFrom() (ndp.Message, *ipv6.ControlMessage, netip.Addr, error) {
+	buf := make([]byte, 1600)
+	for {
+		n, _, err := s.recv.ReadFrom(buf)
+		if err != nil {
+			return nil, nil, netip.Addr{}, err
+		}
+		m, src, ok := parseNS(buf[:n])
+		if ok {
+			return m, &ipv6.ControlMessage{IfIndex: s.index}, src, nil
+		}
+	}
+}
+
+// parseNS parses an Ethernet frame holding a Neighbor Solicitation, validated as RFC 4861 7.1.1
+// asks (hop limit 255, ICMP code 0; the checksum was checked by nobody, so check it here).
+func parseNS(frame []byte) (*ndp.NeighborSolicitation, netip.Addr, bool) {
+	const eth, ip6 = 14, 40
+	if len(frame) < eth+ip6+24 || frame[12] != 0x86 || frame[13] != 0xdd {
+		return nil, netip.Addr{}, false
+	}
+	hdr := frame[eth : eth+ip6]
+	plen := int(hdr[4])<<8 | int(hdr[5])
+	if hdr[0]>>4 != 6 || hdr[6] != unix.IPPROTO_ICMPV6 || hdr[7] != 255 || len(frame) < eth+ip6+plen {
+		return nil, netip.Addr{}, false
+	}
+	src := netip.AddrFrom16([16]byte(hdr[8:24]))
+	dst := netip.AddrFrom16([16]byte(hdr[24:40]))
+	body := frame[eth+ip6 : eth+ip6+plen]
+	if body[1] != 0 || icmpv6Checksum(src, dst, body) != 0 {
+		return nil, netip.Addr{}, false
+	}
+	m, err := ndp.ParseMessage(body)
+	if err != nil {
+		return nil, netip.Addr{}, false
+	}
+	ns, ok := m.(*ndp.NeighborSolicitation)
+	return ns, src, ok
+}
+
+// icmpv6Checksum returns the one's complement sum over the IPv6 pseudo-header and body, which
+// is 0 for a message with a correct checksum.
+func icmpv6Checksum(src, dst netip.Addr, body []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	s, d := src.As16(), dst.As16()
+	add(s[:])
+	add(d[:])
+	n := len(body)
+	add([]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 0, 0, 0, unix.IPPROTO_ICMPV6})
+	add(body)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+func (s *ndpSocket) Close() error {
+	return errors.Join(s.Conn.Close(), s.recv.Close())
 }
 
 // inNetNS runs fn on an OS thread that is in the network namespace at path (the current one when

@@ -197,6 +197,33 @@ func TestKernel(t *testing.T) {
 		}
 	})
 
+	// A neighbour entry that has gone stale is confirmed by unicast probes sent to the owner's MAC
+	// and the service address: those must be answered too, or the client drops the entry.
+	t.Run("unicast neighbour probes answered", func(t *testing.T) {
+		mustRun(t, "ip", "netns", "exec", client, "sysctl", "-qw", "net.ipv4.neigh.vc.delay_first_probe_time=1",
+			"net.ipv6.neigh.vc.delay_first_probe_time=1")
+		r.SetOwned(map[netip.Addr][]string{vip: {"vr"}, vip6: {"vr"}})
+		for _, tc := range []struct {
+			addr netip.Addr
+			send string
+		}{{vip, "UDP4-SENDTO:10.0.0.51:9"}, {vip6, "UDP6-SENDTO:[fd00:10::51]:9"}} {
+			mustRun(t, "ip", "-n", client, "neigh", "replace", tc.addr.String(), "lladdr", nodeMAC, "dev", "vc", "nud", "stale")
+			before := r.Stats()
+			run(t, "x", "ip", "netns", "exec", client, "socat", "-u", "-", tc.send)
+			waitFor(t, "probe of "+tc.addr.String()+" answered", 8*time.Second, func() bool {
+				out, _ := run(t, "", "ip", "-n", client, "neigh", "show", tc.addr.String(), "dev", "vc")
+				if strings.Contains(out, "FAILED") || strings.Contains(out, "INCOMPLETE") {
+					t.Fatalf("probe unanswered: %s", out)
+				}
+				return strings.Contains(out, "REACHABLE")
+			})
+			after := r.Stats()
+			if after.ARPRequestsAnswered+after.NDPSolicitationsAnswered == before.ARPRequestsAnswered+before.NDPSolicitationsAnswered {
+				t.Errorf("%s: entry confirmed without an answer from the responder", tc.addr)
+			}
+		}
+	})
+
 	t.Run("interface down and up: re-announced", func(t *testing.T) {
 		r.SetOwned(map[netip.Addr][]string{vip: {"vr"}})
 		waitFor(t, "announced", 5*time.Second, func() bool { return r.Stats().Announced == 1 })
