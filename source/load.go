@@ -129,11 +129,11 @@ func (l *loader) load() (Objects, []Problem, error) {
 	return objs, append(problems, more...), nil
 }
 
-// combine validates the decoded documents (in file order), keeps the last of duplicates, applies the API
-// server's defaults, allocates cluster IPs and node ports, and makes EndpointSlices from Pods.
+// combine validates the decoded documents (in file order), keeps the last of duplicates, applies
+// the API server's defaults, allocates cluster IPs and node ports, and makes EndpointSlices from
+// Pods.
 func (l *loader) combine(docs []*document) (Objects, []Problem) {
 	var problems []Problem
-	byKey := map[Key]*document{}
 	var order []*document
 	// A later definition replaces an earlier one, as `kubectl apply -f DIR` applies files in name
 	// order: the seed's externalip.yaml is the tutorial's second version of demoapp-clusterip.
@@ -143,11 +143,9 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 			first := order[i]
 			problems = append(problems, first.problem("duplicate: replaced by %s document %d", d.file, d.doc))
 			order[i] = d
-			byKey[d.key] = d
 			continue
 		}
 		at[d.key] = len(order)
-		byKey[d.key] = d
 		order = append(order, d)
 	}
 

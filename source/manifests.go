@@ -44,6 +44,10 @@ const (
 // kubernetes.io/service-name) gets the EndpointSlices the EndpointSlice controller would make
 // from the Pod manifests it selects. Pods themselves are not delivered.
 //
+// Two definitions of one object (same kind, namespace and name) are a Problem; the later one in
+// file-name and document order is served, as kubectl apply -f DIR would leave it (the seed's
+// externalip.yaml is the tutorial's second version of demoapp.yaml's demoapp-clusterip).
+//
 // Bad input is reported as a Problem and logged; everything else keeps being served. A file that
 // parsed before and now does not keeps serving the objects it last produced, and an object that
 // was valid before and now is not keeps its last valid version, as the API server would have
