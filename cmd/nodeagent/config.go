@@ -48,10 +48,15 @@ type Config struct {
 	NFTables modeConfig `json:"nftables,omitempty"`
 	IPVS     ipvsConfig `json:"ipvs,omitempty"`
 
-	Manifests             string `json:"manifests,omitempty"`
-	ServiceClusterIPRange string `json:"serviceClusterIPRange,omitempty"`
-	ServiceNodePortRange  string `json:"serviceNodePortRange,omitempty"`
-	LogLevel              string `json:"logLevel,omitempty"`
+	Manifests             string   `json:"manifests,omitempty"`
+	ServiceClusterIPRange string   `json:"serviceClusterIPRange,omitempty"`
+	ServiceNodePortRange  string   `json:"serviceNodePortRange,omitempty"`
+	LogLevel              string   `json:"logLevel,omitempty"`
+	LBClass               string   `json:"lbClass,omitempty"`
+	MemberlistBind        string   `json:"memberlistBind,omitempty"`
+	MemberlistJoin        []string `json:"memberlistJoin,omitempty"`
+	MemberlistSecret      string   `json:"memberlistSecret,omitempty"`
+	Layer2                bool     `json:"layer2,omitempty"`
 
 	// Flattened from the mode blocks, or set by flags.
 	masqueradeAll bool
@@ -67,6 +72,7 @@ func defaultConfig() Config {
 		ServiceClusterIPRange: "10.96.0.0/12",
 		ServiceNodePortRange:  "30000-32767",
 		LogLevel:              "info",
+		Layer2:                true,
 		syncPeriod:            30 * time.Second,
 	}
 }
@@ -114,6 +120,7 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.ServiceClusterIPRange, "service-cluster-ip-range", c.ServiceClusterIPRange, "CIDRs (comma-separated, one per family) the manifests source allocates cluster IPs from")
 	fs.StringVar(&c.ServiceNodePortRange, "service-node-port-range", c.ServiceNodePortRange, "port range the manifests source allocates node ports from")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served besides services without a class (MetalLB's --lb-class)")
 }
 
 func splitList(s string) []string {

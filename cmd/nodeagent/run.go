@@ -24,6 +24,13 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "least time between two syncs (0: a change is applied as soon as the previous sync ends)")
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "ip:port of the /healthz server (empty: off)")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
+	fs.StringVar(&c.MemberlistBind, "memberlist-bind", c.MemberlistBind, "ip[:port] for memberlist among agents (port 7946 by default); empty: no membership, every node the objects name counts as alive")
+	fs.Func("memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)", func(s string) error {
+		c.MemberlistJoin = splitList(s)
+		return nil
+	})
+	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts memberlist traffic")
+	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return err
 	}
@@ -50,6 +57,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	tracker := proxier.NewTracker(node, mc, log)
+	announcer, err := startLoadBalancing(ctx, &c, node.Name, tracker, log)
+	if err != nil {
+		return err
+	}
+	defer announcer.stop()
 	metrics := health.NewMetrics()
 	proxyHealth := health.NewProxy(max(2*c.syncPeriod, time.Minute))
 	svcHealth := health.NewServices(log)
@@ -115,7 +127,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 
 	log.Info("starting", "version", version, "node", node.Name, "mode", c.Mode, "nodeIPs", fmt.Sprint(node.IPs))
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- src.Run(ctx, tracker) }()
+	go func() { srcErr <- src.Run(ctx, announcer.speaker) }()
 	go r.Run(ctx)
 	select {
 	case <-ctx.Done():

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"nodeagent/metallb"
 	"nodeagent/source"
 )
 
@@ -81,12 +82,15 @@ func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error)
 	return &source.Kube{Client: client, NodeName: node, Log: log}, nil
 }
 
-// loadObjects reads the inputs once, for render: the manifests, or a list from the API server.
+// loadObjects reads the inputs once, for render and get: the manifests, or a list from the API
+// server; LoadBalancer services come with the addresses a running agent would assign.
 func loadObjects(ctx context.Context, c *Config, node string, log *slog.Logger) ([]runtime.Object, error) {
 	src, err := openSource(c, node, log)
 	if err != nil {
 		return nil, err
 	}
+	rec := &recorder{synced: make(chan struct{})}
+	sink := metallb.New(metallb.Options{Node: node, Class: c.LBClass, Next: rec, Log: log})
 	if m, ok := src.(*source.Manifests); ok {
 		objs, problems, err := m.Load()
 		if err != nil {
@@ -95,17 +99,13 @@ func loadObjects(ctx context.Context, c *Config, node string, log *slog.Logger) 
 		for _, p := range problems {
 			log.Warn("manifest problem", "problem", p.String())
 		}
-		var out []runtime.Object
-		for _, k := range objs.Keys() {
-			out = append(out, objs.Get(k))
-		}
-		return out, nil
+		objs.Deliver(sink)
+		return rec.objs, nil
 	}
-	rec := &recorder{synced: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- src.Run(ctx, rec) }()
+	go func() { errc <- src.Run(ctx, sink) }()
 	select {
 	case <-rec.synced:
 		cancel()
@@ -125,9 +125,19 @@ type recorder struct {
 }
 
 func (r *recorder) Upsert(obj runtime.Object) {
-	if !r.done {
-		r.objs = append(r.objs, obj)
+	if r.done {
+		return
 	}
+	// A service may come again with its load-balancer addresses: keep the latest.
+	if svc, ok := obj.(*v1.Service); ok {
+		for i, o := range r.objs {
+			if old, ok := o.(*v1.Service); ok && old.Namespace == svc.Namespace && old.Name == svc.Name {
+				r.objs[i] = obj
+				return
+			}
+		}
+	}
+	r.objs = append(r.objs, obj)
 }
 func (r *recorder) Delete(runtime.Object) {}
 func (r *recorder) Synced() {
@@ -144,15 +154,17 @@ func listServices(ctx context.Context, c *Config, log *slog.Logger) ([]*v1.Servi
 		return nil, err
 	}
 	if !kube {
-		m, err := c.manifests(log)
+		objs, err := loadObjects(ctx, c, "", log)
 		if err != nil {
 			return nil, err
 		}
-		objs, _, err := m.Load()
-		if err != nil {
-			return nil, err
+		var out []*v1.Service
+		for _, o := range objs {
+			if svc, ok := o.(*v1.Service); ok {
+				out = append(out, svc)
+			}
 		}
-		return objs.Services(), nil
+		return out, nil
 	}
 	client, err := c.kubeClient()
 	if err != nil {

@@ -1,0 +1,15 @@
+package main
+
+import (
+	"nodeagent/lb"
+	"nodeagent/source"
+)
+
+// The MetalLB kinds the manifests source reads, so the seed's metallb.yaml works verbatim.
+func init() {
+	source.Register[lb.IPAddressPool]("metallb.io/v1beta1", "IPAddressPool", source.Namespaced, lb.ValidateIPAddressPool)
+	source.Register[lb.L2Advertisement]("metallb.io/v1beta1", "L2Advertisement", source.Namespaced, lb.ValidateL2Advertisement)
+	source.Register[lb.BGPAdvertisement]("metallb.io/v1beta1", "BGPAdvertisement", source.Namespaced, lb.ValidateBGPAdvertisement)
+	source.Register[lb.Community]("metallb.io/v1beta1", "Community", source.Namespaced, lb.ValidateCommunity)
+	source.Register[lb.BGPPeer]("metallb.io/v1beta2", "BGPPeer", source.Namespaced, lb.ValidateBGPPeer)
+}

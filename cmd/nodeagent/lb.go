@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"nodeagent/arp"
+	"nodeagent/member"
+	"nodeagent/metallb"
+)
+
+// loadBalancing is the MetalLB side of a running agent: address assignment in front of the proxy
+// tracker, membership, and the ARP/NDP responder.
+type loadBalancing struct {
+	speaker *metallb.Speaker
+	members *member.Members
+}
+
+// startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
+// responder when configured.
+func startLoadBalancing(ctx context.Context, c *Config, node string, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
+	lbs := &loadBalancing{}
+	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb")}
+	if c.Layer2 {
+		r := arp.New(arp.Options{Logger: log.With("component", "layer2")})
+		go func() {
+			if err := r.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("layer-2 responder stopped", "err", err)
+			}
+		}()
+		opts.Announce = r.SetOwned
+	}
+	if c.MemberlistBind == "" {
+		lbs.speaker = metallb.New(opts)
+		return lbs, nil
+	}
+	bind, err := parseBind(c.MemberlistBind, 7946)
+	if err != nil {
+		return nil, fmt.Errorf("--memberlist-bind: %w", err)
+	}
+	// The speaker exists before membership starts, so membership events always find it.
+	var members atomic.Pointer[member.Members]
+	opts.Alive = func() []string {
+		if m := members.Load(); m != nil {
+			return m.Alive()
+		}
+		return []string{node}
+	}
+	lbs.speaker = metallb.New(opts)
+	m, err := member.Start(member.Options{Name: node, Bind: bind, Join: c.MemberlistJoin,
+		Secret: []byte(c.MemberlistSecret), Log: log.With("component", "memberlist"),
+		OnChange: lbs.speaker.MembershipChanged})
+	if err != nil {
+		return nil, err
+	}
+	members.Store(m)
+	lbs.members = m
+	lbs.speaker.MembershipChanged()
+	return lbs, nil
+}
+
+func (l *loadBalancing) stop() {
+	if l.members != nil {
+		l.members.Leave(time.Second)
+	}
+}
+
+func parseBind(s string, defPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	host, port := s, strconv.Itoa(int(defPort))
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		host, port = h, p
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(a, uint16(n)), nil
+}

@@ -1,0 +1,307 @@
+// Package metallb is nodeagent's MetalLB: it sits between a source and the proxy's tracker,
+// gives LoadBalancer Services their addresses from IPAddressPools (the pure decisions of package
+// lb) and hands the services on with status.loadBalancer.ingress filled in, so every proxy mode
+// programs those addresses; and it tells the layer-2 responder which addresses this node owns.
+package metallb
+
+import (
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/lb"
+)
+
+// Sink is where objects go next (the proxy's change tracker).
+type Sink interface {
+	Upsert(obj runtime.Object)
+	Delete(obj runtime.Object)
+	Synced()
+}
+
+// Options configure a Speaker.
+type Options struct {
+	// Node is this node's name.
+	Node string
+	// Class is the spec.loadBalancerClass served besides services without one (--lb-class).
+	Class string
+	// Next receives every object, Services with their assigned addresses.
+	Next Sink
+	// Announce, when set, receives the whole set of addresses this node must answer ARP/NDP for,
+	// each with its interfaces (nil: all), whenever it changes.
+	Announce func(owned map[netip.Addr][]string)
+	// Alive, when set, returns the nodes whose agents are up (memberlist). Unset: the nodes
+	// known from Node objects and endpoints, plus this one — every agent reading the same
+	// manifests then computes the same owner.
+	Alive func() []string
+	Log   *slog.Logger
+}
+
+// Speaker assigns addresses and plans layer-2 announcements. It implements Sink itself.
+type Speaker struct {
+	o   Options
+	log *slog.Logger
+
+	mu       sync.Mutex
+	synced   bool
+	services map[types.NamespacedName]*v1.Service // as received
+	sent     map[types.NamespacedName]*v1.Service // as handed to Next
+	slices   map[types.NamespacedName]*discovery.EndpointSlice
+	nodes    map[string]*v1.Node
+	pools    map[types.NamespacedName]*lb.IPAddressPool
+	l2ads    map[types.NamespacedName]*lb.L2Advertisement
+	result   *lb.Result
+	problems map[string]bool
+	owned    map[netip.Addr][]string
+}
+
+// New returns a Speaker.
+func New(o Options) *Speaker {
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Speaker{o: o, log: log,
+		services: map[types.NamespacedName]*v1.Service{}, sent: map[types.NamespacedName]*v1.Service{},
+		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
+		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
+		result: &lb.Result{}, problems: map[string]bool{}}
+}
+
+func key(namespace, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: namespace, Name: name}
+}
+
+// Upsert records an object and passes it on.
+func (s *Speaker) Upsert(obj runtime.Object) { s.apply(obj, false) }
+
+// Delete records a removal and passes it on.
+func (s *Speaker) Delete(obj runtime.Object) { s.apply(obj, true) }
+
+// Synced passes the end of the initial state on, after assigning every address once.
+func (s *Speaker) Synced() {
+	s.mu.Lock()
+	s.synced = true
+	s.reassign()
+	s.replan()
+	s.mu.Unlock()
+	s.o.Next.Synced()
+}
+
+// MembershipChanged recomputes which node announces what, after a node joined, left or died.
+func (s *Speaker) MembershipChanged() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replan()
+}
+
+func (s *Speaker) apply(obj runtime.Object, deleted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch o := obj.(type) {
+	case *v1.Service:
+		k := key(o.Namespace, o.Name)
+		if deleted {
+			delete(s.services, k)
+			delete(s.sent, k)
+			s.o.Next.Delete(o)
+		} else {
+			s.services[k] = o
+		}
+		if !s.synced {
+			if !deleted {
+				s.send(k, o)
+			}
+			return
+		}
+		old := s.result
+		if lb.Serves(o, s.o.Class) || s.holds(old, k) {
+			s.reassign()
+		} else if !deleted {
+			s.send(k, o)
+		}
+		s.replan()
+		return
+	case *discovery.EndpointSlice:
+		k := key(o.Namespace, o.Name)
+		if deleted {
+			delete(s.slices, k)
+			s.o.Next.Delete(o)
+		} else {
+			s.slices[k] = o
+			s.o.Next.Upsert(o)
+		}
+		if s.synced && s.holds(s.result, key(o.Namespace, o.Labels[discovery.LabelServiceName])) {
+			s.replan()
+		}
+		return
+	case *v1.Node:
+		if deleted {
+			delete(s.nodes, o.Name)
+			s.o.Next.Delete(o)
+		} else {
+			s.nodes[o.Name] = o
+			s.o.Next.Upsert(o)
+		}
+	case *lb.IPAddressPool:
+		if deleted {
+			delete(s.pools, key(o.Namespace, o.Name))
+		} else {
+			s.pools[key(o.Namespace, o.Name)] = o
+		}
+		if s.synced {
+			s.reassign()
+		}
+	case *lb.L2Advertisement:
+		if deleted {
+			delete(s.l2ads, key(o.Namespace, o.Name))
+		} else {
+			s.l2ads[key(o.Namespace, o.Name)] = o
+		}
+	default:
+		if deleted {
+			s.o.Next.Delete(obj)
+		} else {
+			s.o.Next.Upsert(obj)
+		}
+		return
+	}
+	if s.synced {
+		s.replan()
+	}
+}
+
+func (s *Speaker) holds(r *lb.Result, k types.NamespacedName) bool {
+	_, ok := r.Assignments[k]
+	return ok
+}
+
+// send hands svc on with its assigned addresses, unless Next already has exactly that.
+func (s *Speaker) send(k types.NamespacedName, svc *v1.Service) {
+	out := s.result.Apply(svc)
+	if s.sent[k] == out {
+		return
+	}
+	s.sent[k] = out
+	s.o.Next.Upsert(out)
+}
+
+// reassign runs the allocation over every LoadBalancer service and passes on the services whose
+// addresses changed. Allocation is deterministic, so every agent computes the same result.
+func (s *Speaker) reassign() {
+	in := lb.Input{Class: s.o.Class}
+	for _, p := range s.pools {
+		in.Pools = append(in.Pools, p)
+	}
+	for _, svc := range s.services {
+		if lb.Serves(svc, s.o.Class) {
+			in.Services = append(in.Services, svc)
+		}
+	}
+	s.result = lb.Assign(in)
+	seen := map[string]bool{}
+	for _, p := range s.result.Problems {
+		msg := p.String()
+		seen[msg] = true
+		if !s.problems[msg] {
+			s.log.Warn("load-balancer address not assigned", "object", p.Object.String(), "kind", p.Kind, "reason", p.Reason)
+		}
+	}
+	s.problems = seen
+	for _, k := range slices.SortedFunc(maps.Keys(s.services), func(a, b types.NamespacedName) int {
+		if a.Namespace != b.Namespace {
+			return compare(a.Namespace, b.Namespace)
+		}
+		return compare(a.Name, b.Name)
+	}) {
+		s.send(k, s.services[k])
+	}
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// replan decides which addresses this node announces and tells the responder when that changes.
+func (s *Speaker) replan() {
+	if s.o.Announce == nil || !s.synced {
+		return
+	}
+	in := lb.L2Input{Assignments: s.result.Assignments}
+	for k := range s.result.Assignments {
+		in.Services = append(in.Services, s.services[k])
+	}
+	for _, sl := range s.slices {
+		if s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
+			in.EndpointSlices = append(in.EndpointSlices, sl)
+		}
+	}
+	for _, p := range s.pools {
+		in.Pools = append(in.Pools, p)
+	}
+	for _, a := range s.l2ads {
+		in.Advertisements = append(in.Advertisements, a)
+	}
+	for _, n := range s.nodes {
+		in.Nodes = append(in.Nodes, n)
+	}
+	in.Alive = s.alive()
+	owned := lb.Owned(lb.PlanL2(in), s.o.Node)
+	if maps.EqualFunc(owned, s.owned, slices.Equal[[]string]) && s.owned != nil {
+		return
+	}
+	for a := range owned {
+		if _, had := s.owned[a]; !had {
+			s.log.Info("announcing load-balancer address", "addr", a.String(), "interfaces", owned[a])
+		}
+	}
+	for a := range s.owned {
+		if _, has := owned[a]; !has {
+			s.log.Info("no longer announcing load-balancer address", "addr", a.String())
+		}
+	}
+	s.owned = owned
+	s.o.Announce(owned)
+}
+
+// alive is the membership view: memberlist's when there is one, else every node the objects name.
+func (s *Speaker) alive() []string {
+	var names []string
+	if s.o.Alive != nil {
+		names = s.o.Alive()
+	} else {
+		seen := map[string]bool{s.o.Node: true}
+		for n := range s.nodes {
+			seen[n] = true
+		}
+		for _, sl := range s.slices {
+			for _, ep := range sl.Endpoints {
+				if ep.NodeName != nil && *ep.NodeName != "" {
+					seen[*ep.NodeName] = true
+				}
+			}
+		}
+		names = slices.Collect(maps.Keys(seen))
+	}
+	var out []string
+	for _, n := range names {
+		if node, ok := s.nodes[n]; ok && lb.NodeUnusableReason(node) != "" {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
