@@ -39,12 +39,14 @@ type Members struct {
 	log      *slog.Logger
 	mu       sync.Mutex
 	changes  int
+	stopped  bool
+	kick     chan struct{}
 }
 
 // Start joins the cluster. Joining fails softly: a node that finds nobody runs alone and others
 // join it later.
 func Start(o Options) (*Members, error) {
-	m := &Members{onChange: o.OnChange, log: o.Log}
+	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -57,6 +59,7 @@ func Start(o Options) (*Members, error) {
 	c.ProbeInterval = 200 * time.Millisecond
 	c.ProbeTimeout = 150 * time.Millisecond
 	c.SuspicionMult = 2
+	c.SuspicionMaxTimeoutMult = 2
 	c.GossipInterval = 100 * time.Millisecond
 	c.PushPullInterval = 5 * time.Second
 	c.Events = m
@@ -69,6 +72,7 @@ func Start(o Options) (*Members, error) {
 		return nil, fmt.Errorf("memberlist on %s: %w", o.Bind, err)
 	}
 	m.ml = ml
+	go m.notify()
 	var peers []string
 	for _, j := range o.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
@@ -121,15 +125,35 @@ func (m *Members) Changes() int {
 func (m *Members) Leave(timeout time.Duration) {
 	_ = m.ml.Leave(timeout)
 	_ = m.ml.Shutdown()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.stopped {
+		m.stopped = true
+		close(m.kick)
+	}
 }
 
 func (m *Members) changed(what string, n *memberlist.Node) {
-	m.mu.Lock()
-	m.changes++
-	m.mu.Unlock()
 	m.log.Info("member "+what, "node", n.Name, "addr", n.Address())
-	if m.onChange != nil {
-		m.onChange()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.changes++
+	if m.stopped {
+		return
+	}
+	// memberlist calls its delegate with its node lock held, and OnChange reads the membership
+	// (Alive takes that lock): hand the news to another goroutine, merged with any pending one.
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Members) notify() {
+	for range m.kick {
+		if m.onChange != nil {
+			m.onChange()
+		}
 	}
 }
 

@@ -103,6 +103,7 @@ var scenarios = []scenario{
 	{"RestartKeepsConnections", testRestart},
 	{"Cleanup", testCleanup},
 	{"BrokenManifest", testBrokenManifest},
+	{"LoadBalancerLayer2", testLoadBalancerLayer2},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
