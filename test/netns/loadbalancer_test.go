@@ -130,3 +130,24 @@ func testLoadBalancerLayer2(t *testing.T, m mode) {
 	owner = failover("LAN link cut", func(n *Node) { e.MustExec(n.NS, "ip", "link", "set", NodeInterface, "down") })
 	_ = owner
 }
+
+// testLoadBalancerLocal: with externalTrafficPolicy Local (the tutorial's second step) only a node
+// with a ready local endpoint announces 10.0.0.51, and the backend sees the client's own 10.0.0.1.
+func testLoadBalancerLocal(t *testing.T, m mode) {
+	svc := edit(t, seed(t, "demoapp.yaml"), "  #externalTrafficPolicy: Local", "  externalTrafficPolicy: Local")
+	onlyNode03 := sliceYAML("demoapp-lb-klmno", "demoapp-lb", []slicePort{{"http", "TCP", 80}}, endpoint{"10.244.3.44", "node03"})
+	e := newEnv(t, m, setup{
+		files: map[string]string{"demoapp.yaml": svc, "demoapp-lb-endpoints.yaml": onlyNode03, "metallb.yaml": seed(t, "metallb.yaml")},
+		pods:   demoappPods,
+		agents: []int{},
+	})
+	e.startL2Agents()
+	addr := hostPort(lbAddr, 80)
+	r := e.waitAnswer(e.Client, "tcp", addr)
+	if r.ClientIP != ClientAddr || r.ServerName != "demoapp-3" {
+		t.Errorf("through 10.0.0.51 with ETP Local: %s saw %s, want demoapp-3 seeing the client's own %s", r.ServerName, r.ClientIP, ClientAddr)
+	}
+	if owner := e.macs()[e.neighbour(lbAddr)]; owner != 3 {
+		t.Errorf("10.0.0.51 announced by node%02d, want node03, the only node with a local endpoint", owner)
+	}
+}

@@ -104,6 +104,7 @@ var scenarios = []scenario{
 	{"Cleanup", testCleanup},
 	{"BrokenManifest", testBrokenManifest},
 	{"LoadBalancerLayer2", testLoadBalancerLayer2},
+	{"LoadBalancerLocal", testLoadBalancerLocal},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
