@@ -41,7 +41,11 @@ type Options struct {
 	// known from Node objects and endpoints, plus this one — every agent reading the same
 	// manifests then computes the same owner.
 	Alive func() []string
-	Log   *slog.Logger
+	// WriteStatus, when set (API mode), is called from a separate goroutine with each served
+	// service whose status.loadBalancer.ingress differs from its assignment; it writes the status
+	// (or does nothing when this agent is not the leader).
+	WriteStatus func(svc types.NamespacedName, ingress []v1.LoadBalancerIngress)
+	Log         *slog.Logger
 }
 
 // Speaker assigns addresses and plans layer-2 announcements. It implements Sink itself.
@@ -60,6 +64,8 @@ type Speaker struct {
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
+	pending  map[types.NamespacedName][]v1.LoadBalancerIngress // status writes to do
+	kick     chan struct{}
 }
 
 // New returns a Speaker.
@@ -72,7 +78,53 @@ func New(o Options) *Speaker {
 		services: map[types.NamespacedName]*v1.Service{}, sent: map[types.NamespacedName]*v1.Service{},
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
 		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
-		result: &lb.Result{}, problems: map[string]bool{}}
+		result: &lb.Result{}, problems: map[string]bool{},
+		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
+}
+
+// WriteStatuses runs until done, calling Options.WriteStatus for every status that differs from
+// its assignment, the latest wins; each write happens outside the speaker's lock.
+func (s *Speaker) WriteStatuses(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case <-s.kick:
+		}
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = map[types.NamespacedName][]v1.LoadBalancerIngress{}
+		s.mu.Unlock()
+		for k, ing := range batch {
+			s.o.WriteStatus(k, ing)
+		}
+	}
+}
+
+// RewriteStatuses queues a status write for every served service whose status differs from its
+// assignment: after this agent became the leader, say.
+func (s *Speaker) RewriteStatuses() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, svc := range s.services {
+		s.queueStatus(k, svc)
+	}
+}
+
+// queueStatus queues the status write svc needs, if any.
+func (s *Speaker) queueStatus(k types.NamespacedName, svc *v1.Service) {
+	if s.o.WriteStatus == nil {
+		return
+	}
+	ing, served := s.result.Ingress(svc)
+	if !served || s.result.Apply(svc) == svc {
+		return
+	}
+	s.pending[k] = ing
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 func key(namespace, name string) types.NamespacedName {
@@ -185,6 +237,9 @@ func (s *Speaker) holds(r *lb.Result, k types.NamespacedName) bool {
 
 // send hands svc on with its assigned addresses, unless Next already has exactly that.
 func (s *Speaker) send(k types.NamespacedName, svc *v1.Service) {
+	if s.synced {
+		s.queueStatus(k, svc)
+	}
 	out := s.result.Apply(svc)
 	if s.sent[k] == out {
 		return

@@ -10,10 +10,14 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -45,6 +49,17 @@ type Kube struct {
 	NodeName string
 	// Log receives informer problems; nil: slog.Default().
 	Log *slog.Logger
+	// Dynamic and Extra add kinds served by CustomResourceDefinitions (the MetalLB kinds): each
+	// is watched when the API server serves it at start, and delivered as the typed object its
+	// New returns. A kind the server does not serve is skipped with a log line.
+	Dynamic dynamic.Interface
+	Extra   []ExtraKind
+}
+
+// ExtraKind is a CRD-served kind the Kube source watches through the dynamic client.
+type ExtraKind struct {
+	Resource schema.GroupVersionResource
+	New      func() runtime.Object
 }
 
 var _ Runner = (*Kube)(nil)
@@ -90,6 +105,23 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 		factories = append(factories, nodeFactory)
 	}
 
+	var dynFactory dynamicinformer.DynamicSharedInformerFactory
+	if k.Dynamic != nil && len(k.Extra) > 0 {
+		dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
+		for _, x := range k.Extra {
+			if !k.serves(x.Resource) {
+				log.Info("kind not served by the API server; not watched", "resource", x.Resource.String())
+				continue
+			}
+			inf := dynFactory.ForResource(x.Resource).Informer()
+			if err := inf.SetTransform(typedFrom(x.New)); err != nil {
+				return fmt.Errorf("kubernetes source: %s: %w", x.Resource, err)
+			}
+			infs = append(infs, inf)
+			filters = append(filters, func(metav1.Object) bool { return true })
+		}
+	}
+
 	var synced []cache.InformerSynced
 	for i, inf := range infs {
 		reg, err := inf.AddEventHandler(handler(sink, filters[i], log))
@@ -106,10 +138,16 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
+	if dynFactory != nil {
+		dynFactory.Start(ctx.Done())
+	}
 	defer func() {
 		cancel()
 		for _, f := range factories {
 			f.Shutdown()
+		}
+		if dynFactory != nil {
+			dynFactory.Shutdown()
 		}
 	}()
 
@@ -124,6 +162,37 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 	log.Info("caches synced", "took", time.Since(start))
 	<-ctx.Done()
 	return nil
+}
+
+// serves reports whether the API server serves r (its CRD is installed).
+func (k *Kube) serves(r schema.GroupVersionResource) bool {
+	list, err := k.Client.Discovery().ServerResourcesForGroupVersion(r.GroupVersion().String())
+	if err != nil {
+		return false
+	}
+	for _, res := range list.APIResources {
+		if res.Name == r.Resource {
+			return true
+		}
+	}
+	return false
+}
+
+// typedFrom converts the dynamic client's unstructured objects into typed ones before they are
+// cached, so the sink sees the same types as from the manifests source.
+func typedFrom(newObj func() runtime.Object) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return obj, nil
+		}
+		u.SetManagedFields(nil)
+		typed := newObj()
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, typed); err != nil {
+			return nil, fmt.Errorf("convert %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+		}
+		return typed, nil
+	}
 }
 
 // proxied reports whether kube-proxy would see an object with m's labels.

@@ -57,6 +57,8 @@ type Config struct {
 	MemberlistJoin        []string `json:"memberlistJoin,omitempty"`
 	MemberlistSecret      string   `json:"memberlistSecret,omitempty"`
 	Layer2                bool     `json:"layer2,omitempty"`
+	// LeaderElectionNamespace holds the Lease that picks the agent writing LB status (API mode).
+	LeaderElectionNamespace string `json:"leaderElectionNamespace,omitempty"`
 
 	// Flattened from the mode blocks, or set by flags.
 	masqueradeAll bool
@@ -66,14 +68,15 @@ type Config struct {
 
 func defaultConfig() Config {
 	return Config{
-		Mode:                  "nftables",
-		HealthzBindAddress:    "0.0.0.0:10256",
-		MetricsBindAddress:    "127.0.0.1:10249",
-		ServiceClusterIPRange: "10.96.0.0/12",
-		ServiceNodePortRange:  "30000-32767",
-		LogLevel:              "info",
-		Layer2:                true,
-		syncPeriod:            30 * time.Second,
+		Mode:                    "nftables",
+		HealthzBindAddress:      "0.0.0.0:10256",
+		MetricsBindAddress:      "127.0.0.1:10249",
+		ServiceClusterIPRange:   "10.96.0.0/12",
+		ServiceNodePortRange:    "30000-32767",
+		LogLevel:                "info",
+		Layer2:                  true,
+		LeaderElectionNamespace: "kube-system",
+		syncPeriod:              30 * time.Second,
 	}
 }
 

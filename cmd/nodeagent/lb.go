@@ -27,6 +27,22 @@ type loadBalancing struct {
 func startLoadBalancing(ctx context.Context, c *Config, node string, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb")}
+	var writer *statusWriter
+	if kube, _ := c.useKube(); kube {
+		client, err := c.kubeClient()
+		if err != nil {
+			return nil, err
+		}
+		writer = &statusWriter{client: client, log: log.With("component", "metallb")}
+		opts.WriteStatus = writer.write
+	}
+	defer func() {
+		if writer == nil || lbs.speaker == nil {
+			return
+		}
+		go lbs.speaker.WriteStatuses(ctx.Done())
+		go writer.lead(ctx, c.LeaderElectionNamespace, "nodeagent-loadbalancer", node, lbs.speaker.RewriteStatuses)
+	}()
 	if c.Layer2 {
 		r := arp.New(arp.Options{Logger: log.With("component", "layer2")})
 		go func() {

@@ -31,6 +31,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts memberlist traffic")
 	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
+	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return err
 	}

@@ -12,10 +12,12 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"nodeagent/lb"
 	"nodeagent/metallb"
 	"nodeagent/source"
 )
@@ -33,8 +35,8 @@ func (c *Config) manifests(log *slog.Logger) (*source.Manifests, error) {
 	return &source.Manifests{Dir: c.Manifests, ServiceCIDRs: cidrs, NodePortRange: ports, Log: log}, nil
 }
 
-// kubeClient connects to the API server named by --kubeconfig, or in-cluster.
-func (c *Config) kubeClient() (kubernetes.Interface, error) {
+// restConfig is the API server connection named by --kubeconfig, or the in-cluster one.
+func (c *Config) restConfig() (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if c.ClientConnection.Kubeconfig != "" {
@@ -46,7 +48,25 @@ func (c *Config) kubeClient() (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.UserAgent = "nodeagent/" + version
+	return cfg, nil
+}
+
+// kubeClient connects to the API server named by --kubeconfig, or in-cluster.
+func (c *Config) kubeClient() (kubernetes.Interface, error) {
+	cfg, err := c.restConfig()
+	if err != nil {
+		return nil, err
+	}
 	return kubernetes.NewForConfig(cfg)
+}
+
+// metallbKinds are the MetalLB CRD kinds the Kubernetes source watches.
+var metallbKinds = []source.ExtraKind{
+	{Resource: lb.GroupVersion.WithResource("ipaddresspools"), New: func() runtime.Object { return &lb.IPAddressPool{} }},
+	{Resource: lb.GroupVersion.WithResource("l2advertisements"), New: func() runtime.Object { return &lb.L2Advertisement{} }},
+	{Resource: lb.GroupVersion.WithResource("bgpadvertisements"), New: func() runtime.Object { return &lb.BGPAdvertisement{} }},
+	{Resource: lb.GroupVersion.WithResource("communities"), New: func() runtime.Object { return &lb.Community{} }},
+	{Resource: lb.GroupVersionV1beta2.WithResource("bgppeers"), New: func() runtime.Object { return &lb.BGPPeer{} }},
 }
 
 var errNoSource = errors.New("no source: give --manifests DIR or --kubeconfig FILE (or run in a cluster)")
@@ -75,11 +95,19 @@ func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error)
 	if !kube {
 		return c.manifests(log)
 	}
-	client, err := c.kubeClient()
+	cfg, err := c.restConfig()
 	if err != nil {
 		return nil, err
 	}
-	return &source.Kube{Client: client, NodeName: node, Log: log}, nil
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &source.Kube{Client: client, NodeName: node, Log: log, Dynamic: dyn, Extra: metallbKinds}, nil
 }
 
 // loadObjects reads the inputs once, for render and get: the manifests, or a list from the API

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+// statusWriter writes load-balancer addresses into Services' status when this agent leads: in API
+// mode every agent computes the same assignment, and one of them (a Lease) records it.
+type statusWriter struct {
+	client kubernetes.Interface
+	log    *slog.Logger
+	leader atomic.Bool
+}
+
+// write patches svc's status.loadBalancer.ingress, if this agent is the leader.
+func (w *statusWriter) write(svc types.NamespacedName, ingress []v1.LoadBalancerIngress) {
+	if !w.leader.Load() {
+		return
+	}
+	if ingress == nil {
+		ingress = []v1.LoadBalancerIngress{}
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"loadBalancer": map[string]any{"ingress": ingress}}})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := w.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+		w.log.Error("write load-balancer status", "service", svc.String(), "err", err)
+		return
+	}
+	w.log.Info("load-balancer status written", "service", svc.String(), "ingress", ingressIPs(ingress))
+}
+
+func ingressIPs(ing []v1.LoadBalancerIngress) []string {
+	var out []string
+	for _, i := range ing {
+		out = append(out, i.IP)
+	}
+	return out
+}
+
+// lead runs leader election on the Lease namespace/name until ctx ends; onLead runs each time
+// this agent becomes the leader.
+func (w *statusWriter) lead(ctx context.Context, namespace, name, identity string, onLead func()) {
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Client:     w.client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
+	}
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			ReleaseOnCancel: true,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(context.Context) {
+					w.leader.Store(true)
+					w.log.Info("leading load-balancer status writes", "lease", namespace+"/"+name)
+					onLead()
+				},
+				OnStoppedLeading: func() {
+					w.leader.Store(false)
+					w.log.Info("no longer leading load-balancer status writes")
+				},
+			},
+		})
+	}
+}
