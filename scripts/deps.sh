@@ -15,6 +15,9 @@ have tcpdump || need+=(tcpdump)
 have arping || need+=(arping)
 have bird || need+=(bird2)
 have gobgpd || need+=(gobgpd)
+have ipvsadm || need+=(ipvsadm) # IPVS mode tests compare the kernel's table with ipvsadm -Sn
+have qemu-system-x86_64 || need+=(qemu-system-x86) # vm/run: a kernel with IPVS
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' || need+=(busybox-static)
 have etcd || need+=(etcd-server)
 have make || need+=(make)
 have git || need+=(git)
