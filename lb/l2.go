@@ -253,3 +253,9 @@ func Owned(plan []L2Announcement, node string) map[netip.Addr][]string {
 	}
 	return out
 }
+
+// ReadyNodes returns, per service, the nodes that have a ready endpoint of it ("" for endpoints
+// without a node name).
+func ReadyNodes(eps []*discoveryv1.EndpointSlice) map[types.NamespacedName]map[string]bool {
+	return readyNodes(eps)
+}

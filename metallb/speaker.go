@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"nodeagent/bgp"
 	"nodeagent/lb"
 )
 
@@ -45,7 +47,9 @@ type Options struct {
 	// service whose status.loadBalancer.ingress differs from its assignment; it writes the status
 	// (or does nothing when this agent is not the leader).
 	WriteStatus func(svc types.NamespacedName, ingress []v1.LoadBalancerIngress)
-	Log         *slog.Logger
+	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
+	BGP func(peers []bgp.Peer, advs []bgp.Advertisement)
+	Log *slog.Logger
 }
 
 // Speaker assigns addresses and plans layer-2 announcements. It implements Sink itself.
@@ -61,6 +65,10 @@ type Speaker struct {
 	nodes    map[string]*v1.Node
 	pools    map[types.NamespacedName]*lb.IPAddressPool
 	l2ads    map[types.NamespacedName]*lb.L2Advertisement
+	bgpPeers map[types.NamespacedName]*lb.BGPPeer
+	bgpAds   map[types.NamespacedName]*lb.BGPAdvertisement
+	comms    map[types.NamespacedName]*lb.Community
+	bgpPlan  *bgpPlan
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
@@ -78,6 +86,8 @@ func New(o Options) *Speaker {
 		services: map[types.NamespacedName]*v1.Service{}, sent: map[types.NamespacedName]*v1.Service{},
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
 		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
+		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
+		comms:  map[types.NamespacedName]*lb.Community{},
 		result: &lb.Result{}, problems: map[string]bool{},
 		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
 }
@@ -212,11 +222,13 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 			s.reassign()
 		}
 	case *lb.L2Advertisement:
-		if deleted {
-			delete(s.l2ads, key(o.Namespace, o.Name))
-		} else {
-			s.l2ads[key(o.Namespace, o.Name)] = o
-		}
+		store(s.l2ads, key(o.Namespace, o.Name), o, deleted)
+	case *lb.BGPPeer:
+		store(s.bgpPeers, key(o.Namespace, o.Name), o, deleted)
+	case *lb.BGPAdvertisement:
+		store(s.bgpAds, key(o.Namespace, o.Name), o, deleted)
+	case *lb.Community:
+		store(s.comms, key(o.Namespace, o.Name), o, deleted)
 	default:
 		if deleted {
 			s.o.Next.Delete(obj)
@@ -228,6 +240,14 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	if s.synced {
 		s.replan()
 	}
+}
+
+func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, deleted bool) {
+	if deleted {
+		delete(m, k)
+		return
+	}
+	m[k] = v
 }
 
 func (s *Speaker) holds(r *lb.Result, k types.NamespacedName) bool {
@@ -290,9 +310,14 @@ func compare(a, b string) int {
 	return 0
 }
 
-// replan decides which addresses this node announces and tells the responder when that changes.
+// replan decides which addresses this node announces, by layer 2 and by BGP, and tells the
+// announcers when that changes.
 func (s *Speaker) replan() {
-	if s.o.Announce == nil || !s.synced {
+	if !s.synced {
+		return
+	}
+	s.replanBGP()
+	if s.o.Announce == nil {
 		return
 	}
 	in := lb.L2Input{Assignments: s.result.Assignments}
@@ -359,4 +384,40 @@ func (s *Speaker) alive() []string {
 		out = append(out, n)
 	}
 	return out
+}
+
+// bgpPlan is the last BGP plan handed to Options.BGP.
+type bgpPlan struct {
+	peers []bgp.Peer
+	advs  []bgp.Advertisement
+}
+
+func (s *Speaker) replanBGP() {
+	if s.o.BGP == nil {
+		return
+	}
+	in := BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
+		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
+		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms))}
+	if n := s.nodes[s.o.Node]; n != nil {
+		in.NodeLabels = n.Labels
+	}
+	for _, sl := range s.slices {
+		if s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
+			in.EndpointSlices = append(in.EndpointSlices, sl)
+		}
+	}
+	peers, advs, problems := PlanBGP(in)
+	for _, p := range problems {
+		if !s.problems[p] {
+			s.problems[p] = true
+			s.log.Warn("BGP configuration left out", "reason", p)
+		}
+	}
+	plan := &bgpPlan{peers: peers, advs: advs}
+	if s.bgpPlan != nil && reflect.DeepEqual(plan, s.bgpPlan) {
+		return
+	}
+	s.bgpPlan = plan
+	s.o.BGP(peers, advs)
 }

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"nodeagent/arp"
+	"nodeagent/bgp"
 	"nodeagent/member"
 	"nodeagent/metallb"
 )
@@ -20,6 +22,7 @@ import (
 type loadBalancing struct {
 	speaker *metallb.Speaker
 	members *member.Members
+	bgp     *bgp.Speaker
 }
 
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
@@ -52,6 +55,20 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, next metall
 		}()
 		opts.Announce = r.SetOwned
 	}
+	sp, err := bgp.New(bgp.Config{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("bgp: %w", err)
+	}
+	lbs.bgp = sp
+	opts.BGP = func(peers []bgp.Peer, advs []bgp.Advertisement) {
+		// Invalid peers or routes are logged by the speaker; the valid ones are applied.
+		if err := sp.SetPeers(peers); err != nil {
+			log.Warn("bgp peers", "err", err)
+		}
+		if err := sp.SetAdvertisements(advs); err != nil {
+			log.Warn("bgp advertisements", "err", err)
+		}
+	}
 	if c.MemberlistBind == "" {
 		lbs.speaker = metallb.New(opts)
 		return lbs, nil
@@ -82,6 +99,10 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, next metall
 }
 
 func (l *loadBalancing) stop() {
+	if l.bgp != nil {
+		// Withdraws every route and closes the sessions (CEASE), as a graceful stop should.
+		l.bgp.Stop()
+	}
 	if l.members != nil {
 		l.members.Leave(time.Second)
 	}
@@ -104,4 +125,10 @@ func parseBind(s string, defPort uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, err
 	}
 	return netip.AddrPortFrom(a, uint16(n)), nil
+}
+
+// bgpStatus serves the BGP sessions and what they advertise, as text (/debug/bgp).
+func (l *loadBalancing) bgpStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, l.bgp.Status().String())
 }

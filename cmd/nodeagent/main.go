@@ -25,6 +25,7 @@ Usage:
   nodeagent render    [flags]   print what run would program, touching nothing
   nodeagent cleanup   [flags]   remove everything nodeagent created in this network namespace
   nodeagent get services [flags] (alias: svc) list services the way kubectl get svc does
+  nodeagent bgp status [--metrics-bind-address A]   BGP sessions and routes of the agent running here
   nodeagent bench     [flags]   measure rule-sync latency and the packet path per mode, in namespaces it makes
   nodeagent version
 
@@ -60,6 +61,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("get: only \"services\" (svc) can be listed")
 		}
 		return getServicesCmd(ctx, args[1:], stdout, stderr)
+	case "bgp":
+		if len(args) == 0 || args[0] != "status" {
+			return fmt.Errorf("bgp: only \"status\" is known")
+		}
+		return bgpStatusCmd(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args, stdout, stderr)
 	case "version", "--version":

@@ -122,7 +122,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth}); err != nil {
 		return err
 	}
-	if err := serve(ctx, log, c.MetricsBindAddress, map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth}); err != nil {
+	if err := serve(ctx, log, c.MetricsBindAddress, map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth,
+		"/debug/bgp": http.HandlerFunc(announcer.bgpStatus)}); err != nil {
 		return err
 	}
 
