@@ -20,6 +20,10 @@ const (
 	// LabelHeadless marks headless services and their slices; kube-proxy skips them.
 	LabelHeadless = v1.IsHeadlessService
 
+	// AnnotationIPVSScheduler on a Service picks its IPVS scheduler (rr, wrr, lc, wlc, sh, mh, ...)
+	// in ipvs mode, overriding --ipvs-scheduler; other modes ignore it.
+	AnnotationIPVSScheduler = "ipvs.nodeagent.io/scheduler"
+
 	// DefaultAffinityTimeout is Kubernetes' default ClientIP affinity timeout (3 hours).
 	DefaultAffinityTimeout = 10800 * time.Second
 )
@@ -138,6 +142,7 @@ func ServicePorts(svc *v1.Service, slices []*discovery.EndpointSlice, node strin
 				AffinityTimeout:          timeout,
 				ExternalPolicyLocal:      etpLocal,
 				InternalPolicyLocal:      itpLocal,
+				Scheduler:                svc.Annotations[AnnotationIPVSScheduler],
 			}
 			if !affinity {
 				sp.AffinityTimeout = 0

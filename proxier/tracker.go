@@ -182,7 +182,8 @@ func (t *Tracker) removeSlice(k types.NamespacedName, old *discovery.EndpointSli
 func serviceEqual(a, b *v1.Service) bool {
 	return apiequality.Semantic.DeepEqual(a.Spec, b.Spec) &&
 		apiequality.Semantic.DeepEqual(a.Status.LoadBalancer, b.Status.LoadBalancer) &&
-		Skipped(a.Labels) == Skipped(b.Labels)
+		Skipped(a.Labels) == Skipped(b.Labels) &&
+		a.Annotations[AnnotationIPVSScheduler] == b.Annotations[AnnotationIPVSScheduler]
 }
 
 func sliceEqual(a, b *discovery.EndpointSlice) bool {

@@ -94,6 +94,10 @@ type ServicePort struct {
 	SessionAffinity bool
 	AffinityTimeout time.Duration
 
+	// Scheduler is the IPVS scheduler the Service's AnnotationIPVSScheduler asks for ("": the
+	// configured default); only the ipvs mode reads it.
+	Scheduler string
+
 	ExternalPolicyLocal bool // externalTrafficPolicy: Local (only meaningful with external addresses)
 	InternalPolicyLocal bool // internalTrafficPolicy: Local
 
