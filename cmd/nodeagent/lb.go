@@ -27,7 +27,7 @@ type loadBalancing struct {
 
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
 // responder when configured.
-func startLoadBalancing(ctx context.Context, c *Config, node string, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
+func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb")}
 	var writer *statusWriter
@@ -55,7 +55,15 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, next metall
 		}()
 		opts.Announce = r.SetOwned
 	}
-	sp, err := bgp.New(bgp.Config{Logger: log})
+	// Routes carry each session's local address as next hop; the router ID is a node address.
+	bc := bgp.Config{Logger: log}
+	for _, a := range nodeIPs {
+		if a.Is4() {
+			bc.RouterID = a
+			break
+		}
+	}
+	sp, err := bgp.New(bc)
 	if err != nil {
 		return nil, fmt.Errorf("bgp: %w", err)
 	}

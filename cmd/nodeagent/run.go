@@ -58,7 +58,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	tracker := proxier.NewTracker(node, mc, log)
-	announcer, err := startLoadBalancing(ctx, &c, node.Name, tracker, log)
+	announcer, err := startLoadBalancing(ctx, &c, node.Name, node.IPs, tracker, log)
 	if err != nil {
 		return err
 	}

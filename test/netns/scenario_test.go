@@ -105,6 +105,7 @@ var scenarios = []scenario{
 	{"BrokenManifest", testBrokenManifest},
 	{"LoadBalancerLayer2", testLoadBalancerLayer2},
 	{"LoadBalancerLocal", testLoadBalancerLocal},
+	{"LoadBalancerBGP", testLoadBalancerBGP},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
