@@ -106,6 +106,7 @@ var scenarios = []scenario{
 	{"LoadBalancerLayer2", testLoadBalancerLayer2},
 	{"LoadBalancerLocal", testLoadBalancerLocal},
 	{"LoadBalancerBGP", testLoadBalancerBGP},
+	{"KubernetesAPI", testKubernetesAPI},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
