@@ -110,8 +110,8 @@ func testLoadBalancerBGP(t *testing.T, m mode) {
 			"demoapp.yaml": seed(t, "demoapp.yaml"), "demoapp-endpoints.yaml": seed(t, "demoapp-endpoints.yaml"),
 			"bgp.yaml": bgpManifests,
 		},
-		pods:   demoappPods,
-		args:   []string{"--layer2=false"},
+		pods: demoappPods,
+		args: []string{"--layer2=false"},
 		before: func(l *Lab) {
 			// Hash on ports too, so one client's connections spread over the next hops.
 			l.MustExec(l.Router, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")

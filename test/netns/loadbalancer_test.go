@@ -137,7 +137,7 @@ func testLoadBalancerLocal(t *testing.T, m mode) {
 	svc := edit(t, seed(t, "demoapp.yaml"), "  #externalTrafficPolicy: Local", "  externalTrafficPolicy: Local")
 	onlyNode03 := sliceYAML("demoapp-lb-klmno", "demoapp-lb", []slicePort{{"http", "TCP", 80}}, endpoint{"10.244.3.44", "node03"})
 	e := newEnv(t, m, setup{
-		files: map[string]string{"demoapp.yaml": svc, "demoapp-lb-endpoints.yaml": onlyNode03, "metallb.yaml": seed(t, "metallb.yaml")},
+		files:  map[string]string{"demoapp.yaml": svc, "demoapp-lb-endpoints.yaml": onlyNode03, "metallb.yaml": seed(t, "metallb.yaml")},
 		pods:   demoappPods,
 		agents: []int{},
 	})
