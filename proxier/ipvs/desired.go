@@ -1,0 +1,204 @@
+package ipvs
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/proxier"
+)
+
+// vsKey identifies an IPVS virtual server: address, IP protocol number and port.
+type vsKey struct {
+	Addr  netip.Addr
+	Proto uint8
+	Port  uint16
+}
+
+func (k vsKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), protoName(k.Proto))
+}
+
+func compareVSKey(a, b vsKey) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Proto, b.Proto); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Port, b.Port)
+}
+
+// vsKind is which address of a service a virtual server serves.
+type vsKind int
+
+const (
+	kindClusterIP vsKind = iota
+	kindExternalIP
+	kindLoadBalancer
+	kindNodePort
+)
+
+func (k vsKind) String() string {
+	return [...]string{"cluster IP", "external IP", "load-balancer IP", "node port"}[k]
+}
+
+// virtualServer is the desired state of one IPVS virtual server.
+type virtualServer struct {
+	key        vsKey
+	name       proxier.ServicePortName
+	kind       vsKind
+	scheduler  string
+	persistent bool
+	timeout    uint32 // persistence, in seconds
+	dests      []netip.AddrPort
+}
+
+// desired is everything a full Sync of a State programs.
+type desired struct {
+	vs    map[vsKey]*virtualServer
+	bySvc map[types.NamespacedName][]vsKey
+	// bind are the addresses the dummy interface holds: cluster, external and load-balancer IPs.
+	bind   map[netip.Addr]bool
+	tables map[proxier.Family]*nftTable
+}
+
+// schedulers are the IPVS schedulers the kernel ships (ip_vs_<name> modules).
+var schedulers = map[string]bool{
+	"rr": true, "wrr": true, "lc": true, "wlc": true, "lblc": true, "lblcr": true, "dh": true,
+	"sh": true, "sed": true, "nq": true, "fo": true, "ovf": true, "mh": true, "twos": true,
+}
+
+// DefaultScheduler is the scheduler of services that do not ask for one, as kube-proxy's.
+const DefaultScheduler = "rr"
+
+func protoNum(p v1.Protocol) uint8 {
+	switch p {
+	case v1.ProtocolUDP:
+		return unix.IPPROTO_UDP
+	case v1.ProtocolSCTP:
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_UDP:
+		return "udp"
+	case unix.IPPROTO_SCTP:
+		return "sctp"
+	case unix.IPPROTO_TCP:
+		return "tcp"
+	}
+	return fmt.Sprint(p)
+}
+
+// nodePortAddrs are the node addresses of family f that get node-port virtual servers: all of
+// them, or those inside --nodeport-addresses.
+func nodePortAddrs(st *proxier.State, f proxier.Family) []netip.Addr {
+	prefixes := st.Config.NodePortAddressesOf(f)
+	var out []netip.Addr
+	for _, a := range st.NodeIPsOf(f) {
+		a = a.Unmap()
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			continue
+		}
+		if len(prefixes) == 0 || slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// buildDesired computes the IPVS state and helper tables of st for the families fams. warn is
+// told about services whose annotation names an unknown scheduler.
+func buildDesired(st *proxier.State, fams []proxier.Family, defaultSched string, warn func(proxier.ServicePortName, string)) *desired {
+	d := &desired{
+		vs:     map[vsKey]*virtualServer{},
+		bySvc:  map[types.NamespacedName][]vsKey{},
+		bind:   map[netip.Addr]bool{},
+		tables: map[proxier.Family]*nftTable{},
+	}
+	for _, f := range fams {
+		nb := newTableBuilder(st, f)
+		npAddrs := nodePortAddrs(st, f)
+		for _, sp := range st.ForFamily(f) {
+			d.addService(sp, npAddrs, defaultSched, warn, nb)
+		}
+		d.tables[f] = nb.t
+	}
+	return d
+}
+
+func (d *desired) addService(sp *proxier.ServicePort, npAddrs []netip.Addr, defaultSched string,
+	warn func(proxier.ServicePortName, string), nb *tableBuilder) {
+	sched := defaultSched
+	if sp.Scheduler != "" {
+		if schedulers[sp.Scheduler] {
+			sched = sp.Scheduler
+		} else if warn != nil {
+			warn(sp.Name, sp.Scheduler)
+		}
+	}
+	var timeout uint32
+	if sp.SessionAffinity {
+		t := sp.AffinityTimeout
+		if t <= 0 {
+			t = proxier.DefaultAffinityTimeout
+		}
+		timeout = uint32((t + time.Second - 1) / time.Second)
+	}
+	proto := protoNum(sp.Name.Protocol)
+	dests := func(eps []proxier.Endpoint) []netip.AddrPort {
+		out := make([]netip.AddrPort, 0, len(eps))
+		for _, ep := range eps {
+			out = append(out, netip.AddrPortFrom(ep.Addr.Unmap(), ep.Port))
+		}
+		slices.SortFunc(out, netip.AddrPort.Compare)
+		return slices.Compact(out)
+	}
+	internal, external := dests(sp.InternalEndpoints()), dests(sp.ExternalEndpoints())
+	add := func(a netip.Addr, port uint16, kind vsKind, ds []netip.AddrPort) {
+		k := vsKey{Addr: a.Unmap(), Proto: proto, Port: port}
+		if _, dup := d.vs[k]; dup {
+			return // the tracker keeps frontends unique; a node address reused as a VIP is not ours to split
+		}
+		d.vs[k] = &virtualServer{key: k, name: sp.Name, kind: kind, scheduler: sched,
+			persistent: sp.SessionAffinity, timeout: timeout, dests: ds}
+		d.bySvc[sp.Name.NamespacedName] = append(d.bySvc[sp.Name.NamespacedName], k)
+		if kind != kindNodePort {
+			d.bind[k.Addr] = true
+		}
+	}
+	add(sp.ClusterIP, sp.Port, kindClusterIP, internal)
+	for _, a := range sp.ExternalIPs {
+		add(a, sp.Port, kindExternalIP, external)
+	}
+	for _, a := range sp.LoadBalancerIPs {
+		add(a, sp.Port, kindLoadBalancer, external)
+	}
+	if sp.NodePort != 0 {
+		for _, a := range npAddrs {
+			add(a, sp.NodePort, kindNodePort, external)
+		}
+	}
+	nb.addService(sp, proto, npAddrs)
+}
+
+// sortedKeys returns the keys of m in a stable order.
+func sortedKeys[V any](m map[vsKey]V) []vsKey {
+	out := make([]vsKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, compareVSKey)
+	return out
+}

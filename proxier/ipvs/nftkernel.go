@@ -1,0 +1,298 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// nftKernel programs the helper tables.
+type nftKernel interface {
+	// replace makes the kernel's table of t.fam exactly t, in one transaction.
+	replace(t *nftTable) error
+	// update turns the kernel's table from old into t (same base: only set elements and
+	// firewall chains differ), in one transaction.
+	update(old, t *nftTable) error
+	// remove deletes the table of family f; a missing table is not an error.
+	remove(f *family) error
+	// owned lists the virtual servers recorded in the kernel's table of f.
+	owned(f *family) ([]vsKey, error)
+	close()
+}
+
+// elemChunk bounds the elements per netlink message: the element list is one attribute, whose
+// length is 16 bits.
+const elemChunk = 400
+
+// gnftKernel is nftKernel over google/nftables.
+type gnftKernel struct {
+	ns *os.File // nil: own namespace
+}
+
+func newGnftKernel(nsPath string) (*gnftKernel, error) {
+	k := &gnftKernel{}
+	if nsPath != "" {
+		f, err := os.Open(nsPath)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace: %w", err)
+		}
+		k.ns = f
+	}
+	return k, nil
+}
+
+func (k *gnftKernel) close() {
+	if k.ns != nil {
+		k.ns.Close()
+	}
+}
+
+func (k *gnftKernel) conn() (*gnft.Conn, error) {
+	var opts []gnft.ConnOption
+	if k.ns != nil {
+		opts = append(opts, gnft.WithNetNSFd(int(k.ns.Fd())))
+	}
+	return gnft.New(opts...)
+}
+
+func table(f *family) *gnft.Table { return &gnft.Table{Name: tableName, Family: f.nf} }
+
+func (s *nftSet) gnft(t *gnft.Table, f *family) *gnft.Set {
+	key := gnft.MustConcatSetType(f.addrType, gnft.TypeInetProto, gnft.TypeInetService)
+	if s.kind == keyHairpin {
+		key = gnft.MustConcatSetType(f.addrType, gnft.TypeInetProto, gnft.TypeInetService, f.addrType)
+	}
+	gs := &gnft.Set{Table: t, Name: s.name, KeyType: key, Concatenation: true, Comment: s.comment}
+	if s.isMap {
+		gs.IsMap = true
+		gs.DataType = gnft.TypeVerdict
+	}
+	return gs
+}
+
+func elements(s *nftSet, keys []elemKey) []gnft.SetElement {
+	out := make([]gnft.SetElement, 0, len(keys))
+	for _, k := range keys {
+		e := gnft.SetElement{Key: k.bytes()}
+		if s.isMap {
+			e.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: s.elems[k]}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func addElements(c *gnft.Conn, gs *gnft.Set, els []gnft.SetElement) error {
+	for len(els) > 0 {
+		n := min(len(els), elemChunk)
+		if err := c.SetAddElements(gs, els[:n]); err != nil {
+			return err
+		}
+		els = els[n:]
+	}
+	return nil
+}
+
+func delElements(c *gnft.Conn, gs *gnft.Set, els []gnft.SetElement) error {
+	for len(els) > 0 {
+		n := min(len(els), elemChunk)
+		if err := c.SetDeleteElements(gs, els[:n]); err != nil {
+			return err
+		}
+		els = els[n:]
+	}
+	return nil
+}
+
+// withSetIDs copies exprs, giving lookups the IDs of sets created in this transaction.
+func withSetIDs(exprs []expr.Any, ids map[string]uint32) []expr.Any {
+	out := make([]expr.Any, len(exprs))
+	for i, e := range exprs {
+		if l, ok := e.(*expr.Lookup); ok {
+			c := *l
+			c.SetID = ids[l.SetName]
+			e = &c
+		}
+		out[i] = e
+	}
+	return out
+}
+
+// addChains adds chains, then their rules (a rule may jump to a chain added after its own).
+func addChains(c *gnft.Conn, t *gnft.Table, chs []*nftChain, ids map[string]uint32) {
+	gcs := make([]*gnft.Chain, len(chs))
+	for i, ch := range chs {
+		gc := &gnft.Chain{Name: ch.name, Table: t}
+		if ch.hook != nil {
+			prio := gnft.ChainPriority(ch.hook.prio)
+			policy := gnft.ChainPolicyAccept
+			gc.Type, gc.Hooknum, gc.Priority, gc.Policy = ch.hook.typ, ch.hook.hook, &prio, &policy
+		}
+		gcs[i] = c.AddChain(gc)
+	}
+	for i, ch := range chs {
+		for _, r := range ch.rules {
+			c.AddRule(&gnft.Rule{Table: t, Chain: gcs[i], Exprs: withSetIDs(r.exprs, ids)})
+		}
+	}
+}
+
+func sortedElemKeys(s *nftSet) []elemKey {
+	keys := make([]elemKey, 0, len(s.elems))
+	for k := range s.elems {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func (k *gnftKernel) replace(t *nftTable) error {
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	tbl := table(t.fam)
+	// Adding first makes the delete valid whether or not the table exists.
+	c.AddTable(tbl)
+	c.DelTable(tbl)
+	c.AddTable(tbl)
+	ids := map[string]uint32{}
+	gsets := map[string]*gnft.Set{}
+	for _, s := range t.sets {
+		gs := s.gnft(tbl, t.fam)
+		if err := c.AddSet(gs, nil); err != nil {
+			return fmt.Errorf("set %s: %w", s.name, err)
+		}
+		ids[s.name] = gs.ID
+		gsets[s.name] = gs
+	}
+	addChains(c, tbl, t.chains, ids)
+	for _, s := range t.sets {
+		if err := addElements(c, gsets[s.name], elements(s, sortedElemKeys(s))); err != nil {
+			return fmt.Errorf("set %s: %w", s.name, err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("replace table %s %s: %w", t.fam.name, tableName, err)
+	}
+	return nil
+}
+
+func (k *gnftKernel) update(old, t *nftTable) error {
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	tbl := table(t.fam)
+	n := 0
+	// Elements first go (vmap elements may point at chains deleted below), new chains come
+	// before the elements that point at them.
+	for _, s := range t.sets {
+		os := old.set(s.name)
+		var gone []elemKey
+		for key, v := range os.elems {
+			if nv, ok := s.elems[key]; !ok || nv != v {
+				gone = append(gone, key)
+			}
+		}
+		if len(gone) > 0 {
+			if err := delElements(c, s.gnft(tbl, t.fam), elements(os, gone)); err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	for _, ch := range t.chains {
+		if ch.hook != nil {
+			continue
+		}
+		oc := old.chain(ch.name)
+		switch {
+		case oc == nil:
+			addChains(c, tbl, []*nftChain{ch}, nil)
+			n++
+		case oc.text() != ch.text():
+			gc := &gnft.Chain{Name: ch.name, Table: tbl}
+			c.FlushChain(gc)
+			for _, r := range ch.rules {
+				c.AddRule(&gnft.Rule{Table: tbl, Chain: gc, Exprs: r.exprs})
+			}
+			n++
+		}
+	}
+	for _, s := range t.sets {
+		os := old.set(s.name)
+		var added []elemKey
+		for key, v := range s.elems {
+			if ov, ok := os.elems[key]; !ok || ov != v {
+				added = append(added, key)
+			}
+		}
+		if len(added) > 0 {
+			if err := addElements(c, s.gnft(tbl, t.fam), elements(s, added)); err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	for _, oc := range old.chains {
+		if oc.hook == nil && t.chain(oc.name) == nil {
+			c.DelChain(&gnft.Chain{Name: oc.name, Table: tbl})
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("update table %s %s: %w", t.fam.name, tableName, err)
+	}
+	return nil
+}
+
+func (k *gnftKernel) remove(f *family) error {
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	tbl := table(f)
+	c.AddTable(tbl)
+	c.DelTable(tbl)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("delete table %s %s: %w", f.name, tableName, err)
+	}
+	return nil
+}
+
+func (k *gnftKernel) owned(f *family) ([]vsKey, error) {
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	gs, err := c.GetSetByName(table(f), setVirtualServers)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read set %s: %w", setVirtualServers, err)
+	}
+	els, err := c.GetSetElements(gs)
+	if err != nil {
+		return nil, fmt.Errorf("read set %s: %w", setVirtualServers, err)
+	}
+	var out []vsKey
+	for _, e := range els {
+		b := e.Key
+		if len(b) != int(f.addrLen)+8 {
+			continue
+		}
+		a, _ := netip.AddrFromSlice(b[:f.addrLen])
+		b = b[f.addrLen:]
+		out = append(out, vsKey{Addr: a.Unmap(), Proto: b[0], Port: uint16(b[4])<<8 | uint16(b[5])})
+	}
+	return out, nil
+}

@@ -1,0 +1,854 @@
+// Package ipvs is the IPVS proxy mode, kube-proxy's --proxy-mode ipvs: every service address
+// (cluster IP, external IP, load-balancer IP, node address with a node port) is an IPVS virtual
+// server whose real servers are the service's endpoints, forwarded by masquerading (IPVS NAT).
+//
+// The cluster, external and load-balancer IPs are bound to the dummy interface nodeagent-ipvs0
+// (kube-proxy's kube-ipvs0) so that the kernel takes their traffic as local, where IPVS picks it
+// up. What IPVS cannot express lives in a small nftables table per family, "nodeagent-ipvs"
+// (see nft.go): masquerading, rejecting or dropping connections to services without usable
+// endpoints, load-balancer source ranges, and the record of which virtual servers are ours.
+//
+// The scheduler is Options.Scheduler (--ipvs-scheduler, rr by default) unless a Service's
+// annotation ipvs.nodeagent.io/scheduler (proxier.AnnotationIPVSScheduler) names another;
+// sessionAffinity ClientIP becomes IPVS persistence with the Service's timeout.
+//
+// IPVS has no transactions. Sync reads the kernel's virtual servers (all of them on a full sync,
+// those of the changed services otherwise), adds and updates what is missing first, and only
+// then removes what is no longer wanted. An endpoint that leaves a TCP virtual server is not
+// deleted while it still has connections: its weight drops to 0, so new connections go
+// elsewhere, and it is deleted once its connections are gone (UDP and SCTP ones at once), as
+// kube-proxy's graceful termination does.
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	mipvs "github.com/moby/ipvs"
+	"golang.org/x/sys/unix"
+
+	"nodeagent/proxier"
+)
+
+// DummyInterface holds the service addresses.
+const DummyInterface = "nodeagent-ipvs0"
+
+// svcPersistent is IP_VS_SVC_F_PERSISTENT: the virtual server keeps a client on its real server.
+const svcPersistent = 0x1
+
+// Options configure a Proxier.
+type Options struct {
+	// Log receives the proxier's logs; nil means slog.Default().
+	Log *slog.Logger
+	// Families are the IP families to program; empty means both.
+	Families []proxier.Family
+	// NetNSPath, when set, is a network namespace file (/run/netns/NAME) to program instead of
+	// the proxier's own. Tests use it.
+	NetNSPath string
+	// Scheduler is the IPVS scheduler of services that do not name one (--ipvs-scheduler);
+	// empty means rr.
+	Scheduler string
+	// StrictARP sets net.ipv4.conf.all.arp_ignore=1 and arp_announce=2 (--ipvs-strict-arp) so
+	// that the node does not answer ARP for the addresses on the dummy interface.
+	StrictARP bool
+	// TCPTimeout, TCPFinTimeout and UDPTimeout are IPVS's connection timeouts
+	// (--ipvs-tcp-timeout, --ipvs-tcpfin-timeout, --ipvs-udp-timeout); zero keeps the kernel's.
+	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
+	// DrainInterval is how often real servers waiting for their connections to end are
+	// checked between syncs; zero means 5 s, negative means only during Sync.
+	DrainInterval time.Duration
+}
+
+// Proxier is the IPVS proxy mode. It is safe for concurrent use.
+type Proxier struct {
+	log   *slog.Logger
+	fams  []proxier.Family
+	opts  Options
+	sched string
+	ipvs  ipvsKernel
+	net   netKernel
+	nft   nftKernel
+
+	mu sync.Mutex
+	// last is what the last successful Sync programmed (nil before).
+	last *desired
+	// tables are the helper tables as programmed; a missing entry means unknown: replace it.
+	tables map[proxier.Family]*nftTable
+	// owned are the virtual servers this proxier owns that may exist in the kernel: the
+	// desired ones and those waiting for their real servers to drain. nil until learnt.
+	owned map[vsKey]bool
+	// draining are the real servers at weight 0 waiting for their connections to end.
+	draining map[vsKey]map[netip.AddrPort]bool
+	full     bool // the kernel's state is unknown: the next Sync is full
+	sysctls  bool // the sysctls were set
+	warned   map[string]bool
+	stats    SyncStats
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+var _ proxier.Proxier = (*Proxier)(nil)
+
+// SyncStats says what the last Sync did, for tests, benchmarks and logs.
+type SyncStats struct {
+	Full                                            bool
+	Examined                                        int // virtual servers compared with the kernel
+	ServicesAdded, ServicesUpdated, ServicesDeleted int
+	DestsAdded, DestsUpdated, DestsDeleted          int
+	Draining                                        int // real servers at weight 0 after the Sync
+	Duration                                        time.Duration
+}
+
+// New returns a Proxier for this kernel. It fails at once when the kernel has no IPVS; it
+// programs nothing until Sync.
+func New(opts Options) (*Proxier, error) {
+	if err := checkIPVS(); err != nil {
+		return nil, err
+	}
+	h, err := mipvs.New(opts.NetNSPath)
+	if err != nil {
+		return nil, fmt.Errorf("ipvs: %w", err)
+	}
+	nk, err := newLinkKernel(opts.NetNSPath, DummyInterface)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	fk, err := newGnftKernel(opts.NetNSPath)
+	if err != nil {
+		h.Close()
+		nk.close()
+		return nil, err
+	}
+	p := newProxier(opts, h, nk, fk)
+	interval := opts.DrainInterval
+	if interval == 0 {
+		interval = 5 * time.Second
+	}
+	if interval > 0 {
+		p.stop, p.done = make(chan struct{}), make(chan struct{})
+		go p.drainLoop(interval)
+	}
+	return p, nil
+}
+
+// NewRenderer returns a Proxier that can only Render: it needs no kernel support.
+func NewRenderer(opts Options) *Proxier { return newProxier(opts, nil, nil, nil) }
+
+func newProxier(opts Options, h ipvsKernel, nk netKernel, fk nftKernel) *Proxier {
+	p := &Proxier{log: opts.Log, opts: opts, sched: opts.Scheduler, ipvs: h, net: nk, nft: fk,
+		tables: map[proxier.Family]*nftTable{}, draining: map[vsKey]map[netip.AddrPort]bool{},
+		warned: map[string]bool{}, full: true}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.sched == "" {
+		p.sched = DefaultScheduler
+	}
+	for _, f := range proxier.Families {
+		if len(opts.Families) == 0 || slices.Contains(opts.Families, f) {
+			p.fams = append(p.fams, f)
+		}
+	}
+	return p
+}
+
+// Close stops the drain checks and releases the kernel handles; the kernel keeps the state.
+func (p *Proxier) Close() error {
+	if p.stop != nil {
+		close(p.stop)
+		<-p.done
+		p.stop = nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ipvs != nil {
+		p.ipvs.Close()
+		p.net.close()
+		p.nft.close()
+		p.ipvs = nil
+	}
+	return nil
+}
+
+// LastSync reports what the last successful Sync did.
+func (p *Proxier) LastSync() SyncStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+func (p *Proxier) desired(st *proxier.State) *desired {
+	return buildDesired(st, p.fams, p.sched, func(n proxier.ServicePortName, s string) {
+		key := n.NamespacedName.String() + "/" + s
+		if !p.warned[key] {
+			p.warned[key] = true
+			p.log.Warn("unknown IPVS scheduler in annotation, using the default", "service", n.NamespacedName,
+				"annotation", proxier.AnnotationIPVSScheduler, "scheduler", s, "default", p.sched)
+		}
+	})
+}
+
+// Render writes what a full Sync of st programs: the dummy interface's addresses (as comments),
+// the virtual servers as `ipvsadm -Sn` prints them, and the helper tables as nft -f input.
+func (p *Proxier) Render(w io.Writer, st *proxier.State) error {
+	p.mu.Lock()
+	d := p.desired(st)
+	p.mu.Unlock()
+	return renderAll(w, d, p.fams)
+}
+
+// Sync programs st; see proxier.Proxier.
+func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Changes) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ipvs == nil {
+		return errors.New("ipvs proxier is closed or render-only")
+	}
+	start := time.Now()
+	full := ch.Full || p.full || p.last == nil
+	d := p.desired(st)
+	s := &syncer{p: p, d: d, full: full, stats: SyncStats{Full: full}}
+	if err := s.run(ch); err != nil {
+		p.full = true
+		return err
+	}
+	p.last = d
+	p.full = false
+	s.stats.Duration = time.Since(start)
+	s.stats.Draining = p.drainingCount()
+	p.stats = s.stats
+	return nil
+}
+
+func (p *Proxier) drainingCount() int {
+	n := 0
+	for _, m := range p.draining {
+		n += len(m)
+	}
+	return n
+}
+
+// syncer is one Sync's work.
+type syncer struct {
+	p     *Proxier
+	d     *desired
+	full  bool
+	stats SyncStats
+	// kernel are the examined virtual servers as the kernel has them (nil: absent).
+	kernel map[vsKey]*mipvs.Service
+}
+
+func afOf(a netip.Addr) uint16 {
+	if a.Is4() {
+		return syscall.AF_INET
+	}
+	return syscall.AF_INET6
+}
+
+// kernelService is the moby form of a virtual server key (enough to address it).
+func kernelService(k vsKey) *mipvs.Service {
+	s := &mipvs.Service{Address: k.Addr.AsSlice(), Protocol: uint16(k.Proto), Port: k.Port, AddressFamily: afOf(k.Addr)}
+	s.Netmask = 0xffffffff
+	if k.Addr.Is6() {
+		s.Netmask = 128
+	}
+	return s
+}
+
+// kernelForm is vs as IPVS stores it.
+func (vs *virtualServer) kernelForm() *mipvs.Service {
+	s := kernelService(vs.key)
+	s.SchedName = vs.scheduler
+	if vs.persistent {
+		s.Flags = svcPersistent
+		s.Timeout = vs.timeout
+	}
+	return s
+}
+
+// sameService reports whether the kernel's virtual server has vs's settings.
+func sameService(k *mipvs.Service, vs *virtualServer) bool {
+	want := vs.kernelForm()
+	if k.SchedName != want.SchedName || k.Flags&svcPersistent != want.Flags {
+		return false
+	}
+	return !vs.persistent || (k.Timeout == want.Timeout && k.Netmask == want.Netmask)
+}
+
+func keyOf(s *mipvs.Service) (vsKey, bool) {
+	if s.FWMark != 0 {
+		return vsKey{}, false
+	}
+	a, ok := netip.AddrFromSlice(s.Address)
+	if !ok {
+		return vsKey{}, false
+	}
+	a = a.Unmap()
+	if s.AddressFamily == syscall.AF_INET6 && a.Is4() {
+		a = netip.AddrFrom16(a.As16())
+	}
+	return vsKey{Addr: a, Proto: uint8(s.Protocol), Port: s.Port}, true
+}
+
+func destAddr(d *mipvs.Destination) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(d.Address)
+	if d.AddressFamily == syscall.AF_INET6 {
+		a = netip.AddrFrom16(a.As16())
+	} else {
+		a = a.Unmap()
+	}
+	return netip.AddrPortFrom(a, d.Port)
+}
+
+func newDest(ap netip.AddrPort, weight int) *mipvs.Destination {
+	return &mipvs.Destination{Address: ap.Addr().AsSlice(), Port: ap.Port(), Weight: weight,
+		ConnectionFlags: mipvs.ConnectionFlagMasq, AddressFamily: afOf(ap.Addr())}
+}
+
+func (p *Proxier) wantFamily(a netip.Addr) bool { return slices.Contains(p.fams, proxier.FamilyOf(a)) }
+
+func (s *syncer) run(ch proxier.Changes) error {
+	p := s.p
+	if err := p.setSysctls(s.full); err != nil {
+		return err
+	}
+	if err := p.net.ensureDummy(); err != nil {
+		return err
+	}
+	bound, err := p.net.dummyAddrs()
+	if err != nil {
+		return err
+	}
+	if p.owned == nil {
+		if err := p.learnOwned(bound); err != nil {
+			return err
+		}
+	}
+	if err := s.readKernel(ch, bound); err != nil {
+		return err
+	}
+	// The helper tables first, with every virtual server that exists or is about to.
+	if err := s.programTables(); err != nil {
+		return err
+	}
+	boundSet := map[netip.Addr]bool{}
+	for _, a := range bound {
+		boundSet[a] = true
+	}
+	for _, a := range sortedAddrs(s.d.bind) {
+		if !boundSet[a] {
+			if err := p.net.addAddr(a); err != nil {
+				return err
+			}
+		}
+	}
+	// Add and update, then remove.
+	keys := sortedKeys(s.kernel)
+	var errs []error
+	for _, k := range keys {
+		if vs := s.d.vs[k]; vs != nil {
+			errs = append(errs, s.ensure(vs))
+		}
+	}
+	for _, k := range keys {
+		if vs := s.d.vs[k]; vs != nil {
+			errs = append(errs, s.removeExtraDests(vs))
+		} else if p.owned[k] {
+			errs = append(errs, s.retireService(k))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return p.finish(s.d, &s.stats)
+}
+
+// learnOwned finds the virtual servers an earlier run left: those recorded in the helper
+// tables and those on addresses of the dummy interface.
+func (p *Proxier) learnOwned(bound []netip.Addr) error {
+	owned := map[vsKey]bool{}
+	for _, pf := range p.fams {
+		ks, err := p.nft.owned(familyOf(pf))
+		if err != nil {
+			return err
+		}
+		for _, k := range ks {
+			owned[k] = true
+		}
+	}
+	if len(bound) > 0 {
+		ks, err := p.ipvs.GetServices()
+		if err != nil {
+			return fmt.Errorf("list virtual servers: %w", err)
+		}
+		for _, ksvc := range ks {
+			if k, ok := keyOf(ksvc); ok && slices.Contains(bound, k.Addr) {
+				owned[k] = true
+			}
+		}
+	}
+	p.owned = owned
+	return nil
+}
+
+// readKernel fills s.kernel with the virtual servers this Sync must look at.
+func (s *syncer) readKernel(ch proxier.Changes, bound []netip.Addr) error {
+	p := s.p
+	s.kernel = map[vsKey]*mipvs.Service{}
+	if s.full {
+		ks, err := p.ipvs.GetServices()
+		if err != nil {
+			return fmt.Errorf("list virtual servers: %w", err)
+		}
+		for _, ksvc := range ks {
+			k, ok := keyOf(ksvc)
+			if !ok || !p.wantFamily(k.Addr) {
+				continue
+			}
+			if s.d.vs[k] != nil || p.owned[k] || slices.Contains(bound, k.Addr) {
+				s.kernel[k] = ksvc
+				p.owned[k] = true
+			}
+		}
+		for k := range s.d.vs {
+			if _, ok := s.kernel[k]; !ok {
+				s.kernel[k] = nil
+			}
+		}
+		s.stats.Examined = len(s.kernel)
+		return nil
+	}
+	look := map[vsKey]bool{}
+	for n := range ch.Services {
+		for _, k := range s.d.bySvc[n] {
+			look[k] = true
+		}
+		for _, k := range p.last.bySvc[n] {
+			look[k] = true
+		}
+	}
+	for k := range p.draining {
+		look[k] = true
+	}
+	for k := range look {
+		ksvc, err := p.ipvs.GetService(kernelService(k))
+		if err != nil {
+			if !isNotFound(err) {
+				return fmt.Errorf("read virtual server %s: %w", k, err)
+			}
+			ksvc = nil
+		}
+		if ksvc == nil && s.d.vs[k] == nil {
+			delete(p.owned, k)
+			continue
+		}
+		s.kernel[k] = ksvc
+	}
+	s.stats.Examined = len(s.kernel)
+	return nil
+}
+
+// isNotFound reports whether err is IPVS's answer for a virtual server that does not exist.
+func isNotFound(err error) bool {
+	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such process")
+}
+
+// ensure creates or updates vs and adds (or restores the weight of) its real servers.
+func (s *syncer) ensure(vs *virtualServer) error {
+	p := s.p
+	k := vs.key
+	ksvc := s.kernel[k]
+	want := vs.kernelForm()
+	switch {
+	case ksvc == nil:
+		if err := p.ipvs.NewService(want); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add virtual server %s of %s: %w", k, vs.name, err)
+		}
+		s.stats.ServicesAdded++
+		s.kernel[k] = want
+	case !sameService(ksvc, vs):
+		if err := p.ipvs.UpdateService(want); err != nil {
+			return fmt.Errorf("update virtual server %s of %s: %w", k, vs.name, err)
+		}
+		s.stats.ServicesUpdated++
+	}
+	p.owned[k] = true
+	have := map[netip.AddrPort]*mipvs.Destination{}
+	if ksvc != nil {
+		ds, err := p.ipvs.GetDestinations(want)
+		if err != nil {
+			return fmt.Errorf("list real servers of %s: %w", k, err)
+		}
+		for _, d := range ds {
+			have[destAddr(d)] = d
+		}
+	}
+	var errs []error
+	for _, ap := range vs.dests {
+		d, ok := have[ap]
+		switch {
+		case !ok:
+			if err := p.ipvs.NewDestination(want, newDest(ap, 1)); err != nil && !errors.Is(err, unix.EEXIST) {
+				errs = append(errs, fmt.Errorf("add real server %s to %s: %w", ap, k, err))
+				continue
+			}
+			s.stats.DestsAdded++
+		case d.Weight != 1 || d.ConnectionFlags&mipvs.ConnectionFlagFwdMask != mipvs.ConnectionFlagMasq:
+			if err := p.ipvs.UpdateDestination(want, newDest(ap, 1)); err != nil {
+				errs = append(errs, fmt.Errorf("update real server %s of %s: %w", ap, k, err))
+				continue
+			}
+			s.stats.DestsUpdated++
+		}
+		if m := p.draining[k]; m != nil {
+			delete(m, ap)
+			if len(m) == 0 {
+				delete(p.draining, k)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeExtraDests retires the real servers of vs that are no longer its endpoints.
+func (s *syncer) removeExtraDests(vs *virtualServer) error {
+	p := s.p
+	svc := vs.kernelForm()
+	ds, err := p.ipvs.GetDestinations(svc)
+	if err != nil {
+		return fmt.Errorf("list real servers of %s: %w", vs.key, err)
+	}
+	var errs []error
+	for _, d := range ds {
+		if !slices.Contains(vs.dests, destAddr(d)) {
+			_, err := p.retire(svc, vs.key, d, &s.stats)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retireService retires every real server of a virtual server that is no longer wanted, and
+// deletes it once it has none.
+func (s *syncer) retireService(k vsKey) error {
+	return s.p.retireService(k, &s.stats)
+}
+
+func (p *Proxier) retireService(k vsKey, stats *SyncStats) error {
+	svc := kernelService(k)
+	ds, err := p.ipvs.GetDestinations(svc)
+	if err != nil {
+		if isNotFound(err) {
+			delete(p.owned, k)
+			delete(p.draining, k)
+			return nil
+		}
+		return fmt.Errorf("list real servers of %s: %w", k, err)
+	}
+	left := 0
+	var errs []error
+	for _, d := range ds {
+		gone, err := p.retire(svc, k, d, stats)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if !gone {
+			left++
+		}
+	}
+	if left > 0 || len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := p.ipvs.DelService(svc); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete virtual server %s: %w", k, err)
+	}
+	stats.ServicesDeleted++
+	delete(p.owned, k)
+	delete(p.draining, k)
+	return nil
+}
+
+// retire deletes real server d of the virtual server k, or, while a TCP real server still has
+// connections, sets its weight to 0 and leaves it for a later check. It reports whether d is gone.
+func (p *Proxier) retire(svc *mipvs.Service, k vsKey, d *mipvs.Destination, stats *SyncStats) (bool, error) {
+	ap := destAddr(d)
+	if k.Proto != unix.IPPROTO_TCP || d.ActiveConnections+d.InactiveConnections == 0 {
+		if err := p.ipvs.DelDestination(svc, d); err != nil && !isNotFound(err) {
+			return false, fmt.Errorf("delete real server %s of %s: %w", ap, k, err)
+		}
+		stats.DestsDeleted++
+		if m := p.draining[k]; m != nil {
+			delete(m, ap)
+			if len(m) == 0 {
+				delete(p.draining, k)
+			}
+		}
+		return true, nil
+	}
+	if d.Weight != 0 {
+		if err := p.ipvs.UpdateDestination(svc, newDest(ap, 0)); err != nil {
+			return false, fmt.Errorf("quiesce real server %s of %s: %w", ap, k, err)
+		}
+		stats.DestsUpdated++
+		p.log.Info("real server draining", "virtualServer", k.String(), "realServer", ap.String(),
+			"activeConnections", d.ActiveConnections, "inactiveConnections", d.InactiveConnections)
+	}
+	if p.draining[k] == nil {
+		p.draining[k] = map[netip.AddrPort]bool{}
+	}
+	p.draining[k][ap] = true
+	return false, nil
+}
+
+// finish removes addresses nothing uses any more and shrinks the ownership record to what
+// still exists.
+func (p *Proxier) finish(d *desired, stats *SyncStats) error {
+	inUse := map[netip.Addr]bool{}
+	for a := range d.bind {
+		inUse[a] = true
+	}
+	for k := range p.owned {
+		inUse[k.Addr] = true
+	}
+	bound, err := p.net.dummyAddrs()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range bound {
+		if !inUse[a] && p.wantFamily(a) {
+			errs = append(errs, p.net.delAddr(a))
+		}
+	}
+	errs = append(errs, p.updateTables(d, false))
+	return errors.Join(errs...)
+}
+
+// programTables brings the helper tables to d's, recording desired and owned virtual servers.
+func (s *syncer) programTables() error { return s.p.updateTables(s.d, s.full) }
+
+func (p *Proxier) updateTables(d *desired, replace bool) error {
+	var extra []vsKey
+	for k := range p.owned {
+		if d.vs[k] == nil {
+			extra = append(extra, k)
+		}
+	}
+	slices.SortFunc(extra, compareVSKey)
+	for _, pf := range p.fams {
+		t := d.tables[pf].withOwned(extra)
+		old := p.tables[pf]
+		var err error
+		if replace || old == nil || old.baseText() != t.baseText() {
+			err = p.nft.replace(t)
+		} else {
+			err = p.nft.update(old, t)
+		}
+		if err != nil {
+			delete(p.tables, pf)
+			return err
+		}
+		p.tables[pf] = t
+	}
+	return nil
+}
+
+func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// setSysctls applies kube-proxy's IPVS settings (again on every full sync, to repair drift).
+func (p *Proxier) setSysctls(full bool) error {
+	if p.sysctls && !full {
+		return nil
+	}
+	want := [][2]string{
+		// Let IPVS-forwarded packets through conntrack, so that masquerading works.
+		{"net/ipv4/vs/conntrack", "1"},
+		// Drop connections to removed real servers at their next packet, so clients retry.
+		{"net/ipv4/vs/expire_nodest_conn", "1"},
+		// Expire persistence templates pointing at quiesced (weight 0) real servers.
+		{"net/ipv4/vs/expire_quiescent_template", "1"},
+	}
+	if kernelBefore(5, 9) {
+		// Before 5.9 reusing a connection slot of a removed real server stalled for a second.
+		want = append(want, [2]string{"net/ipv4/vs/conn_reuse_mode", "0"})
+	}
+	if p.opts.StrictARP {
+		want = append(want, [2]string{"net/ipv4/conf/all/arp_ignore", "1"}, [2]string{"net/ipv4/conf/all/arp_announce", "2"})
+	}
+	for _, kv := range want {
+		cur, err := p.net.readSysctl(kv[0])
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w", kv[0], err)
+		}
+		if cur == kv[1] {
+			continue
+		}
+		if err := p.net.writeSysctl(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err)
+		}
+		p.log.Info("set sysctl", "name", strings.ReplaceAll(kv[0], "/", "."), "value", kv[1], "was", cur)
+	}
+	if !p.sysctls && (p.opts.TCPTimeout > 0 || p.opts.TCPFinTimeout > 0 || p.opts.UDPTimeout > 0) {
+		if err := p.ipvs.SetConfig(&mipvs.Config{TimeoutTCP: p.opts.TCPTimeout,
+			TimeoutTCPFin: p.opts.TCPFinTimeout, TimeoutUDP: p.opts.UDPTimeout}); err != nil {
+			return fmt.Errorf("set IPVS timeouts: %w", err)
+		}
+	}
+	p.sysctls = true
+	return nil
+}
+
+// kernelBefore reports whether the running kernel is older than major.minor.
+func kernelBefore(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	rel := unix.ByteSliceToString(u.Release[:])
+	parts := strings.SplitN(rel, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	ma, _ := strconv.Atoi(parts[0])
+	mi, _ := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	return ma < major || (ma == major && mi < minor)
+}
+
+// drainLoop deletes drained real servers between syncs.
+func (p *Proxier) drainLoop(interval time.Duration) {
+	defer close(p.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			if err := p.drain(); err != nil {
+				p.log.Warn("checking draining real servers", "err", err)
+			}
+		}
+	}
+}
+
+// drain deletes the draining real servers whose connections are gone, and the virtual servers
+// no longer wanted that are left empty.
+func (p *Proxier) drain() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.draining) == 0 || p.last == nil || p.ipvs == nil {
+		return nil
+	}
+	var stats SyncStats
+	var errs []error
+	for _, k := range sortedKeys(p.draining) {
+		if p.last.vs[k] == nil {
+			errs = append(errs, p.retireService(k, &stats))
+			continue
+		}
+		svc := kernelService(k)
+		ds, err := p.ipvs.GetDestinations(svc)
+		if err != nil {
+			if isNotFound(err) {
+				delete(p.draining, k)
+				continue
+			}
+			errs = append(errs, err)
+			continue
+		}
+		for _, d := range ds {
+			if p.draining[k][destAddr(d)] {
+				_, err := p.retire(svc, k, d, &stats)
+				errs = append(errs, err)
+			}
+		}
+	}
+	if stats.DestsDeleted+stats.ServicesDeleted > 0 {
+		p.log.Info("drained real servers deleted", "realServers", stats.DestsDeleted, "virtualServers", stats.ServicesDeleted)
+		errs = append(errs, p.finish(p.last, &stats))
+	}
+	if err := errors.Join(errs...); err != nil {
+		p.full = true
+		return err
+	}
+	return nil
+}
+
+// Cleanup removes every virtual server this proxier's mode owns (recorded in the helper tables
+// or on an address of the dummy interface), the dummy interface and the helper tables of both
+// families, and nothing else. Sysctls keep their values.
+func (p *Proxier) Cleanup(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ipvs == nil {
+		return errors.New("ipvs proxier is closed or render-only")
+	}
+	p.full, p.last, p.owned = true, nil, nil
+	p.tables = map[proxier.Family]*nftTable{}
+	p.draining = map[vsKey]map[netip.AddrPort]bool{}
+	owned := map[vsKey]bool{}
+	for _, f := range []*family{familyIPv4, familyIPv6} {
+		ks, err := p.nft.owned(f)
+		if err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		for _, k := range ks {
+			owned[k] = true
+		}
+	}
+	bound, err := p.net.dummyAddrs()
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	ks, err := p.ipvs.GetServices()
+	if err != nil {
+		return fmt.Errorf("cleanup: list virtual servers: %w", err)
+	}
+	var errs []error
+	n := 0
+	for _, ksvc := range ks {
+		k, ok := keyOf(ksvc)
+		if !ok || (!owned[k] && !slices.Contains(bound, k.Addr)) {
+			continue
+		}
+		if err := p.ipvs.DelService(ksvc); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("cleanup: delete virtual server %s: %w", k, err))
+			continue
+		}
+		n++
+	}
+	errs = append(errs, p.net.deleteDummy())
+	for _, f := range []*family{familyIPv4, familyIPv6} {
+		errs = append(errs, p.nft.remove(f))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	p.log.Info("ipvs state removed", "virtualServers", n)
+	return nil
+}
