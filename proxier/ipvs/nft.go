@@ -370,9 +370,11 @@ func verdict(text string, kind expr.VerdictKind, chain string) nftRule {
 	return nftRule{text: text, exprs: []expr.Any{&expr.Verdict{Kind: kind, Chain: chain}}}
 }
 
-func jump(chain string) nftRule   { return verdict("jump", expr.VerdictJump, chain) }
-func goTo(chain string) nftRule   { return verdict("goto", expr.VerdictGoto, chain) }
-func (f *family) reject() nftRule { return nftRule{text: f.icmpText, exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: f.icmpCode}}} }
+func jump(chain string) nftRule { return verdict("jump", expr.VerdictJump, chain) }
+func goTo(chain string) nftRule { return verdict("goto", expr.VerdictGoto, chain) }
+func (f *family) reject() nftRule {
+	return nftRule{text: f.icmpText, exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: f.icmpCode}}}
+}
 
 // tableBuilder accumulates one family's table while the desired state is built.
 type tableBuilder struct {

@@ -44,17 +44,17 @@ func TestRender(t *testing.T) {
 	for _, want := range []string{
 		"-A -t 10.96.0.10:80 -s rr\n",
 		"-a -t 10.96.0.10:80 -r 10.244.2.5:80 -m -w 1\n",
-		"-A -t 10.0.0.151:30080 -s rr\n",                      // node port on the node address
-		"-A -t [fd00:10::151]:30080 -s rr\n",                  // and on the IPv6 one
-		"-A -t 10.96.0.20:80 -s wlc\n",                        // scheduler from the annotation
-		"-A -t 10.96.0.30:8080 -s rr -p 600\n",                // ClientIP affinity
-		"-A -u [fd00:96::30]:5000 -s rr -p 10800\n",           // default timeout, IPv6, UDP
-		"-A --sctp-service 10.96.0.40:9999 -s rr\n",           // SCTP
-		"-a -t 10.0.0.51:80 -r 10.244.1.7:8080 -m -w 1\n",     // ETP Local: the local endpoint only
-		"10.0.0.52 . tcp . 80",                                // ETP Local without local endpoints ...
-		"-a -u 10.96.0.53:53 -r 10.244.1.53:53 -m -w 1\n",     // ITP Local
-		"# 10.0.0.200/32\n",                                   // external IP bound to the dummy
-		"ip saddr 203.0.113.0/25 return",                      // source ranges
+		"-A -t 10.0.0.151:30080 -s rr\n",                  // node port on the node address
+		"-A -t [fd00:10::151]:30080 -s rr\n",              // and on the IPv6 one
+		"-A -t 10.96.0.20:80 -s wlc\n",                    // scheduler from the annotation
+		"-A -t 10.96.0.30:8080 -s rr -p 600\n",            // ClientIP affinity
+		"-A -u [fd00:96::30]:5000 -s rr -p 10800\n",       // default timeout, IPv6, UDP
+		"-A --sctp-service 10.96.0.40:9999 -s rr\n",       // SCTP
+		"-a -t 10.0.0.51:80 -r 10.244.1.7:8080 -m -w 1\n", // ETP Local: the local endpoint only
+		"10.0.0.52 . tcp . 80",                            // ETP Local without local endpoints ...
+		"-a -u 10.96.0.53:53 -r 10.244.1.53:53 -m -w 1\n", // ITP Local
+		"# 10.0.0.200/32\n",                               // external IP bound to the dummy
+		"ip saddr 203.0.113.0/25 return",                  // source ranges
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("render lacks %q", want)
