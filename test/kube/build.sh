@@ -43,6 +43,8 @@ fi
 exec 9>"$root/.build.lock"
 flock 9
 if ! cached; then
+  # Whatever a killed build left behind (the lock says no build is running now).
+  rm -rf "$root"/.build-*
   major="${version#v}"; major="${major%%.*}"
   minor="${version#v*.}"; minor="${minor%%.*}"
   pkg=k8s.io/component-base/version

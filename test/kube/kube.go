@@ -205,18 +205,16 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	}
 
 	port := opts.Port
-	etcdClient, etcdPeer := 0, 0
-	for _, p := range []*int{&port, &etcdClient, &etcdPeer} {
-		if *p != 0 {
-			continue
-		}
-		if p == &port && opts.NetNS != "" {
-			*p = 6443
-			continue
-		}
-		if *p, err = freePort(); err != nil {
-			return nil, err
-		}
+	if port == 0 && opts.NetNS != "" {
+		port = 6443
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	etcdClient, etcdPeer := ports[1], ports[2]
+	if port == 0 {
+		port = ports[0]
 	}
 	cp.Host = "https://" + net.JoinHostPort(opts.Address.String(), strconv.Itoa(port))
 
@@ -525,13 +523,18 @@ func lastLines(b []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// freePort asks the kernel for a free TCP port on loopback. Another process may take it before
-// the server binds it; with ports drawn from the whole ephemeral range that is rare enough.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
+// freePorts asks the kernel for n distinct free TCP ports on loopback. Another process may take
+// one before the server binds it; with ports drawn from the whole ephemeral range that is rare.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		// Held open until all are drawn, so that no port comes back twice.
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
