@@ -124,6 +124,7 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.ServiceNodePortRange, "service-node-port-range", c.ServiceNodePortRange, "port range the manifests source allocates node ports from")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served besides services without a class (MetalLB's --lb-class)")
+	ipvsFlags(fs, c)
 }
 
 func splitList(s string) []string {
