@@ -9,6 +9,7 @@ import (
 	"nodeagent/proxier"
 	"nodeagent/proxier/conntrack"
 	"nodeagent/proxier/iptables"
+	"nodeagent/proxier/ipvs"
 	"nodeagent/proxier/nftables"
 )
 
@@ -30,6 +31,9 @@ func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
 			return nil, err
 		}
 		return nftables.New(nftables.Options{Log: log, Conntrack: ct})
+	case "ipvs":
+		// New fails at once, naming the module, on a kernel without IPVS.
+		return ipvs.New(ipvsOptions(log))
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
 }
@@ -42,6 +46,13 @@ func newRenderer(mode string, log *slog.Logger) (proxier.Proxier, error) {
 		return iptables.New(iptables.Options{Log: log, Families: proxier.Families})
 	case "nftables":
 		return nftables.New(nftables.Options{Log: log, Families: proxier.Families})
+	case "ipvs":
+		o := ipvsOptions(log)
+		o.Families = proxier.Families
+		if err := ipvs.CheckScheduler(o.Scheduler); err != nil {
+			return nil, err
+		}
+		return ipvs.NewRenderer(o), nil
 	}
 	return newProxier(mode, log)
 }

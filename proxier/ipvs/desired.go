@@ -75,6 +75,15 @@ var schedulers = map[string]bool{
 	"sh": true, "sed": true, "nq": true, "fo": true, "ovf": true, "mh": true, "twos": true,
 }
 
+// CheckScheduler fails when name (--ipvs-scheduler) is not an IPVS scheduler; empty means the
+// default.
+func CheckScheduler(name string) error {
+	if name != "" && !schedulers[name] {
+		return fmt.Errorf("unknown IPVS scheduler %q (--ipvs-scheduler): want one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos", name)
+	}
+	return nil
+}
+
 // DefaultScheduler is the scheduler of services that do not ask for one, as kube-proxy's.
 const DefaultScheduler = "rr"
 

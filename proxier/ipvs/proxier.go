@@ -113,6 +113,9 @@ type SyncStats struct {
 // New returns a Proxier for this kernel. It fails at once when the kernel has no IPVS; it
 // programs nothing until Sync.
 func New(opts Options) (*Proxier, error) {
+	if err := CheckScheduler(opts.Scheduler); err != nil {
+		return nil, err
+	}
 	if err := checkIPVS(); err != nil {
 		return nil, err
 	}
