@@ -19,6 +19,7 @@ have ipvsadm || need+=(ipvsadm) # IPVS mode tests compare the kernel's table wit
 have qemu-system-x86_64 || need+=(qemu-system-x86) # vm/run: a kernel with IPVS
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' || need+=(busybox-static)
 have etcd || need+=(etcd-server)
+have vagrant || need+=(vagrant) # the tests run vagrant validate on the Vagrantfile
 have make || need+=(make)
 have git || need+=(git)
 have gcc || need+=(gcc)
