@@ -47,6 +47,10 @@ type Options struct {
 	// service whose status.loadBalancer.ingress differs from its assignment; it writes the status
 	// (or does nothing when this agent is not the leader).
 	WriteStatus func(svc types.NamespacedName, ingress []v1.LoadBalancerIngress)
+	// Problem, when set, is told once about each new reason a served Service got no address or a
+	// pool was left out (API mode records it as a Warning Event). Called under the speaker's
+	// lock: it must not block.
+	Problem func(obj v1.ObjectReference, reason string)
 	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
 	BGP func(peers []bgp.Peer, advs []bgp.Advertisement)
 	Log *slog.Logger
@@ -287,6 +291,7 @@ func (s *Speaker) reassign() {
 		seen[msg] = true
 		if !s.problems[msg] {
 			s.log.Warn("load-balancer address not assigned", "object", p.Object.String(), "kind", p.Kind, "reason", p.Reason)
+			s.report(p)
 		}
 	}
 	s.problems = seen
@@ -298,6 +303,37 @@ func (s *Speaker) reassign() {
 	}) {
 		s.send(k, s.services[k])
 	}
+}
+
+// ReportProblems tells Options.Problem about every current problem again: after this agent
+// became the one that records them, say.
+func (s *Speaker) ReportProblems() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.result.Problems {
+		s.report(p)
+	}
+}
+
+// report passes p to Options.Problem with a reference to the object it is about.
+func (s *Speaker) report(p lb.Problem) {
+	if s.o.Problem == nil {
+		return
+	}
+	ref := v1.ObjectReference{Kind: p.Kind, Namespace: p.Object.Namespace, Name: p.Object.Name}
+	switch p.Kind {
+	case "Service":
+		ref.APIVersion = "v1"
+		if svc := s.services[p.Object]; svc != nil {
+			ref.UID, ref.ResourceVersion = svc.UID, svc.ResourceVersion
+		}
+	case "IPAddressPool":
+		ref.APIVersion = lb.GroupVersion.String()
+		if pool := s.pools[p.Object]; pool != nil {
+			ref.UID, ref.ResourceVersion = pool.UID, pool.ResourceVersion
+		}
+	}
+	s.o.Problem(ref, p.Reason)
 }
 
 func compare(a, b string) int {

@@ -94,3 +94,52 @@ func TestSeedAssignmentAndOwner(t *testing.T) {
 		t.Errorf("%d nodes own 10.0.0.51, want exactly 1", owners)
 	}
 }
+
+// A service asking for an address no pool has is reported once, with a reference to the Service;
+// again by ReportProblems (a new leader); and no more once the request is withdrawn.
+func TestProblemsReported(t *testing.T) {
+	objs, _, err := source.Load("../examples")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type event struct {
+		ref    v1.ObjectReference
+		reason string
+	}
+	var got []event
+	rec := &recorder{services: map[string]*v1.Service{}}
+	s := New(Options{Node: "node01", Next: rec,
+		Problem: func(ref v1.ObjectReference, reason string) { got = append(got, event{ref, reason}) }})
+	objs.Deliver(s)
+	if len(got) != 0 {
+		t.Fatalf("problems on the seed: %v", got)
+	}
+	bad := &v1.Service{}
+	bad.Namespace, bad.Name, bad.UID = "default", "wants-outside", "uid-1"
+	bad.Annotations = map[string]string{lb.AnnotationLoadBalancerIPs: "192.0.2.9"}
+	bad.Spec.Type = v1.ServiceTypeLoadBalancer
+	bad.Spec.Ports = []v1.ServicePort{{Port: 80, Protocol: v1.ProtocolTCP}}
+	s.Upsert(bad)
+	s.Upsert(bad.DeepCopy()) // the same problem again: not a new event
+	if len(got) != 1 {
+		t.Fatalf("got %d problem reports, want 1: %v", len(got), got)
+	}
+	want := v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: "default", Name: "wants-outside", UID: "uid-1"}
+	if got[0].ref != want || got[0].reason == "" {
+		t.Errorf("reported %+v %q, want %+v with a reason", got[0].ref, got[0].reason, want)
+	}
+	s.ReportProblems()
+	if len(got) != 2 || got[1] != got[0] {
+		t.Errorf("ReportProblems: %v", got)
+	}
+	ok := bad.DeepCopy()
+	ok.Annotations = nil
+	s.Upsert(ok)
+	s.ReportProblems()
+	if len(got) != 2 {
+		t.Errorf("reports after the problem went away: %v", got[2:])
+	}
+	if ingress(rec.services["wants-outside"]) == "" {
+		t.Error("without the annotation the service got no address")
+	}
+}

@@ -36,15 +36,19 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		if err != nil {
 			return nil, err
 		}
-		writer = &statusWriter{client: client, log: log.With("component", "metallb")}
+		writer = newStatusWriter(ctx, client, node, log.With("component", "metallb"))
 		opts.WriteStatus = writer.write
+		opts.Problem = writer.problem
 	}
 	defer func() {
 		if writer == nil || lbs.speaker == nil {
 			return
 		}
 		go lbs.speaker.WriteStatuses(ctx.Done())
-		go writer.lead(ctx, c.LeaderElectionNamespace, "nodeagent-loadbalancer", node, lbs.speaker.RewriteStatuses)
+		go writer.lead(ctx, c.LeaderElectionNamespace, "nodeagent-loadbalancer", node, func() {
+			lbs.speaker.RewriteStatuses()
+			lbs.speaker.ReportProblems()
+		})
 	}()
 	if c.Layer2 {
 		r := arp.New(arp.Options{Logger: log.With("component", "layer2")})

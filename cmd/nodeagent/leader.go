@@ -11,8 +11,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
 )
 
 // statusWriter writes load-balancer addresses into Services' status when this agent leads: in API
@@ -21,6 +24,29 @@ type statusWriter struct {
 	client kubernetes.Interface
 	log    *slog.Logger
 	leader atomic.Bool
+	events record.EventRecorder
+}
+
+// newStatusWriter returns a statusWriter whose Events are recorded as component "nodeagent" from
+// node.
+func newStatusWriter(ctx context.Context, client kubernetes.Interface, node string, log *slog.Logger) *statusWriter {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return &statusWriter{client: client, log: log,
+		events: b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "nodeagent", Host: node})}
+}
+
+// problem records a Warning Event that explains why obj got no address, if this agent is the
+// leader (MetalLB's controller records the same reason, AllocationFailed).
+func (w *statusWriter) problem(obj v1.ObjectReference, reason string) {
+	if !w.leader.Load() {
+		return
+	}
+	if obj.Kind == "Service" {
+		w.events.Eventf(&obj, v1.EventTypeWarning, "AllocationFailed", "Failed to allocate IP for %q: %s", obj.Namespace+"/"+obj.Name, reason)
+		return
+	}
+	w.events.Event(&obj, v1.EventTypeWarning, "InvalidConfiguration", reason)
 }
 
 // write patches svc's status.loadBalancer.ingress, if this agent is the leader.

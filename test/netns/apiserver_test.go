@@ -38,9 +38,10 @@ func testKubernetesAPI(t *testing.T, m mode) {
 			t.Fatalf("apply %s: %v", f, err)
 		}
 	}
+	agentArgs := []string{"--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default"}
 	for _, n := range e.Nodes {
 		// The lab passes every agent its manifests directory; an empty one leaves the API server.
-		e.agents[n.Index] = e.StartAgentNoWait(n, "--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default")
+		e.agents[n.Index] = e.StartAgentNoWait(n, agentArgs...)
 	}
 	for i, a := range e.agents {
 		if err := a.WaitReady(Scaled(30 * time.Second)); err != nil {
@@ -73,6 +74,64 @@ func testKubernetesAPI(t *testing.T, m mode) {
 	}
 	e.waitAnswer(e.Client, "tcp", hostPort(lbAddr, 80))
 	t.Logf("LB answered after %v", time.Since(begin))
+
+	// A Warning Event explains why a service asking for an address outside every pool has none.
+	outside := lbService("wants-outside")
+	outside.Annotations = map[string]string{"metallb.io/loadBalancerIPs": "192.0.2.9"}
+	if _, err := cp.Client.CoreV1().Services("default").Create(ctx, outside, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var event string
+	if !Eventually(Scaled(30*time.Second), 200*time.Millisecond, func() bool {
+		evs, err := cp.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=wants-outside,reason=AllocationFailed"})
+		if err != nil || len(evs.Items) == 0 {
+			return false
+		}
+		event = evs.Items[0].Message
+		return evs.Items[0].Type == v1.EventTypeWarning
+	}) {
+		t.Fatal("no AllocationFailed Warning Event for a service asking for 192.0.2.9")
+	}
+	t.Logf("event: %s", event)
+
+	// The leader dies without releasing its Lease: another agent takes over the status writes.
+	leader := leaseHolder(t, cp)
+	var dead *Node
+	for _, n := range e.Nodes {
+		if n.Name == leader {
+			dead = n
+		}
+	}
+	if dead == nil {
+		t.Fatalf("lease held by %q, not an agent of the lab", leader)
+	}
+	e.agents[dead.Index].Kill()
+	killed := time.Now()
+	if _, err := cp.Client.CoreV1().Services("default").Create(ctx, lbService("demoapp-lb2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ingress2 string
+	if !Eventually(Scaled(60*time.Second), 200*time.Millisecond, func() bool {
+		s, err := cp.Client.CoreV1().Services("default").Get(ctx, "demoapp-lb2", metav1.GetOptions{})
+		if err == nil && len(s.Status.LoadBalancer.Ingress) > 0 {
+			ingress2 = s.Status.LoadBalancer.Ingress[0].IP
+			return true
+		}
+		return false
+	}) {
+		t.Fatalf("no agent wrote demoapp-lb2's status after the leader %s was killed", leader)
+	}
+	if a := netip.MustParseAddr(ingress2); a.Compare(lbAddr) <= 0 || a.Compare(netip.MustParseAddr("10.0.0.80")) > 0 {
+		t.Errorf("demoapp-lb2 got %s, want a free address of the seed pool", a)
+	}
+	if now := leaseHolder(t, cp); now == leader {
+		t.Errorf("lease still held by the killed %s", leader)
+	}
+	t.Logf("MEASURED leader %s killed → demoapp-lb2's status written by the next leader after %v", leader, time.Since(killed).Round(time.Millisecond))
+	e.agents[dead.Index] = e.StartAgentNoWait(dead, agentArgs...)
+	if err := e.agents[dead.Index].WaitReady(Scaled(30 * time.Second)); err != nil {
+		t.Fatalf("restarted agent on %s: %v", dead.Name, err)
+	}
 
 	// A new service created through the API converges, also after the API server restarted.
 	if err := cp.Restart(ctx); err != nil {
@@ -108,3 +167,25 @@ func testKubernetesAPI(t *testing.T, m mode) {
 }
 
 func intOrString(i int) intstr.IntOrString { return intstr.FromInt(i) }
+
+// lbService is a LoadBalancer service in front of the demoapp pods.
+func lbService(name string) *v1.Service {
+	return &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "demoapp"},
+			Ports: []v1.ServicePort{{Port: 80, TargetPort: intOrString(80)}}},
+	}
+}
+
+// leaseHolder returns the agent holding the Lease that elects the status writer.
+func leaseHolder(t *testing.T, cp *kube.ControlPlane) string {
+	t.Helper()
+	l, err := cp.Client.CoordinationV1().Leases("default").Get(t.Context(), "nodeagent-loadbalancer", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("leader lease: %v", err)
+	}
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
