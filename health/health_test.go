@@ -81,3 +81,22 @@ func TestServiceHealthCheckPorts(t *testing.T) {
 		t.Fatal("port still open after the service went away")
 	}
 }
+
+// A sync shows under nodeagent's metric names and under kube-proxy's.
+func TestMetricsKubeProxyNames(t *testing.T) {
+	m := NewMetrics()
+	m.ObserveSync("partial", 3*time.Millisecond)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`nodeagent_sync_proxy_rules_duration_seconds_count{sync="partial"} 1`,
+		"kubeproxy_sync_proxy_rules_duration_seconds_count 1",
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+		"nodeagent_sync_proxy_rules_last_timestamp_seconds ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

@@ -92,8 +92,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 		took := time.Since(start)
-		metrics.SyncDuration.WithLabelValues(kind).Observe(took.Seconds())
-		metrics.LastSync.SetToCurrentTime()
+		metrics.ObserveSync(kind, took)
 		endpoints := 0
 		for _, sp := range st.Services {
 			endpoints += len(sp.AllEndpoints)
