@@ -67,10 +67,12 @@ func newLinkKernel(nsPath, name string) (*linkKernel, error) {
 	}
 	var h *netlink.Handle
 	var err error
+	// Only rtnetlink: by default the handle opens xfrm and netfilter sockets too, and a kernel
+	// without xfrm_user (Debian's, until the module loads) refuses those.
 	if ns.IsOpen() {
-		h, err = netlink.NewHandleAt(ns)
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		if ns.IsOpen() {

@@ -16,6 +16,10 @@ import (
 // mode is one row of the scenario suite: a proxy mode and how to look at what it programs.
 type mode struct {
 	name string
+	// skip, when set and non-empty, is why this kernel cannot run the mode (the row skips).
+	skip func() string
+	// args are flags every agent of the row gets (env.StartAgent), before the scenario's own.
+	args []string
 	// dump lists the rules the mode programs in a namespace, normalised so that two dumps of the
 	// same rules compare equal (no counters, no timestamps).
 	dump func(ns string) (string, error)
@@ -30,6 +34,7 @@ type mode struct {
 var modes = []mode{
 	iptablesMode,
 	nftablesMode,
+	ipvsMode,
 }
 
 var iptablesMode = mode{
@@ -107,6 +112,8 @@ var scenarios = []scenario{
 	{"LoadBalancerLocal", testLoadBalancerLocal},
 	{"LoadBalancerBGP", testLoadBalancerBGP},
 	{"KubernetesAPI", testKubernetesAPI},
+	{"DualStack", testDualStack},
+	{"LoadBalancerSourceRanges", testLoadBalancerSourceRanges},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
@@ -114,6 +121,11 @@ func TestScenarios(t *testing.T) {
 	RequireRoot(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
+			if m.skip != nil {
+				if why := m.skip(); why != "" {
+					t.Skip(why)
+				}
+			}
 			for _, sc := range scenarios {
 				t.Run(sc.name, func(t *testing.T) {
 					t.Parallel()
@@ -177,7 +189,7 @@ func newEnv(t *testing.T, m mode, s setup) *env {
 		}
 	}
 	for _, i := range nodes {
-		e.agents[i] = l.StartAgentNoWait(l.Node(i), s.args...)
+		e.agents[i] = e.StartAgentNoWait(l.Node(i), s.args...)
 	}
 	for _, i := range nodes {
 		if err := e.agents[i].WaitReady(Scaled(20 * time.Second)); err != nil {
