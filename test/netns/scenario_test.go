@@ -114,6 +114,7 @@ var scenarios = []scenario{
 	{"KubernetesAPI", testKubernetesAPI},
 	{"DualStack", testDualStack},
 	{"LoadBalancerSourceRanges", testLoadBalancerSourceRanges},
+	{"InternalTrafficPolicyAndHairpin", testInternalTrafficPolicyAndHairpin},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
