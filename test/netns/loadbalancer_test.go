@@ -134,7 +134,7 @@ func testLoadBalancerLayer2(t *testing.T, m mode) {
 // testLoadBalancerLocal: with externalTrafficPolicy Local (the tutorial's second step) only a node
 // with a ready local endpoint announces 10.0.0.51, and the backend sees the client's own 10.0.0.1.
 func testLoadBalancerLocal(t *testing.T, m mode) {
-	svc := edit(t, seed(t, "demoapp.yaml"), "  #externalTrafficPolicy: Local", "  externalTrafficPolicy: Local")
+	svc := edit(t, seed(t, "demoapp.yaml"), "  #externalTrafficPolicy: Local", "  externalTrafficPolicy: Local\n  healthCheckNodePort: 31999")
 	onlyNode03 := sliceYAML("demoapp-lb-klmno", "demoapp-lb", []slicePort{{"http", "TCP", 80}}, endpoint{"10.244.3.44", "node03"})
 	e := newEnv(t, m, setup{
 		files:  map[string]string{"demoapp.yaml": svc, "demoapp-lb-endpoints.yaml": onlyNode03, "metallb.yaml": seed(t, "metallb.yaml")},
@@ -149,5 +149,16 @@ func testLoadBalancerLocal(t *testing.T, m mode) {
 	}
 	if owner := e.macs()[e.neighbour(lbAddr)]; owner != 3 {
 		t.Errorf("10.0.0.51 announced by node%02d, want node03, the only node with a local endpoint", owner)
+	}
+	// The healthCheckNodePort answers as kube-proxy's does: 200 where an endpoint is local, else 503.
+	for _, n := range e.Nodes {
+		body, code, err := HTTPGet(e.Client, fmt.Sprintf("http://%s/healthz", hostPort(n.IP, 31999)))
+		want := 503
+		if n.Index == 3 {
+			want = 200
+		}
+		if err != nil || code != want || !strings.Contains(body, `"name":"demoapp-lb"`) {
+			t.Errorf("healthCheckNodePort on %s: %d %q %v, want %d naming demoapp-lb", n.Name, code, body, err, want)
+		}
 	}
 }
