@@ -32,8 +32,13 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "directory for results.json, results.md and results.png")
 	inner := fs.Bool("inner", false, "internal: measure in the current (lab) namespace and print JSON")
 	backendNS := fs.String("backend-netns", "", "internal: namespace of the backend server")
+	against := fs.String("against", "", "compare with another proxy through a real API server, side by side: kube-proxy")
+	af := againstFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *af.observe {
+		return bench.Observe(ctx, os.Stdin, stdout)
 	}
 	if *inner {
 		return benchInner(ctx, *modes, *services, *eps, *changes, *adds, *connects, *backendNS, stdout, stderr)
@@ -48,6 +53,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			sizes = append(sizes, n)
 		}
+	}
+	if *against != "" {
+		return benchAgainst(ctx, fs, *against, af, *modes, sizes, *eps, *out, stdout, stderr)
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -169,10 +169,12 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		}
 	}
 	cp = &ControlPlane{opts: opts, log: opts.Logger.With("component", "kube-controlplane")}
+	// The error returns below set the named result to nil; what has to be stopped is this one.
+	started := cp
 	defer func() {
 		if err != nil {
-			if stopErr := cp.Stop(); stopErr != nil {
-				cp.log.Warn("stop after failed start", "err", stopErr)
+			if stopErr := started.Stop(); stopErr != nil {
+				started.log.Warn("stop after failed start", "err", stopErr)
 			}
 			cp = nil
 		}

@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"nodeagent/test/kube"
+)
+
+func TestEndpointChain(t *testing.T) {
+	ep := netip.MustParseAddrPort("10.128.0.5:8080")
+	other := netip.MustParseAddrPort("10.128.0.6:8080")
+	for _, impl := range []string{ImplNodeagent, ImplKubeProxy} {
+		for _, mode := range []string{"iptables", "nftables"} {
+			c, err := EndpointChain(impl, mode, 1, ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c2, _ := EndpointChain(impl, mode, 1, other)
+			c3, _ := EndpointChain(impl, mode, 2, ep)
+			if c == c2 || c == c3 {
+				t.Errorf("%s %s: chains of different endpoints or services share the name %s", impl, mode, c.Chain)
+			}
+			if mode == "iptables" && (c.Table != "nat" || len(c.Chain) > 28) {
+				t.Errorf("%s iptables: %+v is not a valid nat chain", impl, c)
+			}
+			if mode == "nftables" && !strings.HasSuffix(c.Chain, "-bench/svc-00001/tcp/http__10.128.0.5/8080") {
+				t.Errorf("%s nftables: chain %q does not end with the readable service port and endpoint", impl, c.Chain)
+			}
+			if _, err := ReadyChain(impl, mode); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if _, err := EndpointChain(ImplKubeProxy, "ipvs", 1, ep); err == nil {
+		t.Error("ipvs has no endpoint chain but got one")
+	}
+}
+
+func TestRatiosAndTable(t *testing.T) {
+	rs := []AgainstResult{
+		{Impl: ImplNodeagent, Mode: "nftables", Services: 1000, ChangeP50Ms: 5, ChangeP99Ms: 10, CPUSeconds: 2, PeakRSSMB: 50},
+		{Impl: ImplKubeProxy, Mode: "nftables", Services: 1000, ChangeP50Ms: 100, ChangeP99Ms: 0, CPUSeconds: 8, PeakRSSMB: 100},
+		{Impl: ImplNodeagent, Mode: "iptables", Services: 1000},
+	}
+	q := Ratios(rs)
+	if len(q) != 1 {
+		t.Fatalf("got %d ratios, want 1 (the iptables run has no kube-proxy row): %+v", len(q), q)
+	}
+	if q[0].ChangeP50 != 0.05 || q[0].ChangeP99 != 0 || q[0].CPUSeconds != 0.25 || q[0].PeakRSS != 0.5 {
+		t.Errorf("ratios %+v", q[0])
+	}
+	var b bytes.Buffer
+	WriteAgainstTable(&b, rs)
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 6 || !strings.Contains(lines[4], "nodeagent : kube-proxy") || !strings.Contains(lines[4], "**0.050**") {
+		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// TestAgainstKubeProxy runs the side-by-side benchmark at a tiny size in both modes: a real API
+// server, kube-proxy and nodeagent each in their own lab namespace, every number observed.
+func TestAgainstKubeProxy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes network namespaces")
+	}
+	if _, err := exec.LookPath("etcd"); err != nil {
+		t.Skip("no etcd in PATH (Debian's etcd-server; scripts/deps.sh installs it)")
+	}
+	// As test/kube's tests: build.sh does nothing when its cache is current.
+	binDir, err := kube.Build(t.Context())
+	if err != nil {
+		t.Skipf("kube-apiserver and kube-proxy cannot be built: %v", err)
+	}
+	self := buildNodeagent(t)
+	start := time.Now()
+	rs, err := Against(t.Context(), AgainstOptions{
+		Modes: []string{"iptables", "nftables"}, Sizes: []int{20}, EndpointsPerService: 2, Changes: 5,
+		ChangeGap: 1100 * time.Millisecond, ChangeTimeout: 30 * time.Second, CreateTimeout: time.Minute,
+		Nodeagent: self, KubeBinDir: binDir, Dir: t.TempDir(),
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	var b bytes.Buffer
+	WriteAgainstTable(&b, rs)
+	t.Logf("in %v:\n%s", time.Since(start).Round(time.Millisecond), b.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 4 {
+		t.Fatalf("%d results, want 4", len(rs))
+	}
+	for _, r := range rs {
+		if r.Changes != 5 || r.ChangeP50Ms <= 0 || r.ChangeP99Ms < r.ChangeP50Ms || r.FirstSyncMs <= 0 ||
+			r.CPUSeconds <= 0 || r.PeakRSSMB <= 0 || r.KernelObjects <= 0 {
+			t.Errorf("implausible result %+v", r)
+		}
+	}
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if bytes.Contains(out, []byte("navs")) {
+		t.Errorf("lab namespaces left behind:\n%s", out)
+	}
+}
+
+// buildNodeagent builds ./cmd/nodeagent (the agent and the kernel observer), or takes
+// $NODEAGENT_BIN.
+func buildNodeagent(t *testing.T) string {
+	t.Helper()
+	if b := os.Getenv("NODEAGENT_BIN"); b != "" {
+		abs, err := filepath.Abs(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return abs
+	}
+	_, file, _, _ := runtime.Caller(0)
+	bin := filepath.Join(t.TempDir(), "nodeagent")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/nodeagent")
+	cmd.Dir = filepath.Join(filepath.Dir(file), "..")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/nodeagent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

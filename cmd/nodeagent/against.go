@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"nodeagent/bench"
+	"nodeagent/test/kube"
+)
+
+// againstOptions are the bench flags that only `--against` uses.
+type againstOptions struct {
+	writers   *int
+	changeGap *time.Duration
+	observe   *bool
+}
+
+func againstFlags(fs *flag.FlagSet) againstOptions {
+	return againstOptions{
+		writers:   fs.Int("writers", 16, "with --against: goroutines writing objects to the API server at once"),
+		changeGap: fs.Duration("change-gap", time.Second, "with --against: pause after a change reached both kernels (kube-proxy syncs at most once a second by default)"),
+		observe:   fs.Bool("observe", false, "internal: answer kernel wait requests on stdin in the current (lab) namespace"),
+	}
+}
+
+// benchAgainst runs `nodeagent bench --against kube-proxy`: both proxies side by side against one
+// real API server, in namespaces it makes and deletes.
+func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao againstOptions, modes string,
+	sizes []int, eps int, out string, stdout, stderr io.Writer) error {
+	if against != bench.ImplKubeProxy {
+		return fmt.Errorf("--against: only %q can be compared", bench.ImplKubeProxy)
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("--against needs root (it makes network namespaces)")
+	}
+	// The plain bench times 200 changes; through an API server 100 are the target.
+	changes := 100
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "changes" {
+			changes, _ = strconv.Atoi(f.Value.String())
+		}
+	})
+	if modes == "both" {
+		modes = "iptables,nftables"
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	binDir, err := kube.Build(ctx)
+	if err != nil {
+		return fmt.Errorf("build kube-apiserver and kube-proxy (test/kube/build.sh): %w", err)
+	}
+	o := bench.AgainstOptions{Modes: splitList(modes), Sizes: sizes, EndpointsPerService: eps, Changes: changes,
+		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log}
+	results, err := bench.Against(ctx, o)
+	bench.WriteAgainstTable(stdout, results)
+	if err != nil {
+		return err
+	}
+	if out != "" {
+		rep := bench.AgainstReport{Commit: gitCommit(), Machine: machine(), Kernel: kernelRelease(),
+			Date: time.Now().UTC().Format(time.RFC3339), Against: "kube-proxy " + kubeProxyVersion(binDir),
+			Settings: fmt.Sprintf("%d endpoints per service, objects written by %d parallel clients, %d single-endpoint changes %v apart; "+
+				"both proxies with their default flags (kube-proxy's min-sync-period 1s, nodeagent's 0) run at the same time in their own network namespaces.",
+				eps, *ao.writers, changes, *ao.changeGap),
+			Results: results}
+		if err := bench.WriteAgainstFiles(out, rep); err != nil {
+			return fmt.Errorf("write results: %w", err)
+		}
+		fmt.Fprintln(stderr, "wrote", filepath.Join(out, "results.{json,md,png}"))
+	}
+	return nil
+}
+
+func kubeProxyVersion(binDir string) string {
+	b, err := exec.Command(filepath.Join(binDir, "kube-proxy"), "--version").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimPrefix(strings.TrimSpace(string(b)), "Kubernetes ")
+}
