@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/nodeagent
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build deps demo test unit lab vet clean
+.PHONY: all build deps demo test unit lab vet clean bench-kube-proxy
 
 all: build
 
@@ -25,6 +25,11 @@ vet:
 # Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
 test: build vet
 	$(GO) test -count=1 -timeout 25m ./...
+
+# nodeagent and kube-proxy side by side through one real API server (root; the first run builds
+# kube-apiserver and kube-proxy into test/kube's cache, minutes). Results are committed.
+bench-kube-proxy: build
+	$(BIN) bench --against kube-proxy --proxy-mode both --sweep 1000,5000 --out bench/results/against-kube-proxy
 
 clean:
 	rm -rf bin
