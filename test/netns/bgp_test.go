@@ -101,6 +101,21 @@ func nextHops(sock, prefix string) ([]string, string) {
 	return hops, string(out)
 }
 
+// lbServiceYAML is a LoadBalancer service NAME over the demoapp pods.
+const lbServiceYAML = `apiVersion: v1
+kind: Service
+metadata:
+  name: NAME
+  namespace: default
+spec:
+  type: LoadBalancer
+  selector:
+    app: demoapp
+  ports:
+  - port: 80
+    targetPort: 80
+`
+
 // testLoadBalancerBGP: every node advertises 10.0.0.51/32 to BIRD with its own address as next
 // hop and the configured communities; a client behind the router reaches the service, and its
 // connections are spread over more than one node (ECMP).
@@ -140,6 +155,33 @@ func testLoadBalancerBGP(t *testing.T, m mode) {
 	}
 	if len(via) < 2 {
 		t.Errorf("60 connections from 203.0.113.10 all went through %v; ECMP should spread them", via)
+	}
+
+	// A new service is advertised by every node; when its endpoints are gone it is withdrawn.
+	lb2 := edit(t, lbServiceYAML, "NAME", "demoapp-lb2")
+	eps := func(e ...endpoint) string {
+		return sliceYAML("demoapp-lb2-1", "demoapp-lb2", []slicePort{{"", "TCP", 80}}, e...)
+	}
+	created := time.Now()
+	e.WriteManifest("lb2.yaml", []byte(lb2+"---\n"+eps(demoappEndpoints...)))
+	if !Eventually(Scaled(10*time.Second), 10*time.Millisecond, func() bool {
+		hops, out = nextHops(sock, "10.0.0.52/32")
+		return slices.Equal(hops, want)
+	}) {
+		t.Fatalf("a new service's 10.0.0.52/32: next hops %v, want %v\n%s", hops, want, out)
+	}
+	fmt.Printf("MEASURED BGP (%s mode): service created → 10.0.0.52/32 via all three nodes in BIRD in %v\n", m.name, time.Since(created).Round(time.Millisecond))
+	lost := time.Now()
+	e.WriteManifest("lb2.yaml", []byte(lb2+"---\n"+eps()))
+	if !Eventually(Scaled(10*time.Second), 10*time.Millisecond, func() bool {
+		hops, out = nextHops(sock, "10.0.0.52/32")
+		return len(hops) == 0
+	}) {
+		t.Fatalf("10.0.0.52/32 still has next hops %v after its endpoints went away\n%s", hops, out)
+	}
+	fmt.Printf("MEASURED BGP (%s mode): endpoints lost → 10.0.0.52/32 withdrawn from BIRD in %v\n", m.name, time.Since(lost).Round(time.Millisecond))
+	if hops, out = nextHops(sock, "10.0.0.51/32"); !slices.Equal(hops, want) {
+		t.Errorf("10.0.0.51/32 changed with another service: %v\n%s", hops, out)
 	}
 
 	// A node whose agent stops gracefully withdraws its route at once.
