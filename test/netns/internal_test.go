@@ -32,7 +32,7 @@ func testInternalTrafficPolicyAndHairpin(t *testing.T, m mode) {
 				// demoapp-1 and demoapp-2 only: node03 has no endpoint.
 				sliceYAML("local-1", "local", []slicePort{{"", "TCP", 80}}, demoappEndpoints[:2]...),
 		},
-		pods: append(demoappPods[:2], clientPod),
+		pods: []podSpec{demoappPods[0], demoappPods[1], clientPod},
 	})
 	addr := "10.96.0.77:80"
 	client := e.Pod("client-pod") // on node01
