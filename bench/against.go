@@ -21,6 +21,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -104,10 +105,14 @@ type AgainstResult struct {
 	FirstSyncMs float64 `json:"firstSyncMs"`
 	LastLagMs   float64 `json:"lastLagMs"`
 	// Changes is how many single-endpoint changes were timed (API write → new endpoint in kernel).
-	Changes       int     `json:"changes"`
-	ChangeP50Ms   float64 `json:"changeP50Ms"`
-	ChangeP99Ms   float64 `json:"changeP99Ms"`
-	ChangeMaxMs   float64 `json:"changeMaxMs"`
+	Changes     int     `json:"changes"`
+	ChangeP50Ms float64 `json:"changeP50Ms"`
+	ChangeP99Ms float64 `json:"changeP99Ms"`
+	ChangeMaxMs float64 `json:"changeMaxMs"`
+	// WatchP50Ms and WatchP99Ms time the same changes from the API write to the watch event
+	// reaching a plain client (the benchmark itself): the floor under both implementations.
+	WatchP50Ms    float64 `json:"watchP50Ms"`
+	WatchP99Ms    float64 `json:"watchP99Ms"`
 	CPUSeconds    float64 `json:"cpuSeconds"`
 	CPUCreateSecs float64 `json:"cpuCreateSeconds"`
 	PeakRSSMB     float64 `json:"peakRssMB"`
@@ -443,6 +448,12 @@ func (l *againstLab) measureChanges(ctx context.Context, c kubernetes.Interface,
 	rng := rand.New(rand.NewPCG(7, 11))
 	next := n * e
 	lat := map[*side][]time.Duration{}
+	events, stopWatch, err := watchSlices(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer stopWatch()
+	var floor []time.Duration
 	for k := range l.o.Changes {
 		// Before every change, the first one too: the create phase has just made both sync.
 		select {
@@ -473,12 +484,16 @@ func (l *againstLab) measureChanges(ctx context.Context, c kubernetes.Interface,
 				mu.Unlock()
 			})
 		}()
-		if _, err := c.DiscoveryV1().EndpointSlices(Namespace).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+		updated, err := c.DiscoveryV1().EndpointSlices(Namespace).Update(ctx, slice, metav1.UpdateOptions{})
+		if err != nil {
 			// The observers are left waiting; the lab is torn down with them.
 			return fmt.Errorf("change %d: update slice %s: %w", k, slice.Name, err)
 		}
 		if err := <-waitErr; err != nil {
 			return fmt.Errorf("change %d (%s of %s): %w", k, addr, ServiceName(i), err)
+		}
+		if at, ok := events.seen(updated.ResourceVersion); ok {
+			floor = append(floor, at.Sub(t0))
 		}
 		if k%20 == 19 {
 			l.o.Log.Debug("changes", "done", k+1)
@@ -488,8 +503,54 @@ func (l *againstLab) measureChanges(ctx context.Context, c kubernetes.Interface,
 		d := lat[s]
 		s.res.Changes = len(d)
 		s.res.ChangeP50Ms, s.res.ChangeP99Ms, s.res.ChangeMaxMs = ms(pct(d, 50)), ms(pct(d, 99)), ms(pct(d, 100))
+		s.res.WatchP50Ms, s.res.WatchP99Ms = ms(pct(floor, 50)), ms(pct(floor, 99))
 	}
 	return nil
+}
+
+// sliceEvents records when each EndpointSlice resourceVersion arrived on a watch.
+type sliceEvents struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (e *sliceEvents) seen(rv string) (time.Time, bool) {
+	// The event may trail the observers by a little; it is the floor, so it is never later
+	// than both by much.
+	for range 100 {
+		e.mu.Lock()
+		t, ok := e.at[rv]
+		e.mu.Unlock()
+		if ok {
+			return t, true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Time{}, false
+}
+
+// watchSlices watches the benchmark's EndpointSlices from now on, as an informer would.
+func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceEvents, func(), error) {
+	list, err := c.DiscoveryV1().EndpointSlices(Namespace).List(ctx, metav1.ListOptions{Limit: 1})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list endpoint slices: %w", err)
+	}
+	w, err := c.DiscoveryV1().EndpointSlices(Namespace).Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		return nil, nil, fmt.Errorf("watch endpoint slices: %w", err)
+	}
+	e := &sliceEvents{at: map[string]time.Time{}}
+	go func() {
+		for ev := range w.ResultChan() {
+			now := time.Now()
+			if s, ok := ev.Object.(*discovery.EndpointSlice); ok {
+				e.mu.Lock()
+				e.at[s.ResourceVersion] = now
+				e.mu.Unlock()
+			}
+		}
+	}()
+	return e, w.Stop, nil
 }
 
 // waitAll asks every side's observer for chain(side) and waits for all answers; seen gets each

@@ -97,19 +97,19 @@ func Ratios(rs []AgainstResult) []AgainstRatio {
 // pair followed by the ratio nodeagent : kube-proxy.
 func WriteAgainstTable(w io.Writer, rs []AgainstResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| implementation\t mode\t services\t eps/svc\t API writes s\t last service in kernel s\t after last write ms\t changes\t change p50 ms\t change p99 ms\t CPU s (create)\t CPU s\t peak RSS MB\t kernel objects\t")
-	fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t")
+	fmt.Fprintln(tw, "| implementation\t mode\t services\t eps/svc\t API writes s\t last service in kernel s\t after last write ms\t changes\t change p50 ms\t change p99 ms\t API watch p50 ms\t CPU s (create)\t CPU s\t peak RSS MB\t kernel objects\t")
+	fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t")
 	ratios := Ratios(rs)
 	for i, r := range rs {
-		fmt.Fprintf(tw, "| %s\t %s\t %d\t %d\t %.1f\t %.1f\t %.0f\t %d\t %.1f\t %.1f\t %.1f\t %.1f\t %.0f\t %d\t\n",
+		fmt.Fprintf(tw, "| %s\t %s\t %d\t %d\t %.1f\t %.1f\t %.0f\t %d\t %.1f\t %.1f\t %.1f\t %.1f\t %.1f\t %.0f\t %d\t\n",
 			r.Impl, r.Mode, r.Services, r.EndpointsPerService, r.CreateMs/1000, r.FirstSyncMs/1000, r.LastLagMs,
-			r.Changes, r.ChangeP50Ms, r.ChangeP99Ms, r.CPUCreateSecs, r.CPUSeconds, r.PeakRSSMB, r.KernelObjects)
+			r.Changes, r.ChangeP50Ms, r.ChangeP99Ms, r.WatchP50Ms, r.CPUCreateSecs, r.CPUSeconds, r.PeakRSSMB, r.KernelObjects)
 		if i+1 < len(rs) && rs[i+1].Mode == r.Mode && rs[i+1].Services == r.Services {
 			continue
 		}
 		for _, q := range ratios {
 			if q.Mode == r.Mode && q.Services == r.Services {
-				fmt.Fprintf(tw, "| **nodeagent : kube-proxy**\t %s\t %d\t \t \t %.2f\t %.3f\t \t **%.3f**\t **%.3f**\t %.2f\t %.2f\t %.2f\t %.2f\t\n",
+				fmt.Fprintf(tw, "| **nodeagent : kube-proxy**\t %s\t %d\t \t \t %.2f\t %.3f\t \t **%.3f**\t **%.3f**\t \t %.2f\t %.2f\t %.2f\t %.2f\t\n",
 					q.Mode, q.Services, q.FirstSync, q.LastLag, q.ChangeP50, q.ChangeP99, q.CPUCreate, q.CPUSeconds, q.PeakRSS, q.KernelObjs)
 			}
 		}

@@ -65,10 +65,8 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log}
 	results, err := bench.Against(ctx, o)
 	bench.WriteAgainstTable(stdout, results)
-	if err != nil {
-		return err
-	}
-	if out != "" {
+	// What was measured before a failure is still worth keeping (large sizes take long).
+	if out != "" && len(results) > 0 {
 		rep := bench.AgainstReport{Commit: gitCommit(), Machine: machine(), Kernel: kernelRelease(),
 			Date: time.Now().UTC().Format(time.RFC3339), Against: "kube-proxy " + kubeProxyVersion(binDir),
 			Settings: fmt.Sprintf("%d endpoints per service, objects written by %d parallel clients, %d single-endpoint changes %v apart; "+
@@ -80,7 +78,7 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 		}
 		fmt.Fprintln(stderr, "wrote", filepath.Join(out, "results.{json,md,png}"))
 	}
-	return nil
+	return err
 }
 
 func kubeProxyVersion(binDir string) string {
