@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -197,6 +198,7 @@ const (
 	typeIPv6Addr    = 8
 	typeInetProto   = 12
 	typeInetService = 13
+	typeInteger     = 4
 	concatBits      = 6
 	byteOrderBig    = 2
 	elemListLimit   = 60000 // start a new message once an element list is this long
@@ -224,9 +226,28 @@ func keyLayout(f *family, kind setKind) (types []uint32, lens []uint32) {
 		return []uint32{f.addrTypeNum(), f.addrTypeNum()}, []uint32{f.addrLen, f.addrLen}
 	case keyAddrProtoPort:
 		return []uint32{f.addrTypeNum(), typeInetProto, typeInetService}, []uint32{f.addrLen, 1, 2}
+	case keyAddrProtoPortSlot:
+		return []uint32{f.addrTypeNum(), typeInetProto, typeInetService, typeInteger}, []uint32{f.addrLen, 1, 2, 4}
+	case keyProtoPortSlot:
+		return []uint32{typeInetProto, typeInetService, typeInteger}, []uint32{1, 2, 4}
 	default:
 		return []uint32{typeInetProto, typeInetService}, []uint32{1, 2}
 	}
+}
+
+// endpointUdata is what nft stores in an endpoint map's user data for its typeof clause
+// ("typeof [ip daddr .] meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport"),
+// byte for byte as nft 1.0.6 writes it: nft needs it to list the map (the numgen field has no
+// type of its own) and the golden comparison with nft's own rendering needs it equal.
+var endpointUdata = map[setKind]map[byte]string{
+	keyAddrProtoPortSlot: {
+		unix.NFPROTO_IPV4: "000400000000010400000000036000040d00000001580014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
+		unix.NFPROTO_IPV6: "000400000000010400000000036000040d00000001580014000407000000010c00040d000000010409000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
+	},
+	keyProtoPortSlot: {
+		unix.NFPROTO_IPV4: "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
+		unix.NFPROTO_IPV6: "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
+	},
 }
 
 func (b *batch) addSet(f *family, s *set) {
@@ -240,7 +261,7 @@ func (b *batch) addSet(f *family, s *set) {
 		keyLen = lens[0]
 	}
 	var flags uint32
-	if s.isMap {
+	if s.isMap || s.endpoints {
 		flags |= unix.NFT_SET_MAP
 	}
 	if len(types) > 1 {
@@ -259,6 +280,10 @@ func (b *batch) addSet(f *family, s *set) {
 	if s.isMap {
 		b.attrU32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
 	}
+	if s.endpoints {
+		b.attrU32(unix.NFTA_SET_DATA_TYPE, f.addrTypeNum()<<concatBits|typeInetService)
+		b.attrU32(unix.NFTA_SET_DATA_LEN, f.addrLen+4)
+	}
 	b.attrU32(unix.NFTA_SET_ID, b.setID)
 	if s.timeout > 0 {
 		b.attrU64(unix.NFTA_SET_TIMEOUT, uint64(s.timeout.Milliseconds()))
@@ -275,6 +300,9 @@ func (b *batch) addSet(f *family, s *set) {
 		b.endNest(desc)
 	}
 	udata := userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, byteOrderBig)
+	if s.endpoints {
+		udata, _ = hex.DecodeString(endpointUdata[s.kind][f.nfproto])
+	}
 	if s.comment != "" {
 		udata = userdata.AppendString(udata, userdata.NFTNL_UDATA_SET_COMMENT, s.comment)
 	}
@@ -318,8 +346,25 @@ func appendKeyBytes(dst []byte, kind setKind, k elemKey) []byte {
 		dst = append(dst, k.proto, 0, 0, 0)
 		dst = binary.BigEndian.AppendUint16(dst, k.port)
 		dst = append(dst, 0, 0)
+	case keyAddrProtoPortSlot:
+		padAddr(k.addr)
+		fallthrough
+	case keyProtoPortSlot:
+		dst = append(dst, k.proto, 0, 0, 0)
+		dst = binary.BigEndian.AppendUint16(dst, k.port)
+		dst = append(dst, 0, 0)
+		dst = binary.NativeEndian.AppendUint32(dst, k.slot) // numgen writes host order
 	}
 	return dst
+}
+
+// endpointData is an endpoint map's value: address, then port in network order padded to 4.
+func (b *batch) endpointData(to netip.AddrPort) {
+	d := b.nest(unix.NFTA_SET_ELEM_DATA)
+	v := to.Addr().AsSlice()
+	v = binary.BigEndian.AppendUint16(v, to.Port())
+	b.attr(unix.NFTA_DATA_VALUE, append(v, 0, 0))
+	b.endNest(d)
 }
 
 // elements adds (del false) or deletes (del true) elements of one named set or map. An element
@@ -346,6 +391,9 @@ func (b *batch) elements(f *family, s *set, elems []element, del bool) {
 		b.endNest(k)
 		if s.isMap && !del {
 			b.verdictData(el.val)
+		}
+		if s.endpoints && !del {
+			b.endpointData(el.to)
 		}
 		b.endNest(e)
 		if len(b.buf)-list > elemListLimit {

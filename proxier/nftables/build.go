@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -25,6 +26,9 @@ const (
 	mapNoEndpointServices  = "no-endpoint-services"
 	mapNoEndpointNodePorts = "no-endpoint-nodeports"
 	mapFirewallIPs         = "firewall-ips"
+	mapServiceEndpoints    = "service-endpoints"
+	mapNodePortEndpoints   = "nodeport-endpoints"
+	setExternalIPs         = "external-ips"
 
 	chainFilterPreroutingPreDNAT = "filter-prerouting-pre-dnat"
 	chainFilterOutputPreDNAT     = "filter-output-pre-dnat"
@@ -43,6 +47,7 @@ const (
 	chainMarkForMasquerade       = "mark-for-masquerade"
 	chainMarkOffCluster          = "mark-for-masquerade-off-cluster"
 	chainMasquerading            = "masquerading"
+	chainNodePorts               = "nodeports"
 
 	// maxNameLen keeps generated names well inside the kernel's 256-byte limit; the hash in
 	// every generated name keeps truncated names unique.
@@ -61,6 +66,7 @@ type fragment struct {
 	sets   []*set
 	chains []*chain
 	elems  []element
+	counts []int // endpoint counts whose dispatch objects (see buildBase) the elements use
 }
 
 // chain returns the fragment's chain called name, or nil.
@@ -82,6 +88,12 @@ func (fr *fragment) addElem(seen map[elemID]bool, set string, key elemKey, val v
 	fr.elems = append(fr.elems, element{set: set, key: key, val: val})
 }
 
+// Names of the objects shared by all service addresses (or node ports) with n endpoints.
+func servicesWith(n int) string  { return "services-with-" + strconv.Itoa(n) + "-endpoints" }
+func dnatChain(n int) string     { return "dnat-" + strconv.Itoa(n) + "-endpoints" }
+func nodePortsWith(n int) string { return "nodeports-with-" + strconv.Itoa(n) + "-endpoints" }
+func nodePortDNAT(n int) string  { return "nodeport-dnat-" + strconv.Itoa(n) + "-endpoints" }
+
 // baseSets are the named sets and maps every table has.
 func baseSets(cfg *proxier.Config, f *family) []*set {
 	sets := []*set{
@@ -92,6 +104,9 @@ func baseSets(cfg *proxier.Config, f *family) []*set {
 		{name: mapNoEndpointServices, kind: keyAddrProtoPort, isMap: true, comment: "reject or drop traffic to services without endpoints"},
 		{name: mapNoEndpointNodePorts, kind: keyProtoPort, isMap: true, comment: "reject or drop traffic to node ports without endpoints"},
 		{name: mapFirewallIPs, kind: keyAddrProtoPort, isMap: true, comment: "load-balancer IPs with source ranges"},
+		{name: mapServiceEndpoints, kind: keyAddrProtoPortSlot, endpoints: true},
+		{name: mapNodePortEndpoints, kind: keyProtoPortSlot, endpoints: true},
+		{name: setExternalIPs, kind: keyAddrProtoPort, comment: "external and load-balancer IPs picked through service-endpoints"},
 	}
 	if len(cfg.NodePortAddressesOf(f.pf)) > 0 {
 		sets = append(sets, &set{name: setNodePortIPs, kind: keyAddr, comment: "node addresses that accept node ports"})
@@ -100,10 +115,14 @@ func baseSets(cfg *proxier.Config, f *family) []*set {
 }
 
 // buildBase is the fixed part of a table: base chains, dispatch through the maps, the reject
-// and masquerade helpers. It depends only on the configuration and the node's addresses.
-func buildBase(st *proxier.State, f *family) *fragment {
+// and masquerade helpers. It depends on the configuration, the node's addresses and the
+// endpoint counts in use (sorted): for each count n, a set of the service addresses (and one
+// of the node ports) that have n endpoints, and a chain that DNATs them through the shared
+// endpoint map with "numgen random mod n". A classification rule per count in the services
+// chain sends a packet to its count's chain: a few hash lookups however many services exist.
+func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 	cfg := &st.Config
-	fr := &fragment{sets: baseSets(cfg, f)}
+	fr := &fragment{sets: baseSets(cfg, f), counts: counts}
 	base := func(name, typ string, hooknum uint32, prio int32, rules ...rule) {
 		fr.chains = append(fr.chains, &chain{name: name, hook: &hook{typ: typ, hooknum: hooknum, priority: prio}, rules: rules})
 	}
@@ -133,9 +152,36 @@ func buildBase(st *proxier.State, f *family) *fragment {
 		nodePortMatch = rule{fibLocal{}, addrMatch{neg: true, prefix: f.loopback}}
 	}
 	helper(chainFirewallCheck, rule{serviceVmap{set: mapFirewallIPs}})
-	helper(chainServices,
-		rule{serviceVmap{set: mapServiceIPs}},
-		append(append(rule{}, nodePortMatch...), portVmap{set: mapServiceNodePorts}))
+	services := []rule{
+		{serviceVmap{set: mapServiceIPs}},
+		{tupleInSet{set: setExternalIPs}, jumpChain(chainMarkForMasquerade)},
+	}
+	nodePorts := []rule{{portVmap{set: mapServiceNodePorts}}}
+	// Traffic to a cluster IP from outside the cluster is masqueraded so that replies come
+	// back here; external IPs were marked in the services chain, node ports are marked here.
+	var clusterMasq rule
+	switch {
+	case cfg.MasqueradeAll:
+		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkForMasquerade)}
+	case len(cfg.ClusterCIDRsOf(f.pf)) > 0:
+		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkOffCluster)}
+	}
+	for _, n := range counts {
+		fr.sets = append(fr.sets,
+			&set{name: servicesWith(n), kind: keyAddrProtoPort},
+			&set{name: nodePortsWith(n), kind: keyProtoPort})
+		services = append(services, rule{tupleInSet{set: servicesWith(n)}, gotoChain(dnatChain(n))})
+		nodePorts = append(nodePorts, rule{portInSet{set: nodePortsWith(n)}, gotoChain(nodePortDNAT(n))})
+		var rules []rule
+		if clusterMasq != nil {
+			rules = append(rules, clusterMasq)
+		}
+		helper(dnatChain(n), append(rules, rule{dnatSlot{byAddr: true, mod: uint32(n), set: mapServiceEndpoints}})...)
+		helper(nodePortDNAT(n), rule{jumpChain(chainMarkForMasquerade)},
+			rule{dnatSlot{mod: uint32(n), set: mapNodePortEndpoints}})
+	}
+	helper(chainServices, append(services, append(append(rule{}, nodePortMatch...), gotoChain(chainNodePorts)))...)
+	helper(chainNodePorts, nodePorts...)
 	helper(chainServiceEndpointsCheck, rule{serviceVmap{set: mapNoEndpointServices}})
 	helper(chainNodePortEndpointsCheck, append(append(rule{}, nodePortMatch...), portVmap{set: mapNoEndpointNodePorts}))
 	helper(chainClusterIPsCheck, rule{addrInSet{set: setClusterIPs}, gotoChain(chainReject)})
@@ -198,9 +244,109 @@ func protoNum(p v1.Protocol) uint8 {
 	return unix.IPPROTO_TCP
 }
 
-// buildService is everything one ServicePort programs: its dispatch chains, endpoint chains,
-// affinity sets and the elements that route its addresses to them (or reject them).
+// chainsNeeded reports whether a service port needs chains of its own: ClientIP affinity
+// (per-endpoint chains and sets) and Local external policy (the choice depends on the source).
+// Every other service port is elements in shared sets and maps only (buildShared), so adding,
+// changing or removing it costs the kernel no table validation.
+func chainsNeeded(sp *proxier.ServicePort) bool {
+	return sp.SessionAffinity || (sp.HasExternal() && sp.ExternalPolicyLocal)
+}
+
+// buildService is everything one ServicePort programs.
 func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
+	if chainsNeeded(sp) {
+		return buildChains(st, f, sp)
+	}
+	return buildShared(st, f, sp)
+}
+
+// buildShared programs a service port into the shared objects of its endpoint counts: each
+// address (cluster IP, external and load-balancer IPs, node port) goes into the set of its
+// count, and its endpoints into slots 0..n-1 of the endpoint map under the same key.
+func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
+	fr := &fragment{}
+	seen := map[elemID]bool{}
+	proto := protoNum(sp.Name.Protocol)
+	cluster, internal := sp.ClusterEndpoints, sp.InternalEndpoints()
+	used := map[netip.AddrPort]bool{}
+	count := func(n int) {
+		if !slices.Contains(fr.counts, n) {
+			fr.counts = append(fr.counts, n)
+		}
+	}
+	slots := func(setName, mapName string, k elemKey, eps []proxier.Endpoint) {
+		count(len(eps))
+		fr.addElem(seen, setName, k, verdict{})
+		for i, ep := range eps {
+			sk := k
+			sk.slot = uint32(i)
+			fr.elems = append(fr.elems, element{set: mapName, key: sk, to: ep.AddrPort()})
+			if !used[ep.AddrPort()] {
+				used[ep.AddrPort()] = true
+				fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr, addr2: ep.Addr}, verdict{})
+			}
+		}
+	}
+
+	fr.addElem(seen, setClusterIPs, elemKey{addr: sp.ClusterIP}, verdict{})
+	cipKey := elemKey{addr: sp.ClusterIP, proto: proto, port: sp.Port}
+	if len(internal) > 0 {
+		slots(servicesWith(len(internal)), mapServiceEndpoints, cipKey, internal)
+	} else {
+		// Local policy with endpoints elsewhere drops, like kube-proxy; none at all rejects.
+		v := gotoChain(chainReject)
+		if sp.InternalPolicyLocal && len(cluster) > 0 {
+			v = verdictDrop
+		}
+		fr.addElem(seen, mapNoEndpointServices, cipKey, v)
+	}
+	// External traffic (Cluster policy here) is masqueraded and may use any endpoint.
+	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
+		for _, a := range addrs {
+			k := elemKey{addr: a, proto: proto, port: sp.Port}
+			if len(cluster) > 0 {
+				fr.addElem(seen, setExternalIPs, k, verdict{})
+				slots(servicesWith(len(cluster)), mapServiceEndpoints, k, cluster)
+			} else {
+				fr.addElem(seen, mapNoEndpointServices, k, gotoChain(chainReject))
+			}
+		}
+	}
+	if sp.NodePort != 0 {
+		k := elemKey{proto: proto, port: sp.NodePort}
+		if len(cluster) > 0 {
+			slots(nodePortsWith(len(cluster)), mapNodePortEndpoints, k, cluster)
+		} else {
+			fr.addElem(seen, mapNoEndpointNodePorts, k, gotoChain(chainReject))
+		}
+	}
+	firewall(fr, seen, f, sp, proto)
+	return fr
+}
+
+// firewall adds the chain that enforces loadBalancerSourceRanges: only the listed sources
+// reach the load-balancer IPs.
+func firewall(fr *fragment, seen map[elemID]bool, f *family, sp *proxier.ServicePort, proto uint8) {
+	if len(sp.LoadBalancerSourceRanges) == 0 || len(sp.LoadBalancerIPs) == 0 {
+		return
+	}
+	base := nameBase(sp)
+	fwChain := objectName("firewall", base, base)
+	c := &chain{name: fwChain}
+	for _, p := range sp.LoadBalancerSourceRanges {
+		c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, verdictReturn})
+	}
+	c.rules = append(c.rules, rule{verdictDrop})
+	fr.chains = append(fr.chains, c)
+	for _, a := range sp.LoadBalancerIPs {
+		fr.addElem(seen, mapFirewallIPs, elemKey{addr: a, proto: proto, port: sp.Port}, gotoChain(fwChain))
+	}
+}
+
+// buildChains is what a service port that needs chains of its own programs: dispatch chains,
+// endpoint chains, affinity sets and the elements that route its addresses to them (or reject
+// them).
+func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
 	cfg := &st.Config
 	fr := &fragment{}
 	seen := map[elemID]bool{}
@@ -208,7 +354,6 @@ func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragme
 	svcChain := objectName("service", base, base)
 	localChain := objectName("local", base, base)
 	extChain := objectName("external", base, base)
-	fwChain := objectName("firewall", base, base)
 	proto := protoNum(sp.Name.Protocol)
 
 	cluster, local := sp.ClusterEndpoints, sp.LocalEndpoints
@@ -354,18 +499,6 @@ func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragme
 			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(sp.ExternalPolicyLocal))
 		}
 	}
-
-	// loadBalancerSourceRanges: only the listed sources reach the load-balancer IPs.
-	if len(sp.LoadBalancerSourceRanges) > 0 && len(sp.LoadBalancerIPs) > 0 {
-		c := &chain{name: fwChain}
-		for _, p := range sp.LoadBalancerSourceRanges {
-			c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, verdictReturn})
-		}
-		c.rules = append(c.rules, rule{verdictDrop})
-		fr.chains = append(fr.chains, c)
-		for _, a := range sp.LoadBalancerIPs {
-			fr.addElem(seen, mapFirewallIPs, elemKey{addr: a, proto: proto, port: sp.Port}, gotoChain(fwChain))
-		}
-	}
+	firewall(fr, seen, f, sp, proto)
 	return fr
 }

@@ -2,10 +2,19 @@
 // nftables mode does, into one table per family ("ip nodeagent", "ip6 nodeagent") that it owns
 // entirely, talking netlink directly (no nft binary at run time).
 //
-// Packet classification does not grow with the number of services: verdict maps keyed by
-// address . protocol . port (service-ips) and protocol . port (service-nodeports) send a packet
-// to its service's chain, which picks an endpoint chain with numgen; maps of the same shape
-// reject or drop traffic to services without endpoints, and check load-balancer source ranges.
+// Packet classification does not grow with the number of services. Most service ports own no
+// chain at all: each of their addresses (cluster IP, external and load-balancer IPs, node port)
+// is an element of the set of its endpoint count, and its endpoints are slots 0..n-1 of a
+// shared endpoint map under the same key; a chain per endpoint count picks one with
+// "dnat to daddr . l4proto . dport . numgen random mod n map @service-endpoints". Replacing an
+// endpoint, changing a count to one in use, adding or removing such a service port therefore
+// changes map elements only, which the kernel commits without revalidating the table (it walks
+// every chain reachable from the base chains whenever a rule with a NAT or jump expression, or
+// a verdict-map element that jumps, is added). Service ports whose choice depends on more than
+// the address — ClientIP affinity, Local external policy — keep chains of their own, reached
+// through verdict maps keyed by address . protocol . port (service-ips) and protocol . port
+// (service-nodeports). Maps of the same shape reject or drop traffic to services without
+// endpoints, and check load-balancer source ranges.
 //
 // Every Sync is one netlink transaction. After the first, a Sync rewrites only the chains and
 // map elements of the services that changed: the proxier keeps, per service port, the fragment
@@ -22,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -300,7 +310,13 @@ type elemID struct {
 // elemState is a programmed element: how many fragments want it, and its value.
 type elemState struct {
 	refs int
-	val  verdict
+	val  elemValue
+}
+
+// elemValue is an element's value: a verdict (verdict maps) or an endpoint (endpoint maps).
+type elemValue struct {
+	verdict verdict
+	to      netip.AddrPort
 }
 
 // chainState is a programmed chain: its rules' fingerprint ("" once flushed).
@@ -318,6 +334,7 @@ type programmed struct {
 	base        *fragment
 	owners      map[proxier.ServicePortName]*fragment
 	byName      map[types.NamespacedName][]proxier.ServicePortName
+	countRefs   map[int]int // endpoint count -> service port fragments using it
 }
 
 func newProgrammed() *programmed {
@@ -325,7 +342,8 @@ func newProgrammed() *programmed {
 		sets: map[string]*set{}, chains: map[string]chainState{},
 		staleChains: map[string]bool{}, staleSets: map[string]bool{},
 		elems: map[elemID]*elemState{}, owners: map[proxier.ServicePortName]*fragment{},
-		byName: map[types.NamespacedName][]proxier.ServicePortName{},
+		byName:    map[types.NamespacedName][]proxier.ServicePortName{},
+		countRefs: map[int]int{},
 	}
 }
 
@@ -344,7 +362,7 @@ type plan struct {
 
 type elemBefore struct {
 	present bool
-	val     verdict
+	val     elemValue
 }
 
 // sync diffs the wanted fragments against the programmed ones and appends the difference to b.
@@ -356,11 +374,6 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 	t.staleChains, t.staleSets = map[string]bool{}, map[string]bool{}
 
 	compared := 0
-	if full || t.base == nil {
-		nb := buildBase(st, f)
-		t.diff(pl, f, t.base, nb, deleteChains, deleteSets)
-		t.base = nb
-	}
 	seen := map[proxier.ServicePortName]bool{}
 	for _, sp := range st.Services {
 		if sp.Name.Family != f.pf || !(full || ch.Services[sp.Name.NamespacedName]) {
@@ -369,7 +382,7 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 		seen[sp.Name] = true
 		compared++
 		nf := buildService(st, f, sp)
-		t.diff(pl, f, t.owners[sp.Name], nf, deleteChains, deleteSets)
+		t.diffService(pl, f, t.owners[sp.Name], nf, deleteChains, deleteSets)
 		if _, ok := t.owners[sp.Name]; !ok {
 			t.byName[sp.Name.NamespacedName] = append(t.byName[sp.Name.NamespacedName], sp.Name)
 		}
@@ -394,7 +407,7 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 				kept = append(kept, spn)
 				continue
 			}
-			t.diff(pl, f, t.owners[spn], nil, deleteChains, deleteSets)
+			t.diffService(pl, f, t.owners[spn], nil, deleteChains, deleteSets)
 			delete(t.owners, spn)
 		}
 		if len(kept) == 0 {
@@ -402,6 +415,18 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 		} else {
 			t.byName[n] = kept
 		}
+	}
+	// The base follows the endpoint counts in use. A new count, or one no longer used, costs a
+	// rule change (and so a table validation); with many services most counts are shared.
+	inUse := make([]int, 0, len(t.countRefs))
+	for n := range t.countRefs {
+		inUse = append(inUse, n)
+	}
+	slices.Sort(inUse)
+	if full || t.base == nil || !slices.Equal(inUse, t.base.counts) {
+		nb := buildBase(st, f, inUse)
+		t.diff(pl, f, t.base, nb, deleteChains, deleteSets)
+		t.base = nb
 	}
 
 	// The transaction, in dependency order.
@@ -443,6 +468,24 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 		counts.setsDeleted++
 	}
 	return compared
+}
+
+// diffService is diff for a service port's fragments; it also keeps count of the endpoint
+// counts they use.
+func (t *programmed) diffService(pl *plan, f *family, old, nu *fragment, deleteChains, deleteSets map[string]bool) {
+	if old != nil {
+		for _, n := range old.counts {
+			if t.countRefs[n]--; t.countRefs[n] <= 0 {
+				delete(t.countRefs, n)
+			}
+		}
+	}
+	if nu != nil {
+		for _, n := range nu.counts {
+			t.countRefs[n]++
+		}
+	}
+	t.diff(pl, f, old, nu, deleteChains, deleteSets)
 }
 
 // diff records what turning fragment old into nu needs (either may be nil) and updates t.
@@ -520,7 +563,7 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 			t.elems[id] = es
 		}
 		es.refs++
-		es.val = e.val
+		es.val = elemValue{verdict: e.val, to: e.to}
 	}
 }
 
@@ -544,10 +587,10 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[string][]element) 
 		case now == nil && before.present:
 			dels[id.set] = append(dels[id.set], element{set: id.set, key: id.key})
 		case now != nil && !before.present:
-			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val})
+			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
 		case now != nil && now.val != before.val:
 			dels[id.set] = append(dels[id.set], element{set: id.set, key: id.key})
-			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val})
+			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
 		}
 	}
 	return adds, dels

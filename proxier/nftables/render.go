@@ -19,15 +19,29 @@ type desired struct {
 }
 
 func buildTable(st *proxier.State, f *family) *desired {
-	d := &desired{f: f, frags: []*fragment{buildBase(st, f)}}
+	d := &desired{f: f, frags: []*fragment{nil}}
+	var counts []int
 	for _, sp := range st.Services {
 		if sp.Name.Family != f.pf {
 			continue
 		}
-		d.frags = append(d.frags, buildService(st, f, sp))
+		fr := buildService(st, f, sp)
+		counts = mergeCounts(counts, fr.counts)
+		d.frags = append(d.frags, fr)
 		d.owners = append(d.owners, sp.Name)
 	}
+	d.frags[0] = buildBase(st, f, counts)
 	return d
+}
+
+// mergeCounts returns the sorted union of counts (sorted) and more.
+func mergeCounts(counts, more []int) []int {
+	for _, n := range more {
+		if i, found := slices.BinarySearch(counts, n); !found {
+			counts = slices.Insert(counts, i, n)
+		}
+	}
+	return counts
 }
 
 // writeText writes the table in nft -f syntax. The preamble makes the file self-contained and
@@ -49,7 +63,7 @@ func (d *desired) writeText(w *bufio.Writer) {
 	var b []byte
 	for _, s := range sets {
 		kw := "set"
-		if s.isMap {
+		if s.isMap || s.endpoints {
 			kw = "map"
 		}
 		w.WriteString("\t" + kw + " " + s.name + " {\n\t\t" + s.typeText(f) + "\n")
@@ -67,6 +81,10 @@ func (d *desired) writeText(w *bufio.Writer) {
 				if s.isMap {
 					b = append(b, " : "...)
 					b = e.val.appendText(b, f)
+				}
+				if s.endpoints {
+					b = append(b, " : "...)
+					b = appendEndpoint(b, e.to)
 				}
 				lines = append(lines, string(b))
 			}

@@ -70,19 +70,23 @@ type rule []term
 type setKind uint8
 
 const (
-	keyAddr          setKind = iota // ipvX_addr
-	keyAddrAddr                     // ipvX_addr . ipvX_addr
-	keyAddrProtoPort                // ipvX_addr . inet_proto . inet_service
-	keyProtoPort                    // inet_proto . inet_service
+	keyAddr              setKind = iota // ipvX_addr
+	keyAddrAddr                         // ipvX_addr . ipvX_addr
+	keyAddrProtoPort                    // ipvX_addr . inet_proto . inet_service
+	keyProtoPort                        // inet_proto . inet_service
+	keyAddrProtoPortSlot                // ipvX_addr . inet_proto . inet_service . numgen slot
+	keyProtoPortSlot                    // inet_proto . inet_service . numgen slot
 )
 
-// set is a named set, or a verdict map when isMap.
+// set is a named set, a verdict map when isMap, or an endpoint map (data ipvX_addr .
+// inet_service) when endpoints.
 type set struct {
-	name    string
-	kind    setKind
-	isMap   bool
-	timeout time.Duration // > 0: flags dynamic,timeout (affinity sets)
-	comment string
+	name      string
+	kind      setKind
+	isMap     bool
+	endpoints bool
+	timeout   time.Duration // > 0: flags dynamic,timeout (affinity sets)
+	comment   string
 }
 
 // elemKey is one element's key; which fields count depends on the set's kind.
@@ -91,6 +95,7 @@ type elemKey struct {
 	addr2 netip.Addr
 	proto uint8
 	port  uint16
+	slot  uint32 // numgen value, for the endpoint maps
 }
 
 // verdict is a rule or map verdict; chain is set for jump and goto.
@@ -107,11 +112,13 @@ var (
 func gotoChain(name string) verdict { return verdict{code: int32(expr.VerdictGoto), chain: name} }
 func jumpChain(name string) verdict { return verdict{code: int32(expr.VerdictJump), chain: name} }
 
-// element is one element of a set or map (val is ignored for plain sets).
+// element is one element of a set or map: val is a verdict map's value, to an endpoint map's
+// (both are ignored for plain sets).
 type element struct {
 	set string
 	key elemKey
 	val verdict
+	to  netip.AddrPort
 }
 
 // term is one match or statement of a rule.
@@ -297,6 +304,84 @@ func (m portVmap) exprs(*family) []expr.Any {
 	}
 }
 
+// tupleInSet matches "daddr . l4proto . dport" against a named set.
+type tupleInSet struct{ set string }
+
+func (m tupleInSet) appendText(b []byte, f *family) []byte {
+	b = append(b, f.name...)
+	b = append(b, " daddr . meta l4proto . th dport @"...)
+	return append(b, m.set...)
+}
+
+func (m tupleInSet) exprs(f *family) []expr.Any {
+	r := uint32(reg32At)
+	return []expr.Any{
+		loadAddr(f, false, r, f.addrLen),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.addrLen/4},
+		&expr.Payload{DestRegister: r + f.addrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: r, SetName: m.set},
+	}
+}
+
+// portInSet matches "l4proto . dport" against a named set.
+type portInSet struct{ set string }
+
+func (m portInSet) appendText(b []byte, _ *family) []byte {
+	b = append(b, "meta l4proto . th dport @"...)
+	return append(b, m.set...)
+}
+
+func (m portInSet) exprs(*family) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32At},
+		&expr.Payload{DestRegister: reg32At + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg32At, SetName: m.set},
+	}
+}
+
+// dnatSlot translates the destination to the endpoint that a random slot picks in an endpoint
+// map: "dnat to daddr . l4proto . dport . numgen random mod N map @m" (node ports leave out
+// daddr). The map holds slots 0..N-1 of every service address with N endpoints, so one rule
+// serves them all, and replacing or counting endpoints changes map elements only: no rule is
+// added, and the kernel does not revalidate the table (it does for every new rule that
+// contains a NAT or jump expression, and for verdict-map elements that jump).
+type dnatSlot struct {
+	byAddr bool // key starts with the destination address (service IPs), else not (node ports)
+	mod    uint32
+	set    string
+}
+
+func (d dnatSlot) appendText(b []byte, f *family) []byte {
+	b = append(b, "dnat "...)
+	b = append(b, f.name...)
+	b = append(b, " to "...)
+	if d.byAddr {
+		b = append(b, f.name...)
+		b = append(b, " daddr . "...)
+	}
+	b = append(b, "meta l4proto . th dport . numgen random mod "...)
+	b = strconv.AppendUint(b, uint64(d.mod), 10)
+	b = append(b, " map @"...)
+	return append(b, d.set...)
+}
+
+func (d dnatSlot) exprs(f *family) []expr.Any {
+	r := uint32(reg32At)
+	var out []expr.Any
+	if d.byAddr {
+		out = append(out, loadAddr(f, false, r, f.addrLen))
+		r += f.addrLen / 4
+	}
+	return append(out,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
+		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Numgen{Register: r + 2, Modulus: d.mod, Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg32At, DestRegister: reg32At, IsDestRegSet: true, SetName: d.set},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: reg32At,
+			RegProtoMin: reg32At + f.addrLen/4},
+	)
+}
+
 // fibLocal matches packets whose source or destination address is local to this node.
 type fibLocal struct{ src bool }
 
@@ -460,16 +545,17 @@ func (u updateSource) exprs(f *family) []expr.Any {
 	}
 }
 
-// numgenZero matches with probability 1/mod: numgen random mod <mod> == 0. A service chain
-// picks endpoint i of n with "numgen random mod n-i == 0 goto endpoint-i", the last one
-// unconditionally: each endpoint gets 1/n of new connections.
+// numgenZero matches with probability 1/mod: numgen random mod <mod> == 0. The chains of an
+// affinity or Local-policy service pick endpoint i of n with "numgen random mod n-i == 0 goto
+// endpoint-i", the last one unconditionally: each endpoint gets 1/n of new connections.
 //
 // Not kube-proxy's "numgen random mod n vmap { ... }": that needs an anonymous map per
 // service, and the kernel names and finds sets by walking the table's list of sets, which
 // makes the first sync quadratic in the number of services (measured on this project's
-// kernel: 2,000 / 4,000 / 8,000 services took 0.37 / 1.4 / 5.7 s for the maps alone). One
-// map shared by all services is no better: the kernel validates the whole map again for
-// every rule that looks into it. Plain rules keep every sync linear.
+// kernel: 2,000 / 4,000 / 8,000 services took 0.37 / 1.4 / 5.7 s for the maps alone). Nor a
+// rule per service looking into one shared map: the kernel checks every new element of a map
+// against every rule bound to it, and every new binding against every element (dnatSlot keeps
+// the bindings to one per endpoint count).
 type numgenZero struct{ mod uint32 }
 
 func (n numgenZero) appendText(b []byte, _ *family) []byte {
@@ -516,19 +602,37 @@ func appendKey(b []byte, kind setKind, k elemKey) []byte {
 		b = k.addr.AppendTo(b)
 		b = append(b, " . "...)
 		return k.addr2.AppendTo(b)
-	case keyAddrProtoPort:
+	case keyAddrProtoPort, keyAddrProtoPortSlot:
 		b = k.addr.AppendTo(b)
 		b = append(b, " . "...)
-		fallthrough
-	default:
-		b = append(b, protoName(k.proto)...)
-		b = append(b, " . "...)
-		return strconv.AppendUint(b, uint64(k.port), 10)
 	}
+	b = append(b, protoName(k.proto)...)
+	b = append(b, " . "...)
+	b = strconv.AppendUint(b, uint64(k.port), 10)
+	if kind == keyAddrProtoPortSlot || kind == keyProtoPortSlot {
+		b = append(b, " . "...)
+		b = strconv.AppendUint(b, uint64(k.slot), 10)
+	}
+	return b
 }
 
-// typeText is the set's "type" clause.
+// appendEndpoint writes an endpoint map's value in nft syntax.
+func appendEndpoint(b []byte, to netip.AddrPort) []byte {
+	b = to.Addr().AppendTo(b)
+	b = append(b, " . "...)
+	return strconv.AppendUint(b, uint64(to.Port()), 10)
+}
+
+// typeText is the set's "type" clause ("typeof" for the endpoint maps, whose numgen field has
+// no type name).
 func (s *set) typeText(f *family) string {
+	if s.endpoints {
+		addr := ""
+		if s.kind == keyAddrProtoPortSlot {
+			addr = f.name + " daddr . "
+		}
+		return "typeof " + addr + "meta l4proto . th dport . numgen random mod 1 : " + f.name + " daddr . th dport"
+	}
 	var t string
 	switch s.kind {
 
