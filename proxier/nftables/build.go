@@ -79,12 +79,16 @@ func (fr *fragment) chain(name string) *chain {
 	return nil
 }
 
+// addElem adds an element once per seen; with seen nil it adds it as often as asked (the
+// programmed table counts references, so repeats cost nothing but a little bookkeeping).
 func (fr *fragment) addElem(seen map[elemID]bool, set string, key elemKey, val verdict) {
-	id := elemID{set: set, key: key}
-	if seen[id] {
-		return
+	if seen != nil {
+		id := elemID{set: set, key: key}
+		if seen[id] {
+			return
+		}
+		seen[id] = true
 	}
-	seen[id] = true
 	fr.elems = append(fr.elems, element{set: set, key: key, val: val})
 }
 
@@ -264,11 +268,12 @@ func buildService(st *proxier.State, f *family, sp *proxier.ServicePort) *fragme
 // address (cluster IP, external and load-balancer IPs, node port) goes into the set of its
 // count, and its endpoints into slots 0..n-1 of the endpoint map under the same key.
 func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
-	fr := &fragment{}
-	seen := map[elemID]bool{}
+	// Sized for the common case: a cluster IP and its endpoints' slots and hairpin elements.
+	fr := &fragment{elems: make([]element, 0, 2+2*len(sp.ClusterEndpoints))}
+	var seen map[elemID]bool // no deduplication needed, see addElem
 	proto := protoNum(sp.Name.Protocol)
 	cluster, internal := sp.ClusterEndpoints, sp.InternalEndpoints()
-	used := map[netip.AddrPort]bool{}
+	var hairpins []netip.Addr
 	count := func(n int) {
 		if !slices.Contains(fr.counts, n) {
 			fr.counts = append(fr.counts, n)
@@ -281,8 +286,8 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 			sk := k
 			sk.slot = uint32(i)
 			fr.elems = append(fr.elems, element{set: mapName, key: sk, to: ep.AddrPort()})
-			if !used[ep.AddrPort()] {
-				used[ep.AddrPort()] = true
+			if !slices.Contains(hairpins, ep.Addr) {
+				hairpins = append(hairpins, ep.Addr)
 				fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr, addr2: ep.Addr}, verdict{})
 			}
 		}

@@ -358,6 +358,10 @@ type plan struct {
 	flush     []string
 	rules     []*chain
 	touched   map[elemID]elemBefore
+	// fresh: the table starts empty (a rebuild), so every element is an addition; added lists
+	// them in order without the bookkeeping of touched, which costs most of a first sync.
+	fresh bool
+	added []elemID
 }
 
 type elemBefore struct {
@@ -368,7 +372,7 @@ type elemBefore struct {
 // sync diffs the wanted fragments against the programmed ones and appends the difference to b.
 // It returns how many service ports it compared.
 func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
-	pl := &plan{touched: map[elemID]elemBefore{}}
+	pl := &plan{touched: map[elemID]elemBefore{}, fresh: len(t.elems) == 0}
 	// Objects flushed by an earlier sync are deleted at the end of this one, unless reused.
 	deleteChains, deleteSets := t.staleChains, t.staleSets
 	t.staleChains, t.staleSets = map[string]bool{}, map[string]bool{}
@@ -568,6 +572,12 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 }
 
 func (pl *plan) touch(id elemID, es *elemState) {
+	if pl.fresh {
+		if es == nil {
+			pl.added = append(pl.added, id)
+		}
+		return
+	}
 	if _, ok := pl.touched[id]; ok {
 		return
 	}
@@ -581,6 +591,20 @@ func (pl *plan) touch(id elemID, es *elemState) {
 // elementChanges turns the touched elements into per-set additions and deletions.
 func (t *programmed) elementChanges(pl *plan) (adds, dels map[string][]element) {
 	adds, dels = map[string][]element{}, map[string][]element{}
+	if len(pl.added) > 0 {
+		sizes := map[string]int{}
+		for _, id := range pl.added {
+			sizes[id.set]++
+		}
+		for set, n := range sizes {
+			adds[set] = make([]element, 0, n)
+		}
+	}
+	for _, id := range pl.added {
+		if now := t.elems[id]; now != nil {
+			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
+		}
+	}
 	for id, before := range pl.touched {
 		now := t.elems[id]
 		switch {
