@@ -191,9 +191,17 @@ func peakRSSMB() float64 {
 }
 
 // kernelObjects counts what the mode put in the kernel of this namespace: iptables rules and
-// chains, or nftables rules, chains, sets/maps and their elements.
+// chains, or nftables rules, chains, sets/maps and their elements; for ipvs, virtual and real
+// servers plus its nftables helper tables.
 func kernelObjects(mode string) (int, error) {
 	switch mode {
+	case "ipvs":
+		out, err := exec.Command("ipvsadm", "-Sn").Output()
+		if err != nil {
+			return 0, err
+		}
+		n, err := kernelObjects("nftables")
+		return n + bytes.Count(out, []byte("\n")), err
 	case "iptables":
 		out, err := exec.Command("iptables-save").Output()
 		if err != nil {
