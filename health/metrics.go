@@ -75,6 +75,29 @@ func (m *Metrics) ObserveSync(kind string, d time.Duration) {
 	m.kubeProxyLastSync.SetToCurrentTime()
 }
 
+// Layer2Stats are the layer-2 responder's figures, read at each scrape.
+type Layer2Stats struct {
+	Announced                                                          int
+	OwnershipChanges, ARPAnswered, NDPAnswered, GratuitousSent, Errors uint64
+}
+
+// AddLayer2 registers the layer-2 responder's metrics, read from stats at each scrape.
+func (m *Metrics) AddLayer2(stats func() Layer2Stats) {
+	counter := func(name, help string, v func(Layer2Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(stats())) })
+	}
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nodeagent_layer2_announced",
+			Help: "Load-balancer (address, interface) pairs this node answers ARP/NDP for."},
+			func() float64 { return float64(stats().Announced) }),
+		counter("nodeagent_layer2_ownership_changes_total", "(address, interface) pairs gained or lost.", func(s Layer2Stats) uint64 { return s.OwnershipChanges }),
+		counter("nodeagent_layer2_arp_responses_sent_total", "ARP requests answered.", func(s Layer2Stats) uint64 { return s.ARPAnswered }),
+		counter("nodeagent_layer2_ndp_responses_sent_total", "Neighbor Solicitations answered.", func(s Layer2Stats) uint64 { return s.NDPAnswered }),
+		counter("nodeagent_layer2_gratuitous_sent_total", "Gratuitous ARPs and unsolicited Neighbor Advertisements sent.", func(s Layer2Stats) uint64 { return s.GratuitousSent }),
+		counter("nodeagent_layer2_errors_total", "Failed socket operations and interface listings.", func(s Layer2Stats) uint64 { return s.Errors }),
+	)
+}
+
 // Handler serves the registry in Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})

@@ -21,6 +21,7 @@ import (
 // tracker, membership, and the ARP/NDP responder.
 type loadBalancing struct {
 	speaker *metallb.Speaker
+	layer2  *arp.Responder // nil without --layer2
 	members *member.Members
 	bgp     *bgp.Speaker
 }
@@ -51,7 +52,8 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		})
 	}()
 	if c.Layer2 {
-		r := arp.New(arp.Options{Logger: log.With("component", "layer2")})
+		r := arp.New(arp.Options{Logger: log.With("component", "layer2"), RefreshInterval: c.Layer2Refresh.Duration})
+		lbs.layer2 = r
 		go func() {
 			if err := r.Run(ctx); err != nil && ctx.Err() == nil {
 				log.Error("layer-2 responder stopped", "err", err)

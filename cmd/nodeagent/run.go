@@ -31,6 +31,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts memberlist traffic")
 	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
+	fs.DurationVar(&c.Layer2Refresh.Duration, "layer2-refresh-interval", c.Layer2Refresh.Duration, "re-send gratuitous ARP/NDP for every owned address this often (0: only when ownership changes)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return err
@@ -64,6 +65,13 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer announcer.stop()
 	metrics := health.NewMetrics()
+	if r := announcer.layer2; r != nil {
+		metrics.AddLayer2(func() health.Layer2Stats {
+			s := r.Stats()
+			return health.Layer2Stats{Announced: s.Announced, OwnershipChanges: s.OwnershipChanges, ARPAnswered: s.ARPRequestsAnswered,
+				NDPAnswered: s.NDPSolicitationsAnswered, GratuitousSent: s.GratuitousSent, Errors: s.Errors}
+		})
+	}
 	proxyHealth := health.NewProxy(max(2*c.syncPeriod, time.Minute))
 	svcHealth := health.NewServices(log)
 	defer svcHealth.Close()

@@ -95,6 +95,23 @@ func testLoadBalancerLayer2(t *testing.T, m mode) {
 			t.Errorf("ARP reply from %s, which is not the owner node%02d:\n%s", rep[1], owner, out)
 		}
 	}
+	// The owner's metrics count what it announces and answers; another node's show nothing owned.
+	for _, n := range e.Nodes {
+		body, _, err := HTTPGet(n.NS, "http://127.0.0.1:10249/metrics")
+		if err != nil {
+			t.Fatalf("metrics of %s: %v", n.Name, err)
+		}
+		announced := regexp.MustCompile(`(?m)^nodeagent_layer2_announced (\d+)$`).FindStringSubmatch(body)
+		answered := regexp.MustCompile(`(?m)^nodeagent_layer2_arp_responses_sent_total (\d+)$`).FindStringSubmatch(body)
+		switch {
+		case announced == nil || answered == nil:
+			t.Errorf("%s's metrics lack the layer-2 figures", n.Name)
+		case n.Index == owner && (announced[1] != "1" || answered[1] == "0"):
+			t.Errorf("owner %s: nodeagent_layer2_announced %s, arp responses %s; want 1 and some", n.Name, announced[1], answered[1])
+		case n.Index != owner && (announced[1] != "0" || answered[1] != "0"):
+			t.Errorf("%s (not the owner): nodeagent_layer2_announced %s, arp responses %s; want 0 and 0", n.Name, announced[1], answered[1])
+		}
+	}
 
 	failover := func(what string, cut func(n *Node)) int {
 		t.Helper()
