@@ -115,6 +115,7 @@ var scenarios = []scenario{
 	{"DualStack", testDualStack},
 	{"LoadBalancerSourceRanges", testLoadBalancerSourceRanges},
 	{"InternalTrafficPolicyAndHairpin", testInternalTrafficPolicyAndHairpin},
+	{"LoadBalancerPools", testLoadBalancerPools},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
