@@ -29,6 +29,9 @@ type BGPInput struct {
 	Peers          []*lb.BGPPeer
 	Advertisements []*lb.BGPAdvertisement
 	Communities    []*lb.Community
+	// ClusterIPs and ExternalIPs also advertise every service's cluster IPs and external IPs
+	// to every peer (kube-router's --advertise-cluster-ip and --advertise-external-ip).
+	ClusterIPs, ExternalIPs bool
 }
 
 // PlanBGP maps MetalLB's BGPPeer and BGPAdvertisement objects onto this node's sessions and
@@ -100,7 +103,41 @@ func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 			}
 		}
 	}
-	return peers, advs, problems
+	return peers, append(advs, serviceIPRoutes(in, ready)...), problems
+}
+
+// serviceIPRoutes are the host routes of the cluster and external IPs this node advertises when
+// asked: cluster IPs while the service has a ready endpoint (on this node for
+// internalTrafficPolicy Local), external IPs by the same rule as load-balancer addresses.
+func serviceIPRoutes(in BGPInput, ready map[types.NamespacedName]map[string]bool) []bgp.Advertisement {
+	if !in.ClusterIPs && !in.ExternalIPs {
+		return nil
+	}
+	var advs []bgp.Advertisement
+	route := func(s string) {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			advs = append(advs, bgp.Advertisement{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
+		}
+	}
+	for _, name := range slices.SortedFunc(maps.Keys(in.Services), func(a, b types.NamespacedName) int {
+		return strings.Compare(a.String(), b.String())
+	}) {
+		svc, readyOn := in.Services[name], ready[name]
+		if in.ClusterIPs {
+			local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+			if (local && readyOn[in.Node]) || (!local && len(readyOn) > 0) {
+				for _, ip := range svc.Spec.ClusterIPs {
+					route(ip)
+				}
+			}
+		}
+		if in.ExternalIPs && eligible(svc, readyOn, in.Node) {
+			for _, ip := range svc.Spec.ExternalIPs {
+				route(ip)
+			}
+		}
+	}
+	return advs
 }
 
 // eligible reports whether this node may advertise svc: a ready endpoint here for

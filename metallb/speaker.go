@@ -53,7 +53,10 @@ type Options struct {
 	Problem func(obj v1.ObjectReference, reason string)
 	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
 	BGP func(peers []bgp.Peer, advs []bgp.Advertisement)
-	Log *slog.Logger
+	// AdvertiseClusterIPs and AdvertiseExternalIPs add services' cluster and external IPs to
+	// the BGP routes (--advertise-cluster-ip, --advertise-external-ip).
+	AdvertiseClusterIPs, AdvertiseExternalIPs bool
+	Log                                       *slog.Logger
 }
 
 // Speaker assigns addresses and plans layer-2 announcements. It implements Sink itself.
@@ -204,7 +207,7 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 			s.slices[k] = o
 			s.o.Next.Upsert(o)
 		}
-		if s.synced && s.holds(s.result, key(o.Namespace, o.Labels[discovery.LabelServiceName])) {
+		if s.synced && (s.holds(s.result, key(o.Namespace, o.Labels[discovery.LabelServiceName])) || s.advertisesServiceIPs()) {
 			s.replan()
 		}
 		return
@@ -361,7 +364,7 @@ func (s *Speaker) replan() {
 		in.Services = append(in.Services, s.services[k])
 	}
 	for _, sl := range s.slices {
-		if s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
+		if s.advertisesServiceIPs() || s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
 			in.EndpointSlices = append(in.EndpointSlices, sl)
 		}
 	}
@@ -422,6 +425,11 @@ func (s *Speaker) alive() []string {
 	return out
 }
 
+// advertisesServiceIPs reports whether BGP routes depend on every service, not only LoadBalancers.
+func (s *Speaker) advertisesServiceIPs() bool {
+	return s.o.BGP != nil && (s.o.AdvertiseClusterIPs || s.o.AdvertiseExternalIPs)
+}
+
 // bgpPlan is the last BGP plan handed to Options.BGP.
 type bgpPlan struct {
 	peers []bgp.Peer
@@ -434,12 +442,13 @@ func (s *Speaker) replanBGP() {
 	}
 	in := BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
 		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
-		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms))}
+		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms)),
+		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
 	if n := s.nodes[s.o.Node]; n != nil {
 		in.NodeLabels = n.Labels
 	}
 	for _, sl := range s.slices {
-		if s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
+		if s.advertisesServiceIPs() || s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
 			in.EndpointSlices = append(in.EndpointSlices, sl)
 		}
 	}

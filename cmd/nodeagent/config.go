@@ -57,6 +57,10 @@ type Config struct {
 	MemberlistJoin        []string `json:"memberlistJoin,omitempty"`
 	MemberlistSecret      string   `json:"memberlistSecret,omitempty"`
 	Layer2                bool     `json:"layer2,omitempty"`
+	// AdvertiseClusterIP and AdvertiseExternalIP add services' cluster and external IPs to the
+	// BGP routes, as kube-router's flags of the same names do.
+	AdvertiseClusterIP  bool `json:"advertiseClusterIP,omitempty"`
+	AdvertiseExternalIP bool `json:"advertiseExternalIP,omitempty"`
 	// Layer2Refresh re-announces owned addresses periodically (0: only on ownership changes).
 	Layer2Refresh metav1.Duration `json:"layer2RefreshInterval,omitempty"`
 	// LeaderElectionNamespace holds the Lease that picks the agent writing LB status (API mode).

@@ -30,7 +30,8 @@ type loadBalancing struct {
 // responder when configured.
 func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
-	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb")}
+	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb"),
+		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP}
 	var writer *statusWriter
 	if kube, _ := c.useKube(); kube {
 		client, err := c.kubeClient()

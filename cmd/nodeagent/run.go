@@ -31,6 +31,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts memberlist traffic")
 	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
+	fs.BoolVar(&c.AdvertiseClusterIP, "advertise-cluster-ip", c.AdvertiseClusterIP, "also advertise every service's cluster IPs over BGP, from nodes that may serve them (kube-router's flag)")
+	fs.BoolVar(&c.AdvertiseExternalIP, "advertise-external-ip", c.AdvertiseExternalIP, "also advertise every service's externalIPs over BGP, by the load-balancer rules (kube-router's flag)")
 	fs.DurationVar(&c.Layer2Refresh.Duration, "layer2-refresh-interval", c.Layer2Refresh.Duration, "re-send gratuitous ARP/NDP for every owned address this often (0: only when ownership changes)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
 	if err := parseWithConfig(fs, args, &c); err != nil {

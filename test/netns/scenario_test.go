@@ -116,6 +116,7 @@ var scenarios = []scenario{
 	{"LoadBalancerSourceRanges", testLoadBalancerSourceRanges},
 	{"InternalTrafficPolicyAndHairpin", testInternalTrafficPolicyAndHairpin},
 	{"LoadBalancerPools", testLoadBalancerPools},
+	{"BGPLocalAndServiceIPs", testBGPLocalAndServiceIPs},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
