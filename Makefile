@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/nodeagent
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build deps demo test unit lab vet clean bench-kube-proxy
+.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy
 
 all: build
 
@@ -25,6 +25,24 @@ vet:
 # Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
 test: build vet
 	$(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) test-vm
+
+# The ipvs mode on a kernel that has IPVS (the host's has none): the ipvs package's kernel tests,
+# the lab's ipvs row and the ipvs-only lab tests, inside vm/run (Debian's kernel under qemu; see
+# vm/lab.sh). The binaries are built here, on the host, because compiling under emulation takes
+# minutes (into bin/vm/, so that a `make build` while the VM runs does not swap the agent under
+# it); kube-apiserver comes from test/kube's cache, shared writable into the VM.
+# VM_MODES=all runs every mode's row in the VM; VM_TESTFLAGS=-test.v shows each test.
+VM_MODES ?= ipvs
+VM_TESTFLAGS ?=
+test-vm: deps
+	@mkdir -p bin/vm
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/vm/nodeagent ./cmd/nodeagent
+	$(GO) test -c -o bin/vm/lab.test ./test/netns/
+	$(GO) test -c -o bin/vm/ipvs.test ./proxier/ipvs/
+	@kube=$$(test/kube/build.sh | tail -1) && start=$$(date +%s) && \
+	vm/run --rw "$$(dirname "$$kube")" -- vm/lab.sh $(VM_MODES) $(VM_TESTFLAGS) && \
+	echo "test-vm: passed in $$(( $$(date +%s) - start ))s (VM boot included)"
 
 # nodeagent and kube-proxy side by side through one real API server (root; the first run builds
 # kube-apiserver and kube-proxy into test/kube's cache, minutes). Results are committed.
