@@ -67,6 +67,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer announcer.stop()
 	metrics := health.NewMetrics()
+	if announcer.bgp != nil {
+		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
+	}
 	if r := announcer.layer2; r != nil {
 		metrics.AddLayer2(func() health.Layer2Stats {
 			s := r.Stats()

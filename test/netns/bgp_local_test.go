@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -48,6 +49,18 @@ func testBGPLocalAndServiceIPs(t *testing.T, m mode) {
 	waitHops("ETP Local", prefix, []string{"10.0.0.152", "10.0.0.153"})
 	vip := e.clusterIP("demoapp-clusterip")
 	waitHops("--advertise-cluster-ip", vip.String()+"/32", []string{"10.0.0.151", "10.0.0.152", "10.0.0.153"})
+	body, _, err := HTTPGet(e.Node(1).NS, "http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`nodeagent_bgp_session_up{peer="metallb-system/router"} 1`, `nodeagent_bgp_session_flaps_total{peer="metallb-system/router"} 0`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("node01's metrics lack %q:\n%s", want, regexp.MustCompile(`(?m)^nodeagent_bgp.*$`).FindAllString(body, -1))
+		}
+	}
+	if m := regexp.MustCompile(`nodeagent_bgp_announced_prefixes\{peer="metallb-system/router"\} (\d+)`).FindStringSubmatch(body); m == nil || m[1] == "0" {
+		t.Errorf("node01's metrics: announced prefixes %v, want some", m)
+	}
 	r := e.waitAnswer(e.Client2, "tcp", hostPort(vip, 80))
 	t.Logf("cluster IP %s from behind the router answered by %s", vip, r.ServerName)
 
