@@ -194,6 +194,7 @@ func plotAgainst(path string, rs []AgainstResult) error {
 			p.Add(lp, pts)
 			p.Legend.Add(l.impl+" "+l.mode, lp, pts)
 		}
+		p.Y.Min = 0 // ratios read honestly only from zero
 		p.Legend.Top, p.Legend.Left = true, true
 		plots = append(plots, p)
 	}
