@@ -90,9 +90,13 @@ type Proxier struct {
 	// draining are the real servers at weight 0 waiting for their connections to end.
 	draining map[vsKey]map[netip.AddrPort]bool
 	full     bool // the kernel's state is unknown: the next Sync is full
-	sysctls  bool // the sysctls were set
-	warned   map[string]bool
-	stats    SyncStats
+	// bound are the addresses on the dummy interface as this proxier left them; nil means
+	// unknown (listed again). Listing a thousand addresses on every sync was the largest fixed
+	// cost of a one-service change.
+	bound   map[netip.Addr]bool
+	sysctls bool // the sysctls were set
+	warned  map[string]bool
+	stats   SyncStats
 
 	stop chan struct{}
 	done chan struct{}
@@ -227,7 +231,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	d := p.desired(st)
 	s := &syncer{p: p, d: d, full: full, stats: SyncStats{Full: full}}
 	if err := s.run(ch); err != nil {
-		p.full = true
+		p.full, p.bound = true, nil
 		return err
 	}
 	p.last = d
@@ -254,6 +258,9 @@ type syncer struct {
 	stats SyncStats
 	// kernel are the examined virtual servers as the kernel has them (nil: absent).
 	kernel map[vsKey]*mipvs.Service
+	// extra are the real servers ensure found on a desired virtual server that are not its
+	// endpoints, for removeExtraDests (which would otherwise list them a second time).
+	extra map[vsKey][]*mipvs.Destination
 }
 
 func afOf(a netip.Addr) uint16 {
@@ -330,34 +337,37 @@ func (s *syncer) run(ch proxier.Changes) error {
 	if err := p.setSysctls(s.full); err != nil {
 		return err
 	}
-	if err := p.net.ensureDummy(); err != nil {
-		return err
-	}
-	bound, err := p.net.dummyAddrs()
-	if err != nil {
-		return err
+	if s.full || p.bound == nil {
+		if err := p.net.ensureDummy(); err != nil {
+			return err
+		}
+		addrs, err := p.net.dummyAddrs()
+		if err != nil {
+			return err
+		}
+		p.bound = map[netip.Addr]bool{}
+		for _, a := range addrs {
+			p.bound[a] = true
+		}
 	}
 	if p.owned == nil {
-		if err := p.learnOwned(bound); err != nil {
+		if err := p.learnOwned(p.bound); err != nil {
 			return err
 		}
 	}
-	if err := s.readKernel(ch, bound); err != nil {
+	if err := s.readKernel(ch, p.bound); err != nil {
 		return err
 	}
 	// The helper tables first, with every virtual server that exists or is about to.
 	if err := s.programTables(); err != nil {
 		return err
 	}
-	boundSet := map[netip.Addr]bool{}
-	for _, a := range bound {
-		boundSet[a] = true
-	}
 	for _, a := range sortedAddrs(s.d.bind) {
-		if !boundSet[a] {
+		if !p.bound[a] {
 			if err := p.net.addAddr(a); err != nil {
 				return err
 			}
+			p.bound[a] = true
 		}
 	}
 	// Add and update, then remove.
@@ -383,7 +393,7 @@ func (s *syncer) run(ch proxier.Changes) error {
 
 // learnOwned finds the virtual servers an earlier run left: those recorded in the helper
 // tables and those on addresses of the dummy interface.
-func (p *Proxier) learnOwned(bound []netip.Addr) error {
+func (p *Proxier) learnOwned(bound map[netip.Addr]bool) error {
 	owned := map[vsKey]bool{}
 	for _, pf := range p.fams {
 		ks, err := p.nft.owned(familyOf(pf))
@@ -400,7 +410,7 @@ func (p *Proxier) learnOwned(bound []netip.Addr) error {
 			return fmt.Errorf("list virtual servers: %w", err)
 		}
 		for _, ksvc := range ks {
-			if k, ok := keyOf(ksvc); ok && slices.Contains(bound, k.Addr) {
+			if k, ok := keyOf(ksvc); ok && bound[k.Addr] {
 				owned[k] = true
 			}
 		}
@@ -410,7 +420,7 @@ func (p *Proxier) learnOwned(bound []netip.Addr) error {
 }
 
 // readKernel fills s.kernel with the virtual servers this Sync must look at.
-func (s *syncer) readKernel(ch proxier.Changes, bound []netip.Addr) error {
+func (s *syncer) readKernel(ch proxier.Changes, bound map[netip.Addr]bool) error {
 	p := s.p
 	s.kernel = map[vsKey]*mipvs.Service{}
 	if s.full {
@@ -423,7 +433,7 @@ func (s *syncer) readKernel(ch proxier.Changes, bound []netip.Addr) error {
 			if !ok || !p.wantFamily(k.Addr) {
 				continue
 			}
-			if s.d.vs[k] != nil || p.owned[k] || slices.Contains(bound, k.Addr) {
+			if s.d.vs[k] != nil || p.owned[k] || bound[k.Addr] {
 				s.kernel[k] = ksvc
 				p.owned[k] = true
 			}
@@ -498,7 +508,14 @@ func (s *syncer) ensure(vs *virtualServer) error {
 			return fmt.Errorf("list real servers of %s: %w", k, err)
 		}
 		for _, d := range ds {
-			have[destAddr(d)] = d
+			ap := destAddr(d)
+			have[ap] = d
+			if !slices.Contains(vs.dests, ap) {
+				if s.extra == nil {
+					s.extra = map[vsKey][]*mipvs.Destination{}
+				}
+				s.extra[k] = append(s.extra[k], d)
+			}
 		}
 	}
 	var errs []error
@@ -528,20 +545,14 @@ func (s *syncer) ensure(vs *virtualServer) error {
 	return errors.Join(errs...)
 }
 
-// removeExtraDests retires the real servers of vs that are no longer its endpoints.
+// removeExtraDests retires the real servers of vs that are no longer its endpoints (as ensure
+// found them).
 func (s *syncer) removeExtraDests(vs *virtualServer) error {
-	p := s.p
 	svc := vs.kernelForm()
-	ds, err := p.ipvs.GetDestinations(svc)
-	if err != nil {
-		return fmt.Errorf("list real servers of %s: %w", vs.key, err)
-	}
 	var errs []error
-	for _, d := range ds {
-		if !slices.Contains(vs.dests, destAddr(d)) {
-			_, err := p.retire(svc, vs.key, d, &s.stats)
-			errs = append(errs, err)
-		}
+	for _, d := range s.extra[vs.key] {
+		_, err := s.p.retire(svc, vs.key, d, &s.stats)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -628,14 +639,14 @@ func (p *Proxier) finish(d *desired, stats *SyncStats) error {
 	for k := range p.owned {
 		inUse[k.Addr] = true
 	}
-	bound, err := p.net.dummyAddrs()
-	if err != nil {
-		return err
-	}
 	var errs []error
-	for _, a := range bound {
+	for _, a := range sortedAddrs(p.bound) {
 		if !inUse[a] && p.wantFamily(a) {
-			errs = append(errs, p.net.delAddr(a))
+			if err := p.net.delAddr(a); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(p.bound, a)
 		}
 	}
 	errs = append(errs, p.updateTables(d, false))
@@ -793,7 +804,7 @@ func (p *Proxier) drain() error {
 		errs = append(errs, p.finish(p.last, &stats))
 	}
 	if err := errors.Join(errs...); err != nil {
-		p.full = true
+		p.full, p.bound = true, nil
 		return err
 	}
 	return nil
@@ -811,7 +822,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	if p.ipvs == nil {
 		return errors.New("ipvs proxier is closed or render-only")
 	}
-	p.full, p.last, p.owned = true, nil, nil
+	p.full, p.last, p.owned, p.bound = true, nil, nil, nil
 	p.tables = map[proxier.Family]*nftTable{}
 	p.draining = map[vsKey]map[netip.AddrPort]bool{}
 	owned := map[vsKey]bool{}
