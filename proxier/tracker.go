@@ -37,6 +37,10 @@ type Tracker struct {
 	keys      []types.NamespacedName // services with ports, sorted
 	raw       map[types.NamespacedName][]*ServicePort
 	effective map[types.NamespacedName][]*ServicePort
+	// flat is the last State's Services (effective ports in key order); at[k] is where k's
+	// ports start in it. A change to a few services patches a copy instead of walking every key.
+	flat      []*ServicePort
+	at        map[types.NamespacedName]span
 	problems  map[types.NamespacedName][]Problem  // invalid parts of each service
 	conflicts map[types.NamespacedName][]Problem  // ports left out for another service's frontend
 	claims    map[Frontend][]types.NamespacedName // sorted owners of every frontend
@@ -200,6 +204,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 	defer t.mu.Unlock()
 	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}}
 	affected := map[types.NamespacedName]bool{}
+	present := make(map[types.NamespacedName]bool, len(t.dirty))
 	for k := range t.dirty {
 		affected[k] = true
 		for _, f := range t.raw[k] {
@@ -220,7 +225,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 			sort.Slice(sl, func(i, j int) bool { return sl[i].Name < sl[j].Name })
 			ports, problems = ServicePorts(svc, sl, t.node.Name)
 		}
-		t.setKey(k, len(ports) > 0)
+		present[k] = len(ports) > 0
 		if len(ports) > 0 {
 			t.raw[k] = ports
 		} else {
@@ -236,6 +241,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 		}
 		t.setProblems(k, problems)
 	}
+	keysChanged := t.setKeys(present)
 	for k := range affected {
 		t.resolveConflicts(k)
 		ch.Services[k] = true
@@ -243,10 +249,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 	clear(t.dirty)
 	t.full = false
 
-	st := &State{Node: t.node, Config: t.config}
-	for _, k := range t.keys {
-		st.Services = append(st.Services, t.effective[k]...)
-	}
+	st := &State{Node: t.node, Config: t.config, Services: t.flatten(affected, keysChanged || ch.Full)}
 	pk := map[types.NamespacedName]bool{}
 	for k := range t.problems {
 		pk[k] = true
@@ -310,14 +313,78 @@ func store(m map[types.NamespacedName][]Problem, k types.NamespacedName, ps []Pr
 	m[k] = ps
 }
 
-func (t *Tracker) setKey(k types.NamespacedName, present bool) {
-	i, found := slices.BinarySearchFunc(t.keys, k, compareKeys)
-	switch {
-	case present && !found:
-		t.keys = slices.Insert(t.keys, i, k)
-	case !present && found:
-		t.keys = slices.Delete(t.keys, i, i+1)
+// flatten returns the effective ports of every key in order: a patched copy of the last result
+// when only changed keys' ports moved and each kept its count, otherwise rebuilt.
+func (t *Tracker) flatten(changed map[types.NamespacedName]bool, rebuild bool) []*ServicePort {
+	if rebuild || t.at == nil {
+		return t.rebuildFlat()
 	}
+	flat := slices.Clone(t.flat)
+	for k := range changed {
+		eff := t.effective[k]
+		sp, ok := t.at[k]
+		switch {
+		case !ok && len(eff) == 0:
+		case !ok || sp.n != len(eff):
+			return t.rebuildFlat()
+		default:
+			copy(flat[sp.at:], eff)
+		}
+	}
+	t.flat = flat
+	return flat
+}
+
+// rebuildFlat lays out every key's effective ports afresh.
+func (t *Tracker) rebuildFlat() []*ServicePort {
+	flat := make([]*ServicePort, 0, len(t.flat))
+	t.at = make(map[types.NamespacedName]span, len(t.keys))
+	for _, k := range t.keys {
+		if eff := t.effective[k]; len(eff) > 0 {
+			t.at[k] = span{at: len(flat), n: len(eff)}
+			flat = append(flat, eff...)
+		}
+	}
+	t.flat = flat
+	return flat
+}
+
+// span is where a key's ports stand in Tracker.flat.
+type span struct{ at, n int }
+
+// setKeys adds the keys marked present to the sorted t.keys and removes the others. A few are
+// placed one by one; many (a first sync: map order is random) are merged in one sort, since
+// inserting them one at a time would move the slice's tail for each.
+func (t *Tracker) setKeys(present map[types.NamespacedName]bool) (changed bool) {
+	if len(present) <= 64 {
+		for k, p := range present {
+			i, found := slices.BinarySearchFunc(t.keys, k, compareKeys)
+			switch {
+			case p && !found:
+				t.keys = slices.Insert(t.keys, i, k)
+				changed = true
+			case !p && found:
+				t.keys = slices.Delete(t.keys, i, i+1)
+				changed = true
+			}
+		}
+		return changed
+	}
+	keys := t.keys[:0:0]
+	for _, k := range t.keys {
+		if p, ok := present[k]; !ok || p {
+			keys = append(keys, k)
+		}
+		delete(present, k) // what remains is new
+	}
+	for k, p := range present {
+		if p {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, compareKeys)
+	t.keys = keys
+	return true
 }
 
 func compareKeys(a, b types.NamespacedName) int {
