@@ -336,7 +336,7 @@ func appendKeyBytes(dst []byte, kind setKind, k elemKey) []byte {
 		padAddr(k.addr)
 	case keyAddrAddr:
 		padAddr(k.addr)
-		padAddr(k.addr2)
+		padAddr(k.addr)
 	case keyAddrProtoPort:
 		padAddr(k.addr)
 		dst = append(dst, k.proto, 0, 0, 0)

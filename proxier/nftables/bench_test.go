@@ -45,6 +45,7 @@ func BenchmarkFullSync(b *testing.B) {
 	}
 	reportCPU(b, cpu)
 	b.ReportMetric(float64(p.LastSync().Messages), "msgs/sync")
+	b.ReportMetric(float64(p.LastSync().Commit.Nanoseconds()), "commit-ns")
 }
 
 // BenchmarkEndpointChange measures the sync of one endpoint change among N services × 10

@@ -98,11 +98,16 @@ func dnatChain(n int) string     { return "dnat-" + strconv.Itoa(n) + "-endpoint
 func nodePortsWith(n int) string { return "nodeports-with-" + strconv.Itoa(n) + "-endpoints" }
 func nodePortDNAT(n int) string  { return "nodeport-dnat-" + strconv.Itoa(n) + "-endpoints" }
 
+// verdictMaps are the sets of baseSets that are verdict maps: the only ones whose elements
+// carry a verdict.
+var verdictMaps = map[string]bool{mapServiceIPs: true, mapServiceNodePorts: true, mapNoEndpointServices: true,
+	mapNoEndpointNodePorts: true, mapFirewallIPs: true}
+
 // baseSets are the named sets and maps every table has.
 func baseSets(cfg *proxier.Config, f *family) []*set {
 	sets := []*set{
 		{name: setClusterIPs, kind: keyAddr, comment: "active cluster IPs"},
-		{name: setHairpin, kind: keyAddrAddr, comment: "endpoint . endpoint, to masquerade hairpin traffic"},
+		{name: setHairpin, kind: keyAddrAddr, comment: "local endpoint . itself, to masquerade hairpin traffic"},
 		{name: mapServiceIPs, kind: keyAddrProtoPort, isMap: true, comment: "cluster, external and load-balancer IPs"},
 		{name: mapServiceNodePorts, kind: keyProtoPort, isMap: true, comment: "node ports"},
 		{name: mapNoEndpointServices, kind: keyAddrProtoPort, isMap: true, comment: "reject or drop traffic to services without endpoints"},
@@ -286,9 +291,13 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 			sk := k
 			sk.slot = uint32(i)
 			fr.elems = append(fr.elems, element{set: mapName, key: sk, to: ep.AddrPort()})
-			if !slices.Contains(hairpins, ep.Addr) {
+			// Only an endpoint on this node can receive its own traffic back through us: a
+			// pod's packets to a service are translated by its own node's proxy. So remote
+			// endpoints need no hairpin element (kube-proxy masquerades for every endpoint;
+			// with 10 endpoints per service those elements were almost half of the table).
+			if ep.Local && !slices.Contains(hairpins, ep.Addr) {
 				hairpins = append(hairpins, ep.Addr)
-				fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr, addr2: ep.Addr}, verdict{})
+				fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr}, verdict{})
 			}
 		}
 	}
@@ -455,7 +464,9 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 		}
 		r = append(r, dnat{to: ep.AddrPort()})
 		fr.chains = append(fr.chains, &chain{name: epChain(ep), rules: []rule{r}})
-		fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr, addr2: ep.Addr}, verdict{})
+		if ep.Local { // see buildShared
+			fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr}, verdict{})
+		}
 	}
 	if needCluster {
 		for _, ep := range cluster {

@@ -25,6 +25,7 @@
 package nftables
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -76,7 +77,9 @@ type SyncStats struct {
 	Rules                                     int
 	SetsAdded, SetsDeleted                    int
 	ElementsAdded, ElementsDeleted            int
-	Duration                                  time.Duration
+	// Duration is the whole Sync; Commit the part spent waiting for the kernel to apply the
+	// transaction (inside sendmsg and until its acknowledgement), the rest is the agent's own.
+	Duration, Commit time.Duration
 }
 
 // Proxier is the nftables proxy mode. It is safe for concurrent use.
@@ -132,7 +135,7 @@ func New(opts Options) (*Proxier, error) {
 	}
 	p.sock = sock
 	for _, f := range p.fams {
-		p.tables[f] = newProgrammed()
+		p.tables[f] = newProgrammed(f)
 	}
 	return p, nil
 }
@@ -236,7 +239,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	for _, f := range p.fams {
 		t := p.tables[f]
 		if rebuild {
-			t = newProgrammed()
+			t = newProgrammed(f)
 			p.tables[f] = t
 			b.addTable(f)
 			b.delTable(f)
@@ -244,7 +247,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 		}
 		stats.Services += t.sync(b, &counts, st, ch, f, full)
 	}
+	commit := time.Now()
 	err := p.sock.send(b)
+	stats.Commit = time.Since(commit)
 	p.sock.seq = b.seq
 	if err != nil {
 		// The transaction was not committed, but our record of the tables already moved on:
@@ -261,7 +266,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	stats.Duration = time.Since(start)
 	p.last = stats
 	p.log.Debug("synced nftables", "full", full, "rebuilt", rebuild, "services", stats.Services,
-		"messages", stats.Messages, "bytes", stats.Bytes, "duration", stats.Duration)
+		"messages", stats.Messages, "bytes", stats.Bytes, "duration", stats.Duration, "commit", stats.Commit)
 	if p.conntrack != nil {
 		if err := p.conntrack.Clean(st); err != nil {
 			p.log.Warn("clearing stale conntrack entries failed", "err", err)
@@ -301,22 +306,38 @@ func (p *Proxier) checkDrift() string {
 	return ""
 }
 
-// elemID names one element of one set or map.
+// elemID names one element of one set or map (builders use it to deduplicate).
 type elemID struct {
 	set string
 	key elemKey
 }
 
-// elemState is a programmed element: how many fragments want it, and its value.
-type elemState struct {
-	refs int
-	val  elemValue
+// ekey is an element's identity in the programmed record: its set's index in the record's set
+// table and its key, packed without pointers. A table of 25,000 services holds 300,000 of
+// them; pointer-free keys and values keep that map small and cost the garbage collector
+// nothing to scan.
+type ekey struct {
+	set   uint16
+	proto uint8
+	port  uint16
+	slot  uint32
+	addr  [16]byte // As16 of the key's address; the hairpin set's two addresses are the same
 }
 
-// elemValue is an element's value: a verdict (verdict maps) or an endpoint (endpoint maps).
-type elemValue struct {
-	verdict verdict
-	to      netip.AddrPort
+// estate is a programmed element of a plain set or an endpoint map: how many fragments want
+// it, and the endpoint (endpoint maps).
+type estate struct {
+	refs   int32
+	toPort uint16
+	to     [16]byte
+}
+
+// vstate is a programmed element of a verdict map: how many fragments want it and its verdict.
+// Few elements are in verdict maps (services without endpoints, with chains of their own or
+// source ranges), so this map may hold the chain's name.
+type vstate struct {
+	refs int32
+	val  verdict
 }
 
 // chainState is a programmed chain: its rules' fingerprint ("" once flushed).
@@ -324,26 +345,37 @@ type chainState struct {
 	fingerprint string
 }
 
-// programmed is what we believe one family's table holds.
+// programmed is what we believe one family's table holds. Per service it keeps a copy of the
+// ServicePort it last programmed, not what that produced: a service's fragment is built again
+// when the service changes, which costs far less than keeping 25,000 fragments around.
 type programmed struct {
+	f           *family
 	sets        map[string]*set
 	chains      map[string]chainState
 	staleChains map[string]bool // flushed, to be deleted by a later sync
 	staleSets   map[string]bool
-	elems       map[elemID]*elemState
+	setIDs      map[string]uint16 // element sets by name, for ekey
+	setInfo     []setInfo         // by ekey.set
+	elems       map[ekey]estate
+	verdicts    map[ekey]vstate
 	base        *fragment
-	owners      map[proxier.ServicePortName]*fragment
-	byName      map[types.NamespacedName][]proxier.ServicePortName
-	countRefs   map[int]int // endpoint count -> service port fragments using it
+	// ports holds, per service, copies of its ports of this family as last programmed.
+	ports     map[types.NamespacedName][]proxier.ServicePort
+	countRefs map[int]int // endpoint count -> service port fragments using it
 }
 
-func newProgrammed() *programmed {
+// setInfo is what the record needs to turn an ekey back into an element.
+type setInfo struct {
+	name  string
+	isMap bool
+}
+
+func newProgrammed(f *family) *programmed {
 	return &programmed{
-		sets: map[string]*set{}, chains: map[string]chainState{},
+		f: f, sets: map[string]*set{}, chains: map[string]chainState{},
 		staleChains: map[string]bool{}, staleSets: map[string]bool{},
-		elems: map[elemID]*elemState{}, owners: map[proxier.ServicePortName]*fragment{},
-		byName:    map[types.NamespacedName][]proxier.ServicePortName{},
-		countRefs: map[int]int{},
+		setIDs: map[string]uint16{}, elems: map[ekey]estate{}, verdicts: map[ekey]vstate{},
+		ports: map[types.NamespacedName][]proxier.ServicePort{}, countRefs: map[int]int{},
 	}
 }
 
@@ -351,73 +383,181 @@ func newProgrammed() *programmed {
 // not count).
 func (t *programmed) objects() int { return len(t.chains) + len(t.sets) }
 
+// setID returns the index of the set called name, adding it to the table on first use. Set
+// names are few (fixed ones and one per endpoint count), so the table never shrinks.
+func (t *programmed) setID(name string) uint16 {
+	if id, ok := t.setIDs[name]; ok {
+		return id
+	}
+	id := uint16(len(t.setInfo))
+	t.setIDs[name] = id
+	t.setInfo = append(t.setInfo, setInfo{name: name, isMap: verdictMaps[name]})
+	return id
+}
+
+// packer turns elements into ekeys; it remembers the last set, since a fragment's elements
+// come in runs of one set.
+type packer struct {
+	t    *programmed
+	name string
+	id   uint16
+}
+
+func (p *packer) key(e *element) ekey {
+	if e.set != p.name || p.name == "" {
+		p.name, p.id = e.set, p.t.setID(e.set)
+	}
+	k := ekey{set: p.id, proto: e.key.proto, port: e.key.port, slot: e.key.slot}
+	if e.key.addr.IsValid() {
+		k.addr = e.key.addr.As16()
+	}
+	return k
+}
+
+// element turns an ekey back into an element, with the value it has now (if any).
+func (t *programmed) element(k ekey) element {
+	info := t.setInfo[k.set]
+	e := element{set: info.name, key: elemKey{proto: k.proto, port: k.port, slot: k.slot, addr: t.addr(k.addr)}}
+	if info.isMap {
+		e.val = t.verdicts[k].val
+	} else if es, ok := t.elems[k]; ok && es.toPort != 0 {
+		e.to = netip.AddrPortFrom(t.addr(es.to), es.toPort)
+	}
+	return e
+}
+
+// addr undoes As16 for the record's family; the zero array is "no address".
+func (t *programmed) addr(a [16]byte) netip.Addr {
+	if a == ([16]byte{}) {
+		return netip.Addr{}
+	}
+	if t.f.addrLen == 4 {
+		return netip.AddrFrom4([4]byte(a[12:]))
+	}
+	return netip.AddrFrom16(a)
+}
+
 // plan collects one family's changes in the order the transaction needs them.
 type plan struct {
 	newSets   []*set
 	newChains []*chain
 	flush     []string
 	rules     []*chain
-	touched   map[elemID]elemBefore
-	// fresh: the table starts empty (a rebuild), so every element is an addition; added lists
-	// them in order without the bookkeeping of touched, which costs most of a first sync.
+	touched   map[ekey]elemBefore
+	// fresh: the table starts empty (a rebuild), so every element is an addition; added holds
+	// them by set, in order, without the bookkeeping of touched.
 	fresh bool
-	added []elemID
+	added map[uint16][]element
+	pack  packer
 }
 
+// elemBefore is an element's state before the sync touched it.
 type elemBefore struct {
 	present bool
-	val     elemValue
+	es      estate
+	val     verdict
+}
+
+// portsOf returns the ports of service n of family pf in st. The model sorts st.Services by
+// service name, so a binary search finds them; a state that is not sorted (hand-made, in tests)
+// still works, through a scan when the search misses.
+func portsOf(st *proxier.State, n types.NamespacedName, pf proxier.Family) []*proxier.ServicePort {
+	cmpName := func(sp *proxier.ServicePort, n types.NamespacedName) int {
+		if c := cmp.Compare(sp.Name.Namespace, n.Namespace); c != 0 {
+			return c
+		}
+		return cmp.Compare(sp.Name.Name, n.Name)
+	}
+	svcs := st.Services
+	i, found := slices.BinarySearchFunc(svcs, n, cmpName)
+	if !found {
+		i = slices.IndexFunc(svcs, func(sp *proxier.ServicePort) bool { return sp.Name.NamespacedName == n })
+		if i < 0 {
+			return nil
+		}
+	}
+	for i > 0 && svcs[i-1].Name.NamespacedName == n {
+		i--
+	}
+	var out []*proxier.ServicePort
+	for ; i < len(svcs) && svcs[i].Name.NamespacedName == n; i++ {
+		if svcs[i].Name.Family == pf {
+			out = append(out, svcs[i])
+		}
+	}
+	return out
 }
 
 // sync diffs the wanted fragments against the programmed ones and appends the difference to b.
 // It returns how many service ports it compared.
 func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
-	pl := &plan{touched: map[elemID]elemBefore{}, fresh: len(t.elems) == 0}
+	pl := &plan{fresh: len(t.elems) == 0 && len(t.verdicts) == 0, pack: packer{t: t}}
+	if pl.fresh {
+		pl.added = map[uint16][]element{}
+	} else {
+		pl.touched = map[ekey]elemBefore{}
+	}
 	// Objects flushed by an earlier sync are deleted at the end of this one, unless reused.
 	deleteChains, deleteSets := t.staleChains, t.staleSets
 	t.staleChains, t.staleSets = map[string]bool{}, map[string]bool{}
 
 	compared := 0
-	seen := map[proxier.ServicePortName]bool{}
-	for _, sp := range st.Services {
-		if sp.Name.Family != f.pf || !(full || ch.Services[sp.Name.NamespacedName]) {
-			continue
+	// syncService brings service n's ports from what t.ports holds to nu (state order).
+	syncService := func(n types.NamespacedName, nu []*proxier.ServicePort) {
+		old := t.ports[n]
+		var rec []proxier.ServicePort
+		if len(nu) > 0 {
+			rec = make([]proxier.ServicePort, 0, len(nu))
 		}
-		seen[sp.Name] = true
-		compared++
-		nf := buildService(st, f, sp)
-		t.diffService(pl, f, t.owners[sp.Name], nf, deleteChains, deleteSets)
-		if _, ok := t.owners[sp.Name]; !ok {
-			t.byName[sp.Name.NamespacedName] = append(t.byName[sp.Name.NamespacedName], sp.Name)
+		for _, sp := range nu {
+			compared++
+			var was *proxier.ServicePort
+			for i := range old {
+				if old[i].Name == sp.Name {
+					was = &old[i]
+					break
+				}
+			}
+			t.diffService(pl, st, was, sp, deleteChains, deleteSets)
+			rec = append(rec, *sp)
 		}
-		t.owners[sp.Name] = nf
+		for i := range old {
+			if !slices.ContainsFunc(nu, func(sp *proxier.ServicePort) bool { return sp.Name == old[i].Name }) {
+				t.diffService(pl, st, &old[i], nil, deleteChains, deleteSets)
+			}
+		}
+		if len(rec) == 0 {
+			delete(t.ports, n)
+		} else {
+			t.ports[n] = rec
+		}
 	}
-	// Service ports that are gone.
-	var gone []types.NamespacedName
 	if full {
-		for n := range t.byName {
-			gone = append(gone, n)
+		// Every service, in state order; a map rather than runs of equal names, so that a
+		// hand-made state that is not sorted works too.
+		var names []types.NamespacedName
+		wanted := make(map[types.NamespacedName][]*proxier.ServicePort, len(t.ports))
+		for _, sp := range st.Services {
+			if sp.Name.Family != f.pf {
+				continue
+			}
+			n := sp.Name.NamespacedName
+			if _, ok := wanted[n]; !ok {
+				names = append(names, n)
+			}
+			wanted[n] = append(wanted[n], sp)
+		}
+		for _, n := range names {
+			syncService(n, wanted[n])
+		}
+		for n := range t.ports {
+			if _, ok := wanted[n]; !ok {
+				syncService(n, nil)
+			}
 		}
 	} else {
 		for n := range ch.Services {
-			gone = append(gone, n)
-		}
-	}
-	for _, n := range gone {
-		names := t.byName[n]
-		kept := names[:0]
-		for _, spn := range names {
-			if seen[spn] {
-				kept = append(kept, spn)
-				continue
-			}
-			t.diffService(pl, f, t.owners[spn], nil, deleteChains, deleteSets)
-			delete(t.owners, spn)
-		}
-		if len(kept) == 0 {
-			delete(t.byName, n)
-		} else {
-			t.byName[n] = kept
+			syncService(n, portsOf(st, n, f.pf))
 		}
 	}
 	// The base follows the endpoint counts in use. A new count, or one no longer used, costs a
@@ -474,22 +614,25 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 	return compared
 }
 
-// diffService is diff for a service port's fragments; it also keeps count of the endpoint
-// counts they use.
-func (t *programmed) diffService(pl *plan, f *family, old, nu *fragment, deleteChains, deleteSets map[string]bool) {
-	if old != nil {
+// diffService is diff for one service port, from what it programmed (was, nil if nothing) to
+// what it wants (sp, nil if nothing); it also keeps count of the endpoint counts they use.
+func (t *programmed) diffService(pl *plan, st *proxier.State, was, sp *proxier.ServicePort, deleteChains, deleteSets map[string]bool) {
+	var old, nu *fragment
+	if was != nil {
+		old = buildService(st, t.f, was)
 		for _, n := range old.counts {
 			if t.countRefs[n]--; t.countRefs[n] <= 0 {
 				delete(t.countRefs, n)
 			}
 		}
 	}
-	if nu != nil {
+	if sp != nil {
+		nu = buildService(st, t.f, sp)
 		for _, n := range nu.counts {
 			t.countRefs[n]++
 		}
 	}
-	t.diff(pl, f, old, nu, deleteChains, deleteSets)
+	t.diff(pl, t.f, old, nu, deleteChains, deleteSets)
 }
 
 // diff records what turning fragment old into nu needs (either may be nil) and updates t.
@@ -501,9 +644,7 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 	if nu != nil {
 		newFr = *nu
 	}
-	wantSet := map[string]bool{}
 	for _, s := range newFr.sets {
-		wantSet[s.name] = true
 		delete(deleteSets, s.name)
 		if _, ok := t.sets[s.name]; !ok {
 			t.sets[s.name] = s
@@ -511,14 +652,12 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 		}
 	}
 	for _, s := range oldFr.sets {
-		if !wantSet[s.name] {
+		if !slices.ContainsFunc(newFr.sets, func(n *set) bool { return n.name == s.name }) {
 			t.staleSets[s.name] = true
 		}
 	}
 
-	wantChain := map[string]bool{}
 	for _, c := range newFr.chains {
-		wantChain[c.name] = true
 		fp := c.fingerprint(f)
 		cs, exists := t.chains[c.name]
 		switch {
@@ -537,7 +676,7 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 		pl.rules = append(pl.rules, c)
 	}
 	for _, c := range oldFr.chains {
-		if wantChain[c.name] {
+		if newFr.chain(c.name) != nil {
 			continue
 		}
 		if _, ok := t.chains[c.name]; ok && !t.staleChains[c.name] {
@@ -547,77 +686,139 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 		}
 	}
 
-	for _, e := range oldFr.elems {
-		id := elemID{set: e.set, key: e.key}
-		es := t.elems[id]
-		if es == nil {
-			continue
-		}
-		pl.touch(id, es)
-		if es.refs--; es.refs == 0 {
-			delete(t.elems, id)
-		}
+	for i := range oldFr.elems {
+		t.release(pl, &oldFr.elems[i])
 	}
-	for _, e := range newFr.elems {
-		id := elemID{set: e.set, key: e.key}
-		es := t.elems[id]
-		pl.touch(id, es)
-		if es == nil {
-			es = &elemState{}
-			t.elems[id] = es
-		}
-		es.refs++
-		es.val = elemValue{verdict: e.val, to: e.to}
+	for i := range newFr.elems {
+		t.want(pl, &newFr.elems[i])
 	}
 }
 
-func (pl *plan) touch(id elemID, es *elemState) {
-	if pl.fresh {
-		if es == nil {
-			pl.added = append(pl.added, id)
+// release drops one fragment's claim on an element.
+func (t *programmed) release(pl *plan, e *element) {
+	k := pl.pack.key(e)
+	if t.setInfo[k.set].isMap {
+		vs, ok := t.verdicts[k]
+		if !ok {
+			return
+		}
+		pl.touch(k, true, estate{}, vs.val)
+		if vs.refs--; vs.refs <= 0 {
+			delete(t.verdicts, k)
+		} else {
+			t.verdicts[k] = vs
 		}
 		return
 	}
-	if _, ok := pl.touched[id]; ok {
+	es, ok := t.elems[k]
+	if !ok {
 		return
 	}
-	if es == nil {
-		pl.touched[id] = elemBefore{}
+	pl.touch(k, true, es, verdict{})
+	if es.refs--; es.refs <= 0 {
+		delete(t.elems, k)
 	} else {
-		pl.touched[id] = elemBefore{present: true, val: es.val}
+		t.elems[k] = es
 	}
+}
+
+// want records one fragment's claim on an element; the last claim sets its value (the first,
+// when the table is built from scratch; only an invalid state has two values for one key).
+func (t *programmed) want(pl *plan, e *element) {
+	k := pl.pack.key(e)
+	if pl.fresh {
+		t.wantFresh(pl, k, e)
+		return
+	}
+	if t.setInfo[k.set].isMap {
+		vs, ok := t.verdicts[k]
+		pl.touch(k, ok, estate{}, vs.val)
+		vs.refs++
+		vs.val = e.val
+		t.verdicts[k] = vs
+		return
+	}
+	es, ok := t.elems[k]
+	pl.touch(k, ok, es, verdict{})
+	es.refs++
+	if e.to.IsValid() {
+		es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
+	}
+	t.elems[k] = es
+}
+
+// wantFresh is want for a table built from scratch: the element goes straight into the
+// additions, with no second look at the record.
+func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
+	if t.setInfo[k.set].isMap {
+		if vs, ok := t.verdicts[k]; ok {
+			vs.refs++
+			t.verdicts[k] = vs
+			return
+		}
+		t.verdicts[k] = vstate{refs: 1, val: e.val}
+	} else {
+		if es, ok := t.elems[k]; ok {
+			es.refs++
+			t.elems[k] = es
+			return
+		}
+		es := estate{refs: 1}
+		if e.to.IsValid() {
+			es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
+		}
+		t.elems[k] = es
+	}
+	pl.added[k.set] = append(pl.added[k.set], *e)
+}
+
+func (pl *plan) touch(k ekey, present bool, es estate, val verdict) {
+	if pl.fresh {
+		return // a fresh table releases nothing
+	}
+	if _, ok := pl.touched[k]; ok {
+		return
+	}
+	pl.touched[k] = elemBefore{present: present, es: es, val: val}
 }
 
 // elementChanges turns the touched elements into per-set additions and deletions.
 func (t *programmed) elementChanges(pl *plan) (adds, dels map[string][]element) {
 	adds, dels = map[string][]element{}, map[string][]element{}
-	if len(pl.added) > 0 {
-		sizes := map[string]int{}
-		for _, id := range pl.added {
-			sizes[id.set]++
-		}
-		for set, n := range sizes {
-			adds[set] = make([]element, 0, n)
-		}
+	for id, es := range pl.added {
+		adds[t.setInfo[id].name] = es
 	}
-	for _, id := range pl.added {
-		if now := t.elems[id]; now != nil {
-			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
-		}
-	}
-	for id, before := range pl.touched {
-		now := t.elems[id]
+	for k, before := range pl.touched {
+		now := t.present(k)
+		name := t.setInfo[k.set].name
 		switch {
-		case now == nil && before.present:
-			dels[id.set] = append(dels[id.set], element{set: id.set, key: id.key})
-		case now != nil && !before.present:
-			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
-		case now != nil && now.val != before.val:
-			dels[id.set] = append(dels[id.set], element{set: id.set, key: id.key})
-			adds[id.set] = append(adds[id.set], element{set: id.set, key: id.key, val: now.val.verdict, to: now.val.to})
+		case !now && before.present:
+			dels[name] = append(dels[name], t.element(k))
+		case now && !before.present:
+			adds[name] = append(adds[name], t.element(k))
+		case now && t.changedValue(k, before):
+			dels[name] = append(dels[name], t.element(k))
+			adds[name] = append(adds[name], t.element(k))
 		}
 	}
 	return adds, dels
+}
+
+func (t *programmed) present(k ekey) bool {
+	if t.setInfo[k.set].isMap {
+		_, ok := t.verdicts[k]
+		return ok
+	}
+	_, ok := t.elems[k]
+	return ok
+}
+
+func (t *programmed) changedValue(k ekey, before elemBefore) bool {
+	if t.setInfo[k.set].isMap {
+		return t.verdicts[k].val != before.val
+	}
+	now := t.elems[k]
+	return now.to != before.es.to || now.toPort != before.es.toPort
 }
 
 func sortedSets(sets map[string]*set, m map[string][]element) []string {

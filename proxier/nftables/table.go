@@ -89,10 +89,10 @@ type set struct {
 	comment   string
 }
 
-// elemKey is one element's key; which fields count depends on the set's kind.
+// elemKey is one element's key; which fields count depends on the set's kind. The one key of
+// two addresses (keyAddrAddr, the hairpin set) always holds the same address twice.
 type elemKey struct {
 	addr  netip.Addr
-	addr2 netip.Addr
 	proto uint8
 	port  uint16
 	slot  uint32 // numgen value, for the endpoint maps
@@ -601,7 +601,7 @@ func appendKey(b []byte, kind setKind, k elemKey) []byte {
 	case keyAddrAddr:
 		b = k.addr.AppendTo(b)
 		b = append(b, " . "...)
-		return k.addr2.AppendTo(b)
+		return k.addr.AppendTo(b)
 	case keyAddrProtoPort, keyAddrProtoPortSlot:
 		b = k.addr.AppendTo(b)
 		b = append(b, " . "...)
