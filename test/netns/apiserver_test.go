@@ -21,7 +21,7 @@ import (
 func testKubernetesAPI(t *testing.T, m mode) {
 	begin := time.Now()
 	e := newEnv(t, m, setup{pods: demoappPods, agents: []int{}})
-	cp := kube.StartTest(t, kube.Options{NetNS: e.Router, Address: RouterAddr})
+	cp := kube.StartTest(t, kube.Options{NetNS: e.Router, Address: RouterAddr, StartTimeout: Scaled(2 * time.Minute)})
 	ctx := t.Context()
 	_, kubeconfig, err := cp.AgentConfig(ctx)
 	if err != nil {
