@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -330,7 +331,7 @@ func (b *batch) verdictData(v verdict) {
 
 // appendKeyBytes encodes an element key: fields in network order, each padded to 4 bytes.
 func appendKeyBytes(dst []byte, kind setKind, k elemKey) []byte {
-	padAddr := func(a netip.Addr) { dst = append(dst, a.AsSlice()...) }
+	padAddr := func(a netip.Addr) { dst = appendAddr(dst, a) }
 	switch kind {
 	case keyAddr:
 		padAddr(k.addr)
@@ -358,18 +359,31 @@ func appendKeyBytes(dst []byte, kind setKind, k elemKey) []byte {
 	return dst
 }
 
+// appendAddr appends a's bytes (4 or 16) without the allocation of AsSlice: a first sync
+// encodes half a million addresses.
+func appendAddr(dst []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		b := a.As4()
+		return append(dst, b[:]...)
+	}
+	b := a.As16()
+	return append(dst, b[:]...)
+}
+
 // endpointData is an endpoint map's value: address, then port in network order padded to 4.
 func (b *batch) endpointData(to netip.AddrPort) {
 	d := b.nest(unix.NFTA_SET_ELEM_DATA)
-	v := to.Addr().AsSlice()
+	var buf [20]byte
+	v := appendAddr(buf[:0], to.Addr())
 	v = binary.BigEndian.AppendUint16(v, to.Port())
 	b.attr(unix.NFTA_DATA_VALUE, append(v, 0, 0))
 	b.endNest(d)
 }
 
-// elements adds (del false) or deletes (del true) elements of one named set or map. An element
-// list is one netlink attribute, limited to 64 KiB, so long lists take several messages.
-func (b *batch) elements(f *family, s *set, elems []element, del bool) {
+// elements adds (del false) or deletes (del true) n elements of one named set or map, element
+// i being at(i). An element list is one netlink attribute, limited to 64 KiB, so long lists
+// take several messages.
+func (b *batch) elements(f *family, s *set, n int, at func(i int) element, del bool) {
 	msg := uint16(unix.NFT_MSG_NEWSETELEM)
 	var flags uint16 = unix.NLM_F_CREATE
 	if del {
@@ -377,7 +391,11 @@ func (b *batch) elements(f *family, s *set, elems []element, del bool) {
 	}
 	var key []byte
 	m, list := -1, 0
-	for _, el := range elems {
+	// Room for all of them at once (an endpoint map's element is about 56 bytes), rather than
+	// growing a buffer of many megabytes step by step.
+	b.buf = slices.Grow(b.buf, n*60+n/600*64)
+	for i := range n {
+		el := at(i)
 		if m < 0 {
 			m = b.nftMsg(msg, flags, f.nfproto, s.name)
 			b.attrString(unix.NFTA_SET_ELEM_LIST_TABLE, tableName)

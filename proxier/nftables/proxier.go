@@ -414,18 +414,6 @@ func (p *packer) key(e *element) ekey {
 	return k
 }
 
-// element turns an ekey back into an element, with the value it has now (if any).
-func (t *programmed) element(k ekey) element {
-	info := t.setInfo[k.set]
-	e := element{set: info.name, key: elemKey{proto: k.proto, port: k.port, slot: k.slot, addr: t.addr(k.addr)}}
-	if info.isMap {
-		e.val = t.verdicts[k].val
-	} else if es, ok := t.elems[k]; ok && es.toPort != 0 {
-		e.to = netip.AddrPortFrom(t.addr(es.to), es.toPort)
-	}
-	return e
-}
-
 // addr undoes As16 for the record's family; the zero array is "no address".
 func (t *programmed) addr(a [16]byte) netip.Addr {
 	if a == ([16]byte{}) {
@@ -446,9 +434,9 @@ type plan struct {
 	touched   map[ekey]elemBefore
 	// fresh: the table starts empty (a rebuild), so every element is an addition; added holds
 	// them by set, in order, without the bookkeeping of touched.
-	fresh bool
-	added map[uint16][]element
-	pack  packer
+	fresh   bool
+	pack    packer
+	scratch [2]fragment // reused by diffService for the old and the new fragment
 }
 
 // elemBefore is an element's state before the sync touched it.
@@ -492,10 +480,17 @@ func portsOf(st *proxier.State, n types.NamespacedName, pf proxier.Family) []*pr
 // It returns how many service ports it compared.
 func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
 	pl := &plan{fresh: len(t.elems) == 0 && len(t.verdicts) == 0, pack: packer{t: t}}
-	if pl.fresh {
-		pl.added = map[uint16][]element{}
-	} else {
+	if !pl.fresh {
 		pl.touched = map[ekey]elemBefore{}
+	} else if full {
+		// Room for every element at once: about the endpoints plus two per service port.
+		n := 0
+		for _, sp := range st.Services {
+			if sp.Name.Family == f.pf {
+				n += 2 + len(sp.ClusterEndpoints)*(1+len(sp.ExternalIPs)+len(sp.LoadBalancerIPs))
+			}
+		}
+		t.elems = make(map[ekey]estate, n)
 	}
 	// Objects flushed by an earlier sync are deleted at the end of this one, unless reused.
 	deleteChains, deleteSets := t.staleChains, t.staleSets
@@ -587,9 +582,10 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 		counts.chainsFlushed++
 	}
 	adds, dels := t.elementChanges(pl)
-	for _, s := range sortedSets(t.sets, dels) {
-		b.elements(f, t.sets[s], dels[s], true)
-		counts.elemsDeleted += len(dels[s])
+	for _, id := range t.sortedSets(dels) {
+		ps := dels[id]
+		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, true)
+		counts.elemsDeleted += len(ps)
 	}
 	for _, c := range pl.rules {
 		for _, r := range c.rules {
@@ -597,9 +593,10 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 			counts.rules++
 		}
 	}
-	for _, s := range sortedSets(t.sets, adds) {
-		b.elements(f, t.sets[s], adds[s], false)
-		counts.elemsAdded += len(adds[s])
+	for _, id := range t.sortedSets(adds) {
+		ps := adds[id]
+		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, false)
+		counts.elemsAdded += len(ps)
 	}
 	for name := range deleteChains {
 		b.delChain(f, name)
@@ -619,7 +616,7 @@ func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch p
 func (t *programmed) diffService(pl *plan, st *proxier.State, was, sp *proxier.ServicePort, deleteChains, deleteSets map[string]bool) {
 	var old, nu *fragment
 	if was != nil {
-		old = buildService(st, t.f, was)
+		old = buildService(st, t.f, was, &pl.scratch[0])
 		for _, n := range old.counts {
 			if t.countRefs[n]--; t.countRefs[n] <= 0 {
 				delete(t.countRefs, n)
@@ -627,7 +624,7 @@ func (t *programmed) diffService(pl *plan, st *proxier.State, was, sp *proxier.S
 		}
 	}
 	if sp != nil {
-		nu = buildService(st, t.f, sp)
+		nu = buildService(st, t.f, sp, &pl.scratch[1])
 		for _, n := range nu.counts {
 			t.countRefs[n]++
 		}
@@ -747,8 +744,8 @@ func (t *programmed) want(pl *plan, e *element) {
 	t.elems[k] = es
 }
 
-// wantFresh is want for a table built from scratch: the element goes straight into the
-// additions, with no second look at the record.
+// wantFresh is want for a table built from scratch: every element recorded is an addition,
+// and elementChanges takes them from the record, without the bookkeeping of touched.
 func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
 	if t.setInfo[k.set].isMap {
 		if vs, ok := t.verdicts[k]; ok {
@@ -769,7 +766,6 @@ func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
 		}
 		t.elems[k] = es
 	}
-	pl.added[k.set] = append(pl.added[k.set], *e)
 }
 
 func (pl *plan) touch(k ekey, present bool, es estate, val verdict) {
@@ -782,23 +778,62 @@ func (pl *plan) touch(k ekey, present bool, es estate, val verdict) {
 	pl.touched[k] = elemBefore{present: present, es: es, val: val}
 }
 
-// elementChanges turns the touched elements into per-set additions and deletions.
-func (t *programmed) elementChanges(pl *plan) (adds, dels map[string][]element) {
-	adds, dels = map[string][]element{}, map[string][]element{}
-	for id, es := range pl.added {
-		adds[t.setInfo[id].name] = es
+// pending is an element to send, without pointers (a first sync holds 300,000 of them): its
+// key and, for plain sets and endpoint maps, its value. Verdicts are looked up when sent.
+type pending struct {
+	k  ekey
+	es estate
+}
+
+// toElement turns a pending element into what the batch encodes.
+func (t *programmed) toElement(p pending) element {
+	info := t.setInfo[p.k.set]
+	e := element{set: info.name, key: elemKey{proto: p.k.proto, port: p.k.port, slot: p.k.slot, addr: t.addr(p.k.addr)}}
+	if info.isMap {
+		e.val = t.verdicts[p.k].val
+	} else if p.es.toPort != 0 {
+		e.to = netip.AddrPortFrom(t.addr(p.es.to), p.es.toPort)
 	}
+	return e
+}
+
+// elementChanges turns the touched elements into per-set additions and deletions.
+func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) {
+	if pl.fresh {
+		// Everything recorded is new: count per set, then fill lists of exactly that size.
+		sizes := make([]int, len(t.setInfo))
+		for k := range t.elems {
+			sizes[k.set]++
+		}
+		for k := range t.verdicts {
+			sizes[k.set]++
+		}
+		adds = make(map[uint16][]pending, len(sizes))
+		for id, n := range sizes {
+			if n > 0 {
+				adds[uint16(id)] = make([]pending, 0, n)
+			}
+		}
+		for k, es := range t.elems {
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
+		}
+		for k := range t.verdicts {
+			adds[k.set] = append(adds[k.set], pending{k: k})
+		}
+		return adds, nil
+	}
+	adds, dels = map[uint16][]pending{}, map[uint16][]pending{}
 	for k, before := range pl.touched {
 		now := t.present(k)
-		name := t.setInfo[k.set].name
+		es := t.elems[k]
 		switch {
 		case !now && before.present:
-			dels[name] = append(dels[name], t.element(k))
+			dels[k.set] = append(dels[k.set], pending{k: k})
 		case now && !before.present:
-			adds[name] = append(adds[name], t.element(k))
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
 		case now && t.changedValue(k, before):
-			dels[name] = append(dels[name], t.element(k))
-			adds[name] = append(adds[name], t.element(k))
+			dels[k.set] = append(dels[k.set], pending{k: k})
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
 		}
 	}
 	return adds, dels
@@ -821,13 +856,14 @@ func (t *programmed) changedValue(k ekey, before elemBefore) bool {
 	return now.to != before.es.to || now.toPort != before.es.toPort
 }
 
-func sortedSets(sets map[string]*set, m map[string][]element) []string {
-	out := make([]string, 0, len(m))
-	for name := range m {
-		if sets[name] != nil {
-			out = append(out, name)
+// sortedSets returns the ids in m of sets that exist, in name order.
+func (t *programmed) sortedSets(m map[uint16][]pending) []uint16 {
+	out := make([]uint16, 0, len(m))
+	for id := range m {
+		if t.sets[t.setInfo[id].name] != nil {
+			out = append(out, id)
 		}
 	}
-	slices.Sort(out)
+	slices.SortFunc(out, func(a, b uint16) int { return cmp.Compare(t.setInfo[a].name, t.setInfo[b].name) })
 	return out
 }

@@ -25,7 +25,7 @@ func buildTable(st *proxier.State, f *family) *desired {
 		if sp.Name.Family != f.pf {
 			continue
 		}
-		fr := buildService(st, f, sp)
+		fr := buildService(st, f, sp, nil)
 		counts = mergeCounts(counts, fr.counts)
 		d.frags = append(d.frags, fr)
 		d.owners = append(d.owners, sp.Name)
