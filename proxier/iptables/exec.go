@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"strings"
 
@@ -15,8 +16,10 @@ import (
 // Exec runs the bulk commands of one family: iptables-save / iptables-restore and their ip6tables
 // twins. Tests swap it to record the restore input or to run the commands in a lab namespace.
 type Exec interface {
-	// Run runs the command name with args, feeding it stdin, and returns its standard output.
-	Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error)
+	// Run runs the command name with args, feeding it stdin, and copies its standard output to
+	// stdout (nil: discarded; iptables-restore's output is never needed, and can be the whole
+	// table, see restoreInput.listAll).
+	Run(ctx context.Context, name string, args []string, stdin []byte, stdout io.Writer) error
 }
 
 // CommandExec runs commands with os/exec, each behind Prefix: empty for the agent's own network
@@ -28,18 +31,18 @@ type CommandExec struct {
 var _ Exec = CommandExec{}
 
 // Run implements Exec.
-func (c CommandExec) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+func (c CommandExec) Run(ctx context.Context, name string, args []string, stdin []byte, stdout io.Writer) error {
 	argv := append(append(append([]string(nil), c.Prefix...), name), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	return stdout.Bytes(), nil
+	return nil
 }
 
 // Rules is single-rule access to one family's built-in chains, for the jump rules into ours.

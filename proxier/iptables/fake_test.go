@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -79,6 +80,7 @@ func (k *fakeKernel) restore(input string) error {
 		words := splitWords(l)
 		switch {
 		case l == "" || strings.HasPrefix(l, "#"):
+		case l == "-S": // lists, changes nothing
 		case strings.HasPrefix(l, "*"):
 			table = l[1:]
 			work = map[string][]string{}
@@ -204,21 +206,22 @@ func (h *fakeHost) kernel(f proxier.Family) *fakeKernel {
 	return h.v4
 }
 
-func (h *fakeHost) Run(_ context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+func (h *fakeHost) Run(_ context.Context, name string, args []string, stdin []byte, stdout io.Writer) error {
 	k := h.v4
 	if strings.HasPrefix(name, "ip6tables") {
 		k = h.v6
 	}
 	switch {
 	case strings.HasSuffix(name, "-save") && len(args) == 2 && args[0] == "-t":
-		return []byte(k.save(args[1])), nil
+		_, err := io.WriteString(stdout, k.save(args[1]))
+		return err
 	case strings.HasSuffix(name, "-restore"):
 		if !slices.Contains(args, "--noflush") {
-			return nil, errors.New("restore without --noflush would flush foreign rules")
+			return errors.New("restore without --noflush would flush foreign rules")
 		}
-		return nil, k.restore(string(stdin))
+		return k.restore(string(stdin))
 	}
-	return nil, fmt.Errorf("fake host: unexpected command %s %v", name, args)
+	return fmt.Errorf("fake host: unexpected command %s %v", name, args)
 }
 
 func (h *fakeHost) options() Options {

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,13 +25,13 @@ type recordingExec struct {
 	restores []string
 }
 
-func (r *recordingExec) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+func (r *recordingExec) Run(ctx context.Context, name string, args []string, stdin []byte, stdout io.Writer) error {
 	if strings.HasSuffix(name, "-restore") {
 		r.mu.Lock()
 		r.restores = append(r.restores, string(stdin))
 		r.mu.Unlock()
 	}
-	return r.Exec.Run(ctx, name, args, stdin)
+	return r.Exec.Run(ctx, name, args, stdin, stdout)
 }
 
 func (r *recordingExec) last() string {
@@ -305,5 +306,55 @@ func TestKernelSync(t *testing.T) {
 		if !strings.Contains(after, l) {
 			t.Errorf("foreign rule %q lost; before:\n%s\nafter:\n%s", l, before, after)
 		}
+	}
+}
+
+// TestKernelLargeSync syncs enough services that the restore starts with -S (see chooseListAll)
+// into a fresh namespace, where the tables do not exist yet, then a partial change, a full resync
+// over the existing rules and a cleanup.
+func TestKernelLargeSync(t *testing.T) {
+	ns := newLabNS(t)
+	rec := &recordingExec{Exec: CommandExec{Prefix: []string{"ip", "netns", "exec", ns.name}}}
+	wrapper := ns.wrapper("iptables")
+	p, err := New(Options{
+		Families: []proxier.Family{proxier.IPv4},
+		Exec:     rec,
+		Rules:    func(f proxier.Family) (Rules, error) { return GoIPTables(f, wrapper) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st := scaleState(300, 10)
+	if err := p.Sync(ctx, st, proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rec.last(), "*nat\n-S\n") {
+		t.Fatal("first sync of 300 services does not list the nat table")
+	}
+	ns.checkSynced(st, proxier.IPv4)
+
+	sp := st.Services[3]
+	st.Services[3] = withEndpoints(sp, append(sp.AllEndpoints[2:], scaleEndpoint(9000))...)
+	if err := p.Sync(ctx, st, changes(sp.Name.NamespacedName.String())); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rec.last(), "\n-S\n") {
+		t.Errorf("partial sync lists the table")
+	}
+	ns.checkSynced(st, proxier.IPv4)
+
+	// A full resync over the existing table, with one service gone.
+	st.Services = st.Services[1:]
+	if err := p.Sync(ctx, st, proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	ns.checkSynced(st, proxier.IPv4)
+
+	if err := p.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out := ns.run("iptables-save"); strings.Contains(out, chainPrefix) {
+		t.Errorf("NA- rules left after cleanup")
 	}
 }

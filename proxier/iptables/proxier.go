@@ -11,6 +11,7 @@
 package iptables
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -67,8 +68,9 @@ type family struct {
 	needFull bool
 	// cache is the rendering of every service port as last programmed.
 	cache map[proxier.ServicePortName]*serviceRules
-	// written is every chain of ours as last programmed.
-	written map[chainID][]string
+	// written is every chain of ours as last programmed, ruleCounts their rules per table.
+	written    map[chainID][]string
+	ruleCounts map[string]int
 	// settings are the renderer settings cache was made with.
 	settings string
 	// lastWrite is the chains written by the last restore, for tests and debugging.
@@ -146,87 +148,146 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 		return fp.rulesErr
 	}
 	r := newRenderer(st, fp.family, fp.randomFully)
+	settings := r.settings()
 	// Cached renderings are only valid for the settings they were made with; a caller that
 	// changes node or config without Changes.Full still gets a full sync.
-	full := ch.Full || fp.needFull || r.settings() != fp.settings
+	full := ch.Full || fp.needFull || settings != fp.settings
 	sps := st.ForFamily(fp.family)
-	cache := make(map[proxier.ServicePortName]*serviceRules, len(sps))
 	rendered := make([]*serviceRules, len(sps))
-	changed := make([]bool, len(sps))
+	var changed []int // indexes of sps rendered anew
+	cached := 0       // service ports of sps found in fp.cache
 	for i, sp := range sps {
-		if c, ok := fp.cache[sp.Name]; ok && !full && !ch.Changed(sp.Name.NamespacedName) {
-			rendered[i] = c
-		} else {
-			rendered[i], changed[i] = r.service(sp), true
+		c, ok := fp.cache[sp.Name]
+		if ok {
+			cached++
 		}
-		cache[sp.Name] = rendered[i]
+		if ok && !full && !ch.Changed(sp.Name.NamespacedName) {
+			rendered[i] = c
+			continue
+		}
+		rendered[i] = r.service(sp)
+		changed = append(changed, i)
 	}
 	base := r.baseChains(rendered)
-	desired := make(map[chainID][]string, len(fp.written))
-	for _, c := range base {
-		desired[c.id] = c.rules
-	}
-	for _, s := range rendered {
-		for _, c := range s.own {
-			desired[c.id] = c.rules
-		}
-	}
-
-	in := &restoreInput{}
-	var kernel *saved
 	if full {
-		var err error
-		if kernel, err = p.save(ctx, fp.family); err != nil {
+		if err := p.syncFull(ctx, fp, sps, rendered, base); err != nil {
 			return err
 		}
-		if fp.written != nil {
-			p.reportDrift(fp, kernel)
+	} else if err := p.syncPartial(ctx, fp, sps, rendered, changed, cached, base); err != nil {
+		return err
+	}
+	fp.needFull, fp.settings = false, settings
+	return nil
+}
+
+// syncFull reads our chains from the kernel, rewrites every one of them, deletes those no longer
+// wanted and restores the jump rules.
+func (p *Proxier) syncFull(ctx context.Context, fp *family, sps []*proxier.ServicePort, rendered []*serviceRules, base []chain) error {
+	kernel, err := p.save(ctx, fp.family)
+	if err != nil {
+		return err
+	}
+	if fp.written != nil {
+		p.reportDrift(fp, kernel)
+	}
+	written := make(map[chainID][]string, len(kernel.chains)+len(base))
+	ruleCounts := map[string]int{}
+	in := &restoreInput{write: base}
+	for _, s := range rendered {
+		in.write = append(in.write, s.own...)
+	}
+	for _, c := range in.write {
+		written[c.id] = c.rules
+		ruleCounts[c.id.table] += len(c.rules)
+	}
+	for id := range kernel.chains {
+		if _, ok := written[id]; !ok {
+			in.remove = append(in.remove, id)
 		}
-		in.write = append(in.write, base...)
-		for _, s := range rendered {
-			in.write = append(in.write, s.own...)
+	}
+	slices.SortFunc(in.remove, compareIDs)
+	in.chooseListAll(kernel.ruleCounts())
+	fp.lastWrite = in.chainNames()
+	if err := p.restore(ctx, fp, in.bytes()); err != nil {
+		return err
+	}
+	if err := p.ensureJumps(fp, kernel); err != nil {
+		return err
+	}
+	cache := make(map[proxier.ServicePortName]*serviceRules, len(sps))
+	for i, sp := range sps {
+		cache[sp.Name] = rendered[i]
+	}
+	fp.written, fp.ruleCounts, fp.cache = written, ruleCounts, cache
+	return nil
+}
+
+// syncPartial writes the chains of the changed service ports and the dispatch chains whose
+// content changed, and deletes the chains no service port owns any more. Its work follows the
+// number of changed service ports, not of chains: the unchanged ones cost one map lookup.
+func (p *Proxier) syncPartial(ctx context.Context, fp *family, sps []*proxier.ServicePort, rendered []*serviceRules, changed []int, cached int, base []chain) error {
+	in := &restoreInput{}
+	for _, c := range base {
+		if old, ok := fp.written[c.id]; !ok || !slices.Equal(old, c.rules) {
+			in.write = append(in.write, c)
 		}
-		for id := range kernel.chains {
-			if _, ok := desired[id]; !ok {
-				in.remove = append(in.remove, id)
-			}
-		}
-	} else {
-		for _, c := range base {
+	}
+	owned := map[chainID]bool{}
+	var previous []*serviceRules // renderings replaced or gone
+	for _, i := range changed {
+		for _, c := range rendered[i].own {
+			owned[c.id] = true
 			if old, ok := fp.written[c.id]; !ok || !slices.Equal(old, c.rules) {
 				in.write = append(in.write, c)
 			}
 		}
-		for i, s := range rendered {
-			if !changed[i] {
-				continue
-			}
-			for _, c := range s.own {
-				if old, ok := fp.written[c.id]; !ok || !slices.Equal(old, c.rules) {
-					in.write = append(in.write, c)
-				}
+		if old, ok := fp.cache[sps[i].Name]; ok {
+			previous = append(previous, old)
+		}
+	}
+	var gone []proxier.ServicePortName
+	if cached != len(fp.cache) {
+		present := make(map[proxier.ServicePortName]bool, len(sps))
+		for _, sp := range sps {
+			present[sp.Name] = true
+		}
+		for n, old := range fp.cache {
+			if !present[n] {
+				gone = append(gone, n)
+				previous = append(previous, old)
 			}
 		}
-		for id := range fp.written {
-			if _, ok := desired[id]; !ok {
-				in.remove = append(in.remove, id)
+	}
+	for _, old := range previous {
+		for _, c := range old.own {
+			if _, ok := fp.written[c.id]; ok && !owned[c.id] {
+				in.remove = append(in.remove, c.id)
 			}
 		}
 	}
 	slices.SortFunc(in.remove, compareIDs)
-
+	in.remove = slices.Compact(in.remove)
+	in.chooseListAll(fp.ruleCounts)
 	fp.lastWrite = in.chainNames()
 	if !in.empty() {
 		if err := p.restore(ctx, fp, in.bytes()); err != nil {
 			return err
 		}
 	}
-	if full {
-		if err := p.ensureJumps(fp, kernel); err != nil {
-			return err
-		}
+	for _, c := range in.write {
+		fp.ruleCounts[c.id.table] += len(c.rules) - len(fp.written[c.id])
+		fp.written[c.id] = c.rules
 	}
-	fp.written, fp.cache, fp.needFull, fp.settings = desired, cache, false, r.settings()
+	for _, id := range in.remove {
+		fp.ruleCounts[id.table] -= len(fp.written[id])
+		delete(fp.written, id)
+	}
+	for _, i := range changed {
+		fp.cache[sps[i].Name] = rendered[i]
+	}
+	for _, n := range gone {
+		delete(fp.cache, n)
+	}
 	return nil
 }
 
@@ -289,12 +350,13 @@ func (p *Proxier) ensureJumps(fp *family, kernel *saved) error {
 
 func (p *Proxier) save(ctx context.Context, f proxier.Family) (*saved, error) {
 	s := newSaved()
+	var out bytes.Buffer
 	for _, table := range []string{tableFilter, tableNAT} {
-		out, err := p.exec.Run(ctx, binary(f, "-save"), []string{"-t", table}, nil)
-		if err != nil {
+		out.Reset()
+		if err := p.exec.Run(ctx, binary(f, "-save"), []string{"-t", table}, nil, &out); err != nil {
 			return nil, fmt.Errorf("read %s table: %w", table, err)
 		}
-		s.parse(out)
+		s.parse(out.Bytes())
 	}
 	return s, nil
 }
@@ -304,7 +366,7 @@ func (p *Proxier) restore(ctx context.Context, fp *family, input []byte) error {
 	if fp.wait {
 		args = append(args, "-w", "5")
 	}
-	if _, err := p.exec.Run(ctx, binary(fp.family, "-restore"), args, input); err != nil {
+	if err := p.exec.Run(ctx, binary(fp.family, "-restore"), args, input, nil); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	return nil
@@ -371,5 +433,6 @@ func (p *Proxier) cleanupFamily(ctx context.Context, fp *family) error {
 		return nil
 	}
 	slices.SortFunc(in.remove, compareIDs)
+	in.chooseListAll(kernel.ruleCounts())
 	return p.restore(ctx, fp, in.bytes())
 }

@@ -22,8 +22,22 @@ type chain struct {
 // unchanged service port's rules are reused between syncs.
 type serviceRules struct {
 	own      []chain
-	dispatch map[chainID][]string
+	dispatch [numDispatch][]string
 }
+
+// dispatch indexes the shared chains that service ports add rules to. An array rather than a map
+// keyed by chainID: every sync gathers these rules from every service port.
+type dispatch int
+
+const (
+	filterServices dispatch = iota
+	filterExternalServices
+	filterNodePorts
+	filterFirewall
+	natServices
+	natNodePorts
+	numDispatch
+)
 
 // renderer turns service ports of one family into rules.
 type renderer struct {
@@ -80,10 +94,9 @@ func probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
 
 // service renders one service port the way kube-proxy's iptables mode does.
 func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
-	out := &serviceRules{dispatch: map[chainID][]string{}}
-	add := func(table, name string, rules ...string) {
-		id := chainID{table, name}
-		out.dispatch[id] = append(out.dispatch[id], rules...)
+	out := &serviceRules{}
+	add := func(d dispatch, rules ...string) {
+		out.dispatch[d] = append(out.dispatch[d], rules...)
 	}
 
 	name := portName(sp.Name)
@@ -154,46 +167,46 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 
 	// Cluster IP.
 	if hasInternal {
-		add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" cluster IP"), pmatch, "-d", cip, "--dport", port, "-j", internalChain))
+		add(natServices, line("-A", servicesChain, comment(name+" cluster IP"), pmatch, "-d", cip, "--dport", port, "-j", internalChain))
 	} else {
-		add(tableFilter, servicesChain, line("-A", servicesChain, comment(internalFilterComment), pmatch, "-d", cip, "--dport", port, "-j", internalFilter))
+		add(filterServices, line("-A", servicesChain, comment(internalFilterComment), pmatch, "-d", cip, "--dport", port, "-j", internalFilter))
 	}
 	// External IPs.
 	for _, a := range sp.ExternalIPs {
 		if hasEndpoints {
-			add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" external IP"), pmatch, "-d", a.String(), "--dport", port, "-j", extChain))
+			add(natServices, line("-A", servicesChain, comment(name+" external IP"), pmatch, "-d", a.String(), "--dport", port, "-j", extChain))
 		}
 		if !hasExternal {
-			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
+			add(filterExternalServices, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
 		}
 	}
 	// Load-balancer IPs.
 	for _, a := range sp.LoadBalancerIPs {
 		if hasEndpoints {
-			add(tableNAT, servicesChain, line("-A", servicesChain, comment(name+" loadbalancer IP"), pmatch, "-d", a.String(), "--dport", port, "-j", lbChain))
+			add(natServices, line("-A", servicesChain, comment(name+" loadbalancer IP"), pmatch, "-d", a.String(), "--dport", port, "-j", lbChain))
 		}
 		if usesFW {
-			add(tableFilter, firewallChain, line("-A", firewallChain, comment(name+" traffic not accepted by "+fwChain), pmatch, "-d", a.String(), "--dport", port, "-j", "DROP"))
+			add(filterFirewall, line("-A", firewallChain, comment(name+" traffic not accepted by "+fwChain), pmatch, "-d", a.String(), "--dport", port, "-j", "DROP"))
 		}
 	}
 	if !hasExternal {
 		for _, a := range sp.LoadBalancerIPs {
-			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
+			add(filterExternalServices, line("-A", externalServicesChain, comment(externalFilterComment), pmatch, "-d", a.String(), "--dport", port, "-j", externalFilter))
 		}
 	}
 	// Node port. Like kube-proxy, loadBalancerSourceRanges do not apply to it.
 	if sp.NodePort != 0 {
 		np := strconv.Itoa(int(sp.NodePort))
 		if hasEndpoints {
-			add(tableNAT, nodePortsChain, line("-A", nodePortsChain, comment(name), pmatch, "--dport", np, "-j", extChain))
+			add(natNodePorts, line("-A", nodePortsChain, comment(name), pmatch, "--dport", np, "-j", extChain))
 		}
 		if !hasExternal {
-			add(tableFilter, externalServicesChain, line("-A", externalServicesChain, comment(externalFilterComment), "-m addrtype --dst-type LOCAL", pmatch, "--dport", np, "-j", externalFilter))
+			add(filterExternalServices, line("-A", externalServicesChain, comment(externalFilterComment), "-m addrtype --dst-type LOCAL", pmatch, "--dport", np, "-j", externalFilter))
 		}
 	}
 	// Health-check node port: accepted whatever the endpoints, so the load balancer can ask.
 	if sp.HealthCheckNodePort != 0 {
-		add(tableFilter, nodePortsChain, line("-A", nodePortsChain, comment(name+" health check node port"), "-m tcp -p tcp", "--dport", strconv.Itoa(int(sp.HealthCheckNodePort)), "-j ACCEPT"))
+		add(filterNodePorts, line("-A", nodePortsChain, comment(name+" health check node port"), "-m tcp -p tcp", "--dport", strconv.Itoa(int(sp.HealthCheckNodePort)), "-j ACCEPT"))
 	}
 
 	// Per-service chains, in the order kube-proxy creates them.
@@ -365,14 +378,13 @@ func union(a, b []proxier.Endpoint) []proxier.Endpoint {
 // baseChains assembles the shared chains of one family from the service ports' dispatch rules,
 // in state order, around the fixed rules kube-proxy writes.
 func (r *renderer) baseChains(services []*serviceRules) []chain {
-	collect := func(id chainID) []string {
-		var rs []string
-		for _, s := range services {
-			rs = append(rs, s.dispatch[id]...)
+	var collected [numDispatch][]string
+	for _, s := range services {
+		for d, rs := range s.dispatch {
+			collected[d] = append(collected[d], rs...)
 		}
-		return rs
 	}
-	natServices := collect(chainID{tableNAT, servicesChain})
+	dispatchNAT := collected[natServices]
 	// Node ports come last in NA-SERVICES, so a VIP that is also a local address is matched
 	// as a VIP first.
 	npComment := comment("nodeagent service nodeports; NOTE: this must be the last rule in this chain")
@@ -383,10 +395,10 @@ func (r *renderer) baseChains(services []*serviceRules) []chain {
 		}
 		// Node ports are not offered on loopback (kube-proxy's --iptables-localhost-nodeports=false;
 		// answering there needs route_localnet, which the agent does not set).
-		natServices = append(natServices, line("-A", servicesChain, npComment, "-m addrtype --dst-type LOCAL", "!", "-d", loopback, "-j", nodePortsChain))
+		dispatchNAT = append(dispatchNAT, line("-A", servicesChain, npComment, "-m addrtype --dst-type LOCAL", "!", "-d", loopback, "-j", nodePortsChain))
 	} else {
 		for _, a := range r.nodePortAddrs {
-			natServices = append(natServices, line("-A", servicesChain, npComment, "-d", a.String(), "-j", nodePortsChain))
+			dispatchNAT = append(dispatchNAT, line("-A", servicesChain, npComment, "-d", a.String(), "-j", nodePortsChain))
 		}
 	}
 	masq := line("-A", postroutingChain, comment("nodeagent service traffic requiring SNAT"), "-j MASQUERADE")
@@ -394,17 +406,17 @@ func (r *renderer) baseChains(services []*serviceRules) []chain {
 		masq += " --random-fully"
 	}
 	return []chain{
-		{chainID{tableFilter, servicesChain}, collect(chainID{tableFilter, servicesChain})},
-		{chainID{tableFilter, externalServicesChain}, collect(chainID{tableFilter, externalServicesChain})},
+		{chainID{tableFilter, servicesChain}, collected[filterServices]},
+		{chainID{tableFilter, externalServicesChain}, collected[filterExternalServices]},
 		{chainID{tableFilter, forwardChain}, []string{
 			line("-A", forwardChain, "-m conntrack --ctstate INVALID -j DROP"),
 			line("-A", forwardChain, comment("nodeagent forwarding rules"), "-m mark --mark", masqMark+"/"+masqMark, "-j ACCEPT"),
 			line("-A", forwardChain, comment("nodeagent forwarding conntrack rule"), "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
 		}},
-		{chainID{tableFilter, nodePortsChain}, collect(chainID{tableFilter, nodePortsChain})},
-		{chainID{tableFilter, firewallChain}, collect(chainID{tableFilter, firewallChain})},
-		{chainID{tableNAT, servicesChain}, natServices},
-		{chainID{tableNAT, nodePortsChain}, collect(chainID{tableNAT, nodePortsChain})},
+		{chainID{tableFilter, nodePortsChain}, collected[filterNodePorts]},
+		{chainID{tableFilter, firewallChain}, collected[filterFirewall]},
+		{chainID{tableNAT, servicesChain}, dispatchNAT},
+		{chainID{tableNAT, nodePortsChain}, collected[natNodePorts]},
 		{chainID{tableNAT, postroutingChain}, []string{
 			line("-A", postroutingChain, "-m mark ! --mark", masqMark+"/"+masqMark, "-j RETURN"),
 			// Clear the mark so a packet re-entering the stack is not masqueraded twice.
