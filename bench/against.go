@@ -172,6 +172,7 @@ type againstLab struct {
 	cp         *kube.ControlPlane
 	procs      []*process
 	observers  []*observer
+	clusterIPs []netip.Addr // of generated service i, as the API server allocated them
 }
 
 // side is one implementation under test.
@@ -236,8 +237,8 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 		return nil, err
 	}
 	// Both up and synced (empty) before the clock starts.
-	if err := l.waitAll(ctx, sides, time.Time{}, 2*time.Minute, func(s *side) (ChainRef, error) {
-		return ReadyChain(s.impl, l.mode)
+	if err := l.waitAll(ctx, sides, time.Time{}, 2*time.Minute, func(s *side) (Probe, error) {
+		return ReadyProbe(s.impl, l.mode)
 	}, nil); err != nil {
 		return nil, fmt.Errorf("proxies starting: %w", err)
 	}
@@ -339,13 +340,23 @@ func apiService(i int) *v1.Service {
 func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, sides []*side) error {
 	n, e := l.services, l.o.EndpointsPerService
 	last := Endpoints(n-1, e)
+	l.clusterIPs = make([]netip.Addr, n)
+	lastCreated := make(chan struct{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	waitErr := make(chan error, 1)
 	start := time.Now()
 	var lastWrite time.Time
 	var seen sync.Map
 	go func() {
-		waitErr <- l.waitAll(ctx, sides, start, l.o.CreateTimeout, func(s *side) (ChainRef, error) {
-			return EndpointChain(s.impl, l.mode, n-1, netip.AddrPortFrom(last[len(last)-1], 8080))
+		waitErr <- l.waitAll(ctx, sides, start, l.o.CreateTimeout, func(s *side) (Probe, error) {
+			// Known once the last service is written, which is before its slice is.
+			select {
+			case <-lastCreated:
+			case <-ctx.Done():
+				return Probe{}, ctx.Err()
+			}
+			return EndpointProbe(s.impl, l.mode, n-1, l.clusterIPs[n-1], e, netip.AddrPortFrom(last[len(last)-1], 8080))
 		}, func(s *side, t time.Time) { seen.Store(s, t) })
 	}()
 	err := func() error {
@@ -357,7 +368,7 @@ func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, 
 			go func() {
 				defer wg.Done()
 				for i := range work {
-					if err := createService(ctx, c, i, e); err != nil {
+					if err := l.createService(ctx, c, i, e); err != nil {
 						errs <- err
 						return
 					}
@@ -387,7 +398,7 @@ func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, 
 			return ctx.Err()
 		}
 		lastWrite = time.Now()
-		return createService(ctx, c, n-1, e)
+		return l.createService(ctx, c, n-1, e, lastCreated)
 	}()
 	if err != nil {
 		return fmt.Errorf("create objects: %w", err)
@@ -411,7 +422,9 @@ func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, 
 
 // createService creates generated service i and its slice, retrying what an overloaded API
 // server refuses for a while.
-func createService(ctx context.Context, c kubernetes.Interface, i, e int) error {
+// The cluster IP the API server gave it goes into l.clusterIPs, and service closes
+// whatever channels are given once it is known.
+func (l *againstLab) createService(ctx context.Context, c kubernetes.Interface, i, e int, service ...chan struct{}) error {
 	try := func(f func() error) error {
 		var err error
 		for attempt := range 8 {
@@ -427,10 +440,20 @@ func createService(ctx context.Context, c kubernetes.Interface, i, e int) error 
 		return err
 	}
 	if err := try(func() error {
-		_, err := c.CoreV1().Services(Namespace).Create(ctx, apiService(i), metav1.CreateOptions{})
+		svc, err := c.CoreV1().Services(Namespace).Create(ctx, apiService(i), metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			// A retried create that had gone through.
+			svc, err = c.CoreV1().Services(Namespace).Get(ctx, ServiceName(i), metav1.GetOptions{})
+		}
+		if err == nil {
+			l.clusterIPs[i], _ = netip.ParseAddr(svc.Spec.ClusterIP)
+		}
 		return err
 	}); err != nil {
 		return fmt.Errorf("service %s: %w", ServiceName(i), err)
+	}
+	for _, ch := range service {
+		close(ch)
 	}
 	if err := try(func() error {
 		_, err := c.DiscoveryV1().EndpointSlices(Namespace).Create(ctx, Slice(i, Endpoints(i, e)), metav1.CreateOptions{})
@@ -476,8 +499,8 @@ func (l *againstLab) measureChanges(ctx context.Context, c kubernetes.Interface,
 		waitErr := make(chan error, 1)
 		var mu sync.Mutex
 		go func() {
-			waitErr <- l.waitAll(ctx, sides, t0, l.o.ChangeTimeout, func(s *side) (ChainRef, error) {
-				return EndpointChain(s.impl, l.mode, i, ep)
+			waitErr <- l.waitAll(ctx, sides, t0, l.o.ChangeTimeout, func(s *side) (Probe, error) {
+				return EndpointProbe(s.impl, l.mode, i, l.clusterIPs[i], e, ep)
 			}, func(s *side, t time.Time) {
 				mu.Lock()
 				lat[s] = append(lat[s], t.Sub(t0))
@@ -553,15 +576,15 @@ func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceEvents, fun
 	return e, w.Stop, nil
 }
 
-// waitAll asks every side's observer for chain(side) and waits for all answers; seen gets each
+// waitAll asks every side's observer for probe(side) and waits for all answers; seen gets each
 // side's time. A zero since means no time is kept.
 func (l *againstLab) waitAll(ctx context.Context, sides []*side, since time.Time, timeout time.Duration,
-	chain func(*side) (ChainRef, error), seen func(*side, time.Time)) error {
+	probe func(*side) (Probe, error), seen func(*side, time.Time)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errs := make(chan error, len(sides))
 	for _, s := range sides {
-		ref, err := chain(s)
+		ref, err := probe(s)
 		if err != nil {
 			return err
 		}
@@ -585,7 +608,7 @@ func (l *againstLab) waitAll(ctx context.Context, sides []*side, since time.Time
 				if !s.proc.exited() {
 					msg = "still running"
 				}
-				errs <- fmt.Errorf("%s (%s): %s/%s not in the kernel after %v: %w", s.impl, msg, ref.Table, ref.Chain, timeout, ctx.Err())
+				errs <- fmt.Errorf("%s (%s): %s not in the kernel after %v: %w", s.impl, msg, ref, timeout, ctx.Err())
 			}
 		}()
 	}
@@ -809,8 +832,8 @@ func (o *observer) read(r io.Reader) {
 	}
 }
 
-// wait asks the observer to report when ref has a rule.
-func (o *observer) wait(ref ChainRef) (<-chan observation, error) {
+// wait asks the observer to report when ref holds.
+func (o *observer) wait(ref Probe) (<-chan observation, error) {
 	if o.p.exited() {
 		return nil, fmt.Errorf("kernel observer exited: %v", o.p.err)
 	}
@@ -820,7 +843,7 @@ func (o *observer) wait(ref ChainRef) (<-chan observation, error) {
 	ch := make(chan observation, 1)
 	o.pending[id] = ch
 	o.mu.Unlock()
-	if _, err := fmt.Fprintf(o.in, "%s %s %s\n", id, ref.Table, ref.Chain); err != nil {
+	if _, err := fmt.Fprintln(o.in, ref.request(id)); err != nil {
 		return nil, fmt.Errorf("ask kernel observer: %w", err)
 	}
 	return ch, nil

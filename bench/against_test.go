@@ -15,33 +15,45 @@ import (
 	"nodeagent/test/kube"
 )
 
-func TestEndpointChain(t *testing.T) {
+func TestEndpointProbe(t *testing.T) {
+	cip := netip.MustParseAddr("10.96.4.7")
 	ep := netip.MustParseAddrPort("10.128.0.5:8080")
 	other := netip.MustParseAddrPort("10.128.0.6:8080")
 	for _, impl := range []string{ImplNodeagent, ImplKubeProxy} {
 		for _, mode := range []string{"iptables", "nftables"} {
-			c, err := EndpointChain(impl, mode, 1, ep)
+			p, err := EndpointProbe(impl, mode, 1, cip, 3, ep)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c2, _ := EndpointChain(impl, mode, 1, other)
-			c3, _ := EndpointChain(impl, mode, 2, ep)
-			if c == c2 || c == c3 {
-				t.Errorf("%s %s: chains of different endpoints or services share the name %s", impl, mode, c.Chain)
+			p2, _ := EndpointProbe(impl, mode, 1, cip, 3, other)
+			p3, _ := EndpointProbe(impl, mode, 2, cip.Next(), 3, ep)
+			if p.request("1") == p2.request("1") || p.request("1") == p3.request("1") {
+				t.Errorf("%s %s: different endpoints or services probe alike: %s", impl, mode, p.request("1"))
 			}
-			if mode == "iptables" && (c.Table != "nat" || len(c.Chain) > 28) {
-				t.Errorf("%s iptables: %+v is not a valid nat chain", impl, c)
+			if mode == "iptables" && (p.Table != "nat" || len(p.Chain) > 28) {
+				t.Errorf("%s iptables: %+v is not a valid nat chain", impl, p)
 			}
-			if mode == "nftables" && !strings.HasSuffix(c.Chain, "-bench/svc-00001/tcp/http__10.128.0.5/8080") {
-				t.Errorf("%s nftables: chain %q does not end with the readable service port and endpoint", impl, c.Chain)
+			id, back, err := parseRequest(p.request("7"))
+			if err != nil || id != "7" || back.request("7") != p.request("7") {
+				t.Errorf("%s %s: request %q read back as %q, %+v, %v", impl, mode, p.request("7"), id, back, err)
 			}
-			if _, err := ReadyChain(impl, mode); err != nil {
+			if _, err := ReadyProbe(impl, mode); err != nil {
 				t.Error(err)
 			}
 		}
 	}
-	if _, err := EndpointChain(ImplKubeProxy, "ipvs", 1, ep); err == nil {
-		t.Error("ipvs has no endpoint chain but got one")
+	p, _ := EndpointProbe(ImplKubeProxy, "nftables", 1, cip, 3, ep)
+	if !strings.HasSuffix(p.Chain, "-bench/svc-00001/tcp/http__10.128.0.5/8080") {
+		t.Errorf("kube-proxy nftables: chain %q does not end with the readable service port and endpoint", p.Chain)
+	}
+	// nodeagent's map: one key per slot, 16 bytes each; the value is address . port.
+	p, _ = EndpointProbe(ImplNodeagent, "nftables", 1, cip, 3, ep)
+	if len(p.Keys) != 3 || len(p.Keys[0]) != 16 || !bytes.HasPrefix(p.Keys[2], []byte{10, 96, 4, 7, 6, 0, 0, 0, 0, 80}) ||
+		!bytes.Equal(p.Value, []byte{10, 128, 0, 5, 0x1f, 0x90}) {
+		t.Errorf("nodeagent nftables probe %+v", p)
+	}
+	if _, err := EndpointProbe(ImplKubeProxy, "ipvs", 1, cip, 3, ep); err == nil {
+		t.Error("ipvs has no endpoint probe but got one")
 	}
 }
 
