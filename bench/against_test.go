@@ -2,9 +2,9 @@ package bench
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/netip"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
