@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -357,4 +358,54 @@ func TestKernelLargeSync(t *testing.T) {
 	if out := ns.run("iptables-save"); strings.Contains(out, chainPrefix) {
 		t.Errorf("NA- rules left after cleanup")
 	}
+}
+
+// TestKernelScaleTiming times a first sync and single-endpoint partial syncs of
+// NA_IPT_SCALE services x 10 endpoints in a lab namespace, the way bench does but without the
+// tracker and conntrack, to tell the proxier's share of bench's numbers. Skipped unless set:
+//
+//	NA_IPT_SCALE=5000 go test -run TestKernelScaleTiming -v ./proxier/iptables/
+func TestKernelScaleTiming(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("NA_IPT_SCALE"))
+	if n < 2 {
+		t.Skip("NA_IPT_SCALE not set")
+	}
+	ns := newLabNS(t)
+	rec := &recordingExec{Exec: CommandExec{Prefix: []string{"ip", "netns", "exec", ns.name}}}
+	p, err := New(Options{
+		Families: []proxier.Family{proxier.IPv4},
+		Exec:     rec,
+		Rules:    func(f proxier.Family) (Rules, error) { return GoIPTables(f, ns.wrapper("iptables")) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st := scaleState(n, 10)
+	start := time.Now()
+	if err := p.Sync(ctx, st, proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first sync of %d services: %v", n, time.Since(start))
+	var lat []time.Duration
+	for i := range 50 {
+		k := 1 + i*7919%(n-1)
+		sp := st.Services[k]
+		eps := slices.Clone(sp.AllEndpoints)
+		eps[i%len(eps)] = scaleEndpoint(n*10 + i)
+		st.Services[k] = withEndpoints(sp, eps...)
+		start := time.Now()
+		if err := p.Sync(ctx, st, changes(sp.Name.NamespacedName.String())); err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	t.Logf("endpoint change: p50 %v, p99 %v; last restore input:\n%s", lat[len(lat)/2], lat[len(lat)*99/100], rec.last())
+	start = time.Now()
+	if err := p.Sync(ctx, st, proxier.Changes{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("full resync: %v", time.Since(start))
+	ns.checkSynced(st, proxier.IPv4)
 }

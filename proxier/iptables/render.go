@@ -50,10 +50,26 @@ type renderer struct {
 	// nodePortAddrs restricts node ports to these node IPs; nil means every local address.
 	nodePortAddrs []netip.Addr
 	randomFully   bool
+	// largeCluster is kube-proxy's "large cluster mode": with more than largeClusterEndpoints
+	// endpoints in the family, the per-endpoint rules (SEP chains, and the SVC/SVL rules that
+	// pick an endpoint) go without their comment. That is most of the rules, and the comments
+	// cost iptables-restore about a quarter of its time (5,000 services x 10 endpoints: 5.8 s ->
+	// 4.1 s for a first restore).
+	largeCluster bool
 }
+
+// largeClusterEndpoints is kube-proxy's largeClusterEndpointsThreshold.
+const largeClusterEndpoints = 1000
 
 func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *renderer {
 	r := &renderer{family: f, masqueradeAll: st.Config.MasqueradeAll, nodeIPs: st.NodeIPsOf(f), randomFully: randomFully}
+	endpoints := 0
+	for _, sp := range st.Services {
+		if sp.Name.Family == f {
+			endpoints += len(sp.AllEndpoints)
+		}
+	}
+	r.largeCluster = endpoints > largeClusterEndpoints
 	if cidrs := st.Config.ClusterCIDRsOf(f); len(cidrs) > 0 {
 		r.clusterCIDR = cidrs[0]
 	}
@@ -80,7 +96,16 @@ func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *rendere
 
 // settings summarises everything besides the service port that a rendering depends on.
 func (r *renderer) settings() string {
-	return fmt.Sprint(r.clusterCIDR, r.masqueradeAll, r.nodeIPs, r.nodePortAddrs == nil, r.nodePortAddrs, r.randomFully)
+	return fmt.Sprint(r.clusterCIDR, r.masqueradeAll, r.nodeIPs, r.nodePortAddrs == nil, r.nodePortAddrs, r.randomFully, r.largeCluster)
+}
+
+// endpointComment is the comment of a per-endpoint rule, with a leading space, or nothing in
+// large-cluster mode.
+func (r *renderer) endpointComment(s string) string {
+	if r.largeCluster {
+		return ""
+	}
+	return " " + comment(s)
 }
 
 // line joins words into one restore line.
@@ -296,17 +321,17 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	if usesLocalChain {
 		own(svlChain, r.toEndpoints(sp, name, svlChain, localEPs)...)
 	}
+	c := r.endpointComment(name)
 	for _, e := range reachable {
 		sep := endpointChain(sp.Name, e)
-		c := comment(name)
 		// Hairpin: an endpoint reaching itself through the service must be masqueraded, or it
 		// would answer itself directly.
-		rs := []string{line("-A", sep, c, "-s", e.Addr.String(), "-j", markMasqChain)}
+		rs := []string{line("-A", sep+c, "-s", e.Addr.String(), "-j", markMasqChain)}
 		affinity := ""
 		if sp.SessionAffinity {
 			affinity = " -m recent --name " + sep + " --set"
 		}
-		rs = append(rs, line("-A", sep, c+affinity, pmatch, "-j DNAT --to-destination", e.AddrPort().String()))
+		rs = append(rs, line("-A", sep+c+affinity, pmatch, "-j DNAT --to-destination", e.AddrPort().String()))
 		own(sep, rs...)
 	}
 
@@ -324,16 +349,16 @@ func (r *renderer) toEndpoints(sp *proxier.ServicePort, name, from string, eps [
 		secs := strconv.Itoa(int(sp.AffinityTimeout.Seconds()))
 		for _, e := range eps {
 			sep := endpointChain(sp.Name, e)
-			rs = append(rs, line("-A", from, comment(name+" -> "+e.String()), "-m recent --name", sep, "--rcheck --seconds", secs, "--reap -j", sep))
+			rs = append(rs, line("-A", from+r.endpointComment(name+" -> "+e.String()), "-m recent --name", sep, "--rcheck --seconds", secs, "--reap -j", sep))
 		}
 	}
 	for i, e := range eps {
 		sep := endpointChain(sp.Name, e)
-		c := comment(name + " -> " + e.String())
+		c := r.endpointComment(name + " -> " + e.String())
 		if left := len(eps) - i; left > 1 {
-			rs = append(rs, line("-A", from, c, "-m statistic --mode random --probability", probability(left), "-j", sep))
+			rs = append(rs, line("-A", from+c, "-m statistic --mode random --probability", probability(left), "-j", sep))
 		} else {
-			rs = append(rs, line("-A", from, c, "-j", sep))
+			rs = append(rs, line("-A", from+c, "-j", sep))
 		}
 	}
 	return rs

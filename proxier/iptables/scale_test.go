@@ -112,6 +112,16 @@ func TestRestoreListsAllWhenLarge(t *testing.T) {
 	if strings.HasPrefix(in, "*filter\n-S\n") {
 		t.Errorf("first sync lists the small filter table")
 	}
+	// 2,000 endpoints: kube-proxy's large-cluster mode, per-endpoint rules without comments.
+	for _, l := range strings.Split(in, "\n") {
+		perEndpoint := strings.HasPrefix(l, "-A "+sepPrefix) || strings.HasPrefix(l, "-A "+svcPrefix) && strings.Contains(l, " -j "+sepPrefix)
+		if perEndpoint && strings.Contains(l, "--comment") {
+			t.Fatalf("large-cluster mode: per-endpoint rule with a comment: %s", l)
+		}
+		if strings.HasPrefix(l, "-A "+servicesChain) && !strings.Contains(l, "--comment") {
+			t.Fatalf("large-cluster mode: dispatch rule without its comment: %s", l)
+		}
+	}
 
 	sp := st.Services[7]
 	st.Services[7] = withEndpoints(sp, append(sp.AllEndpoints[1:], scaleEndpoint(5000))...)
