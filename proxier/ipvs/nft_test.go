@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -152,5 +153,34 @@ func TestTableUpdate(t *testing.T) {
 	}
 	if owned, err := ki.owned(f); err != nil || len(owned) != 0 {
 		t.Fatalf("owned after remove: %v, %v", owned, err)
+	}
+}
+
+// TestLargeTable replaces the helper table of 6,000 services in one transaction: the batch is
+// larger than a netlink socket's default send buffer, which failed with EMSGSIZE at about 4,000.
+func TestLargeTable(t *testing.T) {
+	st := &proxier.State{Node: proxier.Node{Name: "node01"}}
+	for i := range 6000 {
+		ip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		sp := &proxier.ServicePort{Name: spn("default", fmt.Sprintf("svc-%d", i), "", v1.ProtocolTCP, proxier.IPv4),
+			ClusterIP: ip, Port: 80, NodePort: uint16(30000 + i%2700),
+			LoadBalancerIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})}}
+		if i%2 == 0 {
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+		}
+		st.Services = append(st.Services, sp)
+	}
+	ns := newNS(t)
+	k, err := newGnftKernel("/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.close()
+	d := buildDesired(st, []proxier.Family{proxier.IPv4}, DefaultScheduler, nil)
+	if err := k.replace(d.tables[proxier.IPv4]); err != nil {
+		t.Fatalf("replace a table of 6,000 services: %v", err)
+	}
+	if out := mustNS(t, ns, "nft", "list", "table", "ip", tableName); !strings.Contains(out, "10.96.23.111") {
+		t.Error("the last services' addresses are not in the table")
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,8 +53,30 @@ func (k *gnftKernel) close() {
 	}
 }
 
+// A whole table is one batch: one datagram, which must fit in the send buffer (the default
+// 208 KiB held about 4,000 services), answered by an acknowledgement per message, which must fit
+// in the receive buffer. The FORCE options pass net.core.[rw]mem_max with CAP_NET_ADMIN, which a
+// proxy has; the kernel allocates only what the messages need.
+const sendBuffer, receiveBuffer = 256 << 20, 64 << 20
+
 func (k *gnftKernel) conn() (*gnft.Conn, error) {
-	var opts []gnft.ConnOption
+	opts := []gnft.ConnOption{gnft.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("netlink socket buffers: %w", serr)
+		}
+		return nil
+	})}
 	if k.ns != nil {
 		opts = append(opts, gnft.WithNetNSFd(int(k.ns.Fd())))
 	}
