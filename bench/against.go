@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -878,26 +877,5 @@ func countKernelObjects(ctx context.Context, ns, impl, mode string) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("nft list table ip %s: %w", table, err)
 	}
-	var doc struct {
-		Nftables []map[string]json.RawMessage `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, o := range doc.Nftables {
-		for kind, raw := range o {
-			switch kind {
-			case "rule", "chain":
-				n++
-			case "set", "map":
-				var s struct {
-					Elem []json.RawMessage `json:"elem"`
-				}
-				_ = json.Unmarshal(raw, &s)
-				n += 1 + len(s.Elem)
-			}
-		}
-	}
-	return n, nil
+	return countNft(out)
 }

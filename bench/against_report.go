@@ -1,12 +1,10 @@
 package bench
 
 import (
-	"encoding/json"
 	"fmt"
 	"image/color"
 	"io"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -119,28 +117,12 @@ func WriteAgainstTable(w io.Writer, rs []AgainstResult) {
 
 // WriteAgainstFiles writes results.json, results.md and results.png into dir.
 func WriteAgainstFiles(dir string, rep AgainstReport) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	rep.Ratios = Ratios(rep.Results)
-	b, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	f, err := os.Create(filepath.Join(dir, "results.md"))
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(f, "nodeagent against %s. Commit %s, %s, kernel %s, %s.\n\n%s\n\n", rep.Against, rep.Commit,
-		rep.Machine, rep.Kernel, rep.Date, rep.Settings)
-	WriteAgainstTable(f, rep.Results)
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return plotAgainst(filepath.Join(dir, "results.png"), rep.Results)
+	return writeFiles(dir, rep, func(w io.Writer) {
+		fmt.Fprintf(w, "nodeagent against %s. Commit %s, %s, kernel %s, %s.\n\n%s\n\n", rep.Against, rep.Commit,
+			rep.Machine, rep.Kernel, rep.Date, rep.Settings)
+		WriteAgainstTable(w, rep.Results)
+	}, func(path string) error { return plotAgainst(path, rep.Results) })
 }
 
 // plotAgainst draws, against the number of services, one line per (implementation, mode):

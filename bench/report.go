@@ -41,10 +41,19 @@ func WriteTable(w io.Writer, rs []Result) {
 
 // WriteFiles writes results.json, results.md and results.png into dir.
 func WriteFiles(dir string, rep Report) error {
+	return writeFiles(dir, rep, func(w io.Writer) {
+		fmt.Fprintf(w, "Commit %s, %s, kernel %s, %s.\n\n", rep.Commit, rep.Machine, rep.Kernel, rep.Date)
+		WriteTable(w, rep.Results)
+	}, func(path string) error { return plotResults(path, rep.Results) })
+}
+
+// writeFiles writes v as results.json, the text md writes as results.md and the plot as
+// results.png into dir.
+func writeFiles(dir string, v any, md func(io.Writer), plot func(path string) error) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(rep, "", "  ")
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -55,12 +64,11 @@ func WriteFiles(dir string, rep Report) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "Commit %s, %s, kernel %s, %s.\n\n", rep.Commit, rep.Machine, rep.Kernel, rep.Date)
-	WriteTable(f, rep.Results)
+	md(f)
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return plotResults(filepath.Join(dir, "results.png"), rep.Results)
+	return plot(filepath.Join(dir, "results.png"))
 }
 
 // plotResults draws change latency (p99) and connect latency (p50) against the number of

@@ -219,27 +219,32 @@ func kernelObjects(mode string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		var doc struct {
-			Nftables []map[string]json.RawMessage `json:"nftables"`
-		}
-		if err := json.Unmarshal(out, &doc); err != nil {
-			return 0, err
-		}
-		n := 0
-		for _, o := range doc.Nftables {
-			for kind, raw := range o {
-				switch kind {
-				case "rule", "chain":
-					n++
-				case "set", "map":
-					var s struct {
-						Elem []json.RawMessage `json:"elem"`
-					}
-					_ = json.Unmarshal(raw, &s)
-					n += 1 + len(s.Elem)
+		return countNft(out)
+	}
+}
+
+// countNft counts the chains, rules, sets, maps and their elements in `nft -j list` output.
+func countNft(out []byte) (int, error) {
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, o := range doc.Nftables {
+		for kind, raw := range o {
+			switch kind {
+			case "rule", "chain":
+				n++
+			case "set", "map":
+				var s struct {
+					Elem []json.RawMessage `json:"elem"`
 				}
+				_ = json.Unmarshal(raw, &s)
+				n += 1 + len(s.Elem)
 			}
 		}
-		return n, nil
 	}
+	return n, nil
 }
