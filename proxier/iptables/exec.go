@@ -45,11 +45,9 @@ func (c CommandExec) Run(ctx context.Context, name string, args []string, stdin 
 	return nil
 }
 
-// Rules is single-rule access to one family's built-in chains, for the jump rules into ours.
-// go-iptables' *iptables.IPTables satisfies it.
+// Rules is single-rule access to one family's built-in chains, for removing jump rules into
+// ours (inserting them goes through iptables-restore). go-iptables' *iptables.IPTables satisfies it.
 type Rules interface {
-	// Insert puts the rule at position pos (1: first) of a built-in chain.
-	Insert(table, chain string, pos int, rulespec ...string) error
 	// Delete removes the first rule of the chain that matches rulespec exactly.
 	Delete(table, chain string, rulespec ...string) error
 	// HasRandomFully reports whether MASQUERADE takes --random-fully.

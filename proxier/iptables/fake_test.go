@@ -150,17 +150,6 @@ func quoteWords(ws []string) []string {
 	return out
 }
 
-func (k *fakeKernel) insert(table, chain string, spec []string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if t := spec[len(spec)-1]; k.tables[table][t] == nil && !slices.Contains(slices.Collect(maps.Keys(k.tables[table])), t) {
-		return fmt.Errorf("insert into %s %s: no chain %s", table, chain, t)
-	}
-	r := line(append([]string{"-A", chain}, quoteWords(spec)...)...)
-	k.tables[table][chain] = append([]string{r}, k.tables[table][chain]...)
-	return nil
-}
-
 func (k *fakeKernel) delete(table, chain string, spec []string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -96,13 +96,6 @@ func labState(sps ...*proxier.ServicePort) *proxier.State {
 // fakeRules records single-rule calls; tests that need a kernel use fakeKernel instead.
 type fakeRules struct{ k *fakeKernel }
 
-func (r fakeRules) Insert(table, chain string, pos int, spec ...string) error {
-	if r.k == nil {
-		return nil
-	}
-	return r.k.insert(table, chain, spec)
-}
-
 func (r fakeRules) Delete(table, chain string, spec ...string) error {
 	if r.k == nil {
 		return nil
