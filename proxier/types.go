@@ -217,6 +217,10 @@ func (p Problem) String() string { return fmt.Sprintf("%s %s: %s", p.Kind, p.Obj
 type Changes struct {
 	Full     bool
 	Services map[types.NamespacedName]bool
+	// Periodic says Full comes from the periodic resync, not from the objects: a proxier may
+	// check the kernel for drift and, finding none, write only the services listed, as
+	// kube-proxy's periodic syncs are partial.
+	Periodic bool
 }
 
 // Changed reports whether the service named n must be rewritten.

@@ -94,7 +94,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		start := time.Now()
 		st, ch := tracker.Snapshot()
-		ch.Full = ch.Full || periodic
+		if periodic && !ch.Full {
+			ch.Full, ch.Periodic = true, true
+		}
 		kind := "partial"
 		if ch.Full {
 			kind = "full"

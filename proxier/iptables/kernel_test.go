@@ -269,7 +269,15 @@ func TestKernelSync(t *testing.T) {
 		return seen["10.244.1.5"] && seen["10.244.1.6"], fmt.Sprintf("seen %v", seen)
 	})
 
-	// Someone flushes our dispatch chain: the next full sync (the periodic one) repairs it.
+	// A periodic resync with nothing drifted writes nothing.
+	if err := p.Sync(ctx, st2, proxier.Changes{Full: true, Periodic: true}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.fams[0].lastWrite) != 0 {
+		t.Errorf("a periodic resync without drift wrote %v", p.fams[0].lastWrite)
+	}
+
+	// Someone flushes our dispatch chain: the next periodic resync finds it and repairs it.
 	ns.run("iptables", "-t", "nat", "-F", servicesChain)
 	if chains, _ := drift(p.fams[0].written, ns.saved(proxier.IPv4)); !slices.Equal(chains, []string{"nat/" + servicesChain}) {
 		t.Errorf("drift after flushing %s: %v", servicesChain, chains)
@@ -277,7 +285,7 @@ func TestKernelSync(t *testing.T) {
 	if _, err := ns.dial("10.96.0.100", 80); err == nil {
 		t.Error("cluster IP still answers with NA-SERVICES flushed")
 	}
-	if err := p.Sync(ctx, st2, proxier.Changes{Full: true}); err != nil {
+	if err := p.Sync(ctx, st2, proxier.Changes{Full: true, Periodic: true}); err != nil {
 		t.Fatal(err)
 	}
 	ns.checkSynced(st2, proxier.IPv4)

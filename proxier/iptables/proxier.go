@@ -152,6 +152,19 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 	// Cached renderings are only valid for the settings they were made with; a caller that
 	// changes node or config without Changes.Full still gets a full sync.
 	full := ch.Full || fp.needFull || settings != fp.settings
+	// A periodic resync over rules this proxier wrote with these settings reads the kernel
+	// first and rewrites everything only when something drifted.
+	verify := full && ch.Periodic && !fp.needFull && settings == fp.settings && fp.written != nil
+	var kernel *saved
+	if verify {
+		var err error
+		if kernel, err = p.save(ctx, fp.family); err != nil {
+			return err
+		}
+		if drifted, jumpsOff := drift(fp.written, kernel); len(drifted) == 0 && jumpsOff == 0 {
+			full = false
+		}
+	}
 	sps := st.ForFamily(fp.family)
 	rendered := make([]*serviceRules, len(sps))
 	var changed []int // indexes of sps rendered anew
@@ -161,7 +174,7 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 		if ok {
 			cached++
 		}
-		if ok && !full && !ch.Changed(sp.Name.NamespacedName) {
+		if ok && !full && !ch.Services[sp.Name.NamespacedName] && !(ch.Full && !ch.Periodic) {
 			rendered[i] = c
 			continue
 		}
@@ -170,7 +183,7 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 	}
 	base := r.baseChains(rendered)
 	if full {
-		if err := p.syncFull(ctx, fp, sps, rendered, base); err != nil {
+		if err := p.syncFull(ctx, fp, sps, rendered, base, kernel); err != nil {
 			return err
 		}
 	} else if err := p.syncPartial(ctx, fp, sps, rendered, changed, cached, base); err != nil {
@@ -180,12 +193,14 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 	return nil
 }
 
-// syncFull reads our chains from the kernel, rewrites every one of them, deletes those no longer
-// wanted and restores the jump rules.
-func (p *Proxier) syncFull(ctx context.Context, fp *family, sps []*proxier.ServicePort, rendered []*serviceRules, base []chain) error {
-	kernel, err := p.save(ctx, fp.family)
-	if err != nil {
-		return err
+// syncFull reads our chains from the kernel (unless kernel holds them already), rewrites every
+// one of them, deletes those no longer wanted and restores the jump rules.
+func (p *Proxier) syncFull(ctx context.Context, fp *family, sps []*proxier.ServicePort, rendered []*serviceRules, base []chain, kernel *saved) error {
+	if kernel == nil {
+		var err error
+		if kernel, err = p.save(ctx, fp.family); err != nil {
+			return err
+		}
 	}
 	if fp.written != nil {
 		p.reportDrift(fp, kernel)
