@@ -190,13 +190,17 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 			}
 			return
 		}
-		old := s.result
-		if lb.Serves(o, s.o.Class) || s.holds(old, k) {
+		// Only load-balancer services (and, when advertised, every service's IPs) change a plan;
+		// replanning walks every slice, which a bulk load of plain services must not pay each time.
+		lbRelevant := lb.Serves(o, s.o.Class) || s.holds(s.result, k)
+		if lbRelevant {
 			s.reassign()
 		} else if !deleted {
 			s.send(k, o)
 		}
-		s.replan()
+		if lbRelevant || s.advertisesServiceIPs() {
+			s.replan()
+		}
 		return
 	case *discovery.EndpointSlice:
 		k := key(o.Namespace, o.Name)
