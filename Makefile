@@ -45,9 +45,13 @@ test-vm: deps
 	echo "test-vm: passed in $$(( $$(date +%s) - start ))s (VM boot included)"
 
 # nodeagent and kube-proxy side by side through one real API server (root; the first run builds
-# kube-apiserver and kube-proxy into test/kube's cache, minutes). Results are committed.
+# kube-apiserver and kube-proxy into test/kube's cache, minutes; the sweep about 20 minutes a mode).
+# Results are committed, one directory a mode.
+AGAINST_SWEEP ?= 1000,5000,10000
 bench-kube-proxy: build
-	$(BIN) bench --against kube-proxy --proxy-mode both --sweep 1000,5000 --out bench/results/against-kube-proxy
+	for mode in nftables iptables; do \
+	  $(BIN) bench --against kube-proxy --proxy-mode $$mode --sweep $(AGAINST_SWEEP) --out bench/results/against-kube-proxy/$$mode || exit 1; \
+	done
 
 clean:
 	rm -rf bin
