@@ -18,7 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// Backend is where service 0's server listens, in the run's pod namespace.
+// Backend is where the probed (last) service's server listens, in the run's pod namespace.
 var Backend = netip.MustParseAddr("10.244.0.2")
 
 // Sweep runs every (size, mode) measurement, each in fresh network namespaces that it deletes
