@@ -221,7 +221,7 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 	}
 	sides[0].proc, err = l.start("nodeagent", na, l.o.Nodeagent, "run", "--kubeconfig", cp.Kubeconfig,
 		"--proxy-mode", l.mode, "--hostname-override", nodeagentNode, "--cluster-cidr", "10.244.0.0/16",
-		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249", "--profiling")
 	if err != nil {
 		return nil, err
 	}

@@ -57,7 +57,7 @@ func TestServiceHealthCheckPorts(t *testing.T) {
 	name := types.NamespacedName{Namespace: "default", Name: "demoapp-lb"}
 	sp := &proxier.ServicePort{Name: proxier.ServicePortName{NamespacedName: name}, HealthCheckNodePort: 31999,
 		LocalEndpoints: []proxier.Endpoint{{Addr: netip.MustParseAddr("10.244.1.59"), Port: 80}}}
-	s.Sync(&proxier.State{Services: []*proxier.ServicePort{sp}})
+	s.Sync(&proxier.State{Services: []*proxier.ServicePort{sp}}, proxier.Changes{Full: true})
 	get := func() (int, string) {
 		resp, err := http.Get("http://" + ports[31999])
 		if err != nil {
@@ -72,11 +72,19 @@ func TestServiceHealthCheckPorts(t *testing.T) {
 	}
 	noLocal := *sp
 	noLocal.LocalEndpoints = nil
-	s.Sync(&proxier.State{Services: []*proxier.ServicePort{&noLocal}})
+	changed := proxier.Changes{Services: map[types.NamespacedName]bool{name: true}}
+	s.Sync(&proxier.State{Services: []*proxier.ServicePort{&noLocal}}, changed)
 	if code, _ := get(); code != 503 {
 		t.Fatalf("without local endpoints: %d", code)
 	}
-	s.Sync(&proxier.State{})
+	// A partial sync of another service leaves this one's port as it is.
+	other := types.NamespacedName{Namespace: "default", Name: "other"}
+	s.Sync(&proxier.State{Services: []*proxier.ServicePort{&noLocal, {Name: proxier.ServicePortName{NamespacedName: other}}}},
+		proxier.Changes{Services: map[types.NamespacedName]bool{other: true}})
+	if code, _ := get(); code != 503 {
+		t.Fatalf("after another service changed: %d, want still 503", code)
+	}
+	s.Sync(&proxier.State{}, changed)
 	if _, err := http.Get("http://" + ports[31999]); err == nil {
 		t.Fatal("port still open after the service went away")
 	}

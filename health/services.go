@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -27,6 +28,9 @@ type Services struct {
 	mu      sync.Mutex
 	status  map[uint16]serviceStatus
 	servers map[uint16]*http.Server
+	// ports are each service's health-check node ports, so that a partial sync looks at the
+	// changed services only.
+	ports map[types.NamespacedName][]uint16
 }
 
 type serviceStatus struct {
@@ -43,25 +47,44 @@ func NewServices(log *slog.Logger) *Services {
 		},
 		status:  map[uint16]serviceStatus{},
 		servers: map[uint16]*http.Server{},
+		ports:   map[types.NamespacedName][]uint16{},
 	}
 }
 
-// Sync opens the ports st needs and closes the others. A port that cannot be opened is logged
-// and tried again on the next Sync.
-func (s *Services) Sync(st *proxier.State) {
-	want := map[uint16]serviceStatus{}
-	for _, sp := range st.Services {
-		if sp.HealthCheckNodePort == 0 {
-			continue
-		}
-		cur := want[sp.HealthCheckNodePort]
-		cur.name = sp.Name.NamespacedName
-		cur.local = max(cur.local, len(sp.LocalEndpoints))
-		want[sp.HealthCheckNodePort] = cur
-	}
+// Sync opens the ports st needs and closes the others, looking only at the services in ch unless
+// it is full. A port that cannot be opened is logged and tried again on the next Sync.
+func (s *Services) Sync(st *proxier.State, ch proxier.Changes) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.status = want
+	set := func(sps []*proxier.ServicePort) {
+		for _, sp := range sps {
+			if sp.HealthCheckNodePort == 0 {
+				continue
+			}
+			port := sp.HealthCheckNodePort
+			cur := s.status[port]
+			cur.name = sp.Name.NamespacedName
+			cur.local = max(cur.local, len(sp.LocalEndpoints))
+			s.status[port] = cur
+			if !slices.Contains(s.ports[cur.name], port) {
+				s.ports[cur.name] = append(s.ports[cur.name], port)
+			}
+		}
+	}
+	if ch.Full {
+		clear(s.status)
+		clear(s.ports)
+		set(st.Services)
+	} else {
+		for n := range ch.Services {
+			for _, port := range s.ports[n] {
+				delete(s.status, port)
+			}
+			delete(s.ports, n)
+			set(st.PortsOfService(n))
+		}
+	}
+	want := s.status
 	for port, srv := range s.servers {
 		if _, ok := want[port]; !ok {
 			_ = srv.Shutdown(context.Background())

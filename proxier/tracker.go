@@ -37,10 +37,9 @@ type Tracker struct {
 	keys      []types.NamespacedName // services with ports, sorted
 	raw       map[types.NamespacedName][]*ServicePort
 	effective map[types.NamespacedName][]*ServicePort
-	// flat is the last State's Services (effective ports in key order); at[k] is where k's
-	// ports start in it. A change to a few services patches a copy instead of walking every key.
+	// flat is the last State's Services (effective ports in key order).
 	flat      []*ServicePort
-	at        map[types.NamespacedName]span
+	endpoints int // across flat
 	problems  map[types.NamespacedName][]Problem  // invalid parts of each service
 	conflicts map[types.NamespacedName][]Problem  // ports left out for another service's frontend
 	claims    map[Frontend][]types.NamespacedName // sorted owners of every frontend
@@ -241,7 +240,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 		}
 		t.setProblems(k, problems)
 	}
-	keysChanged := t.setKeys(present)
+	t.setKeys(present)
 	for k := range affected {
 		t.resolveConflicts(k)
 		ch.Services[k] = true
@@ -249,7 +248,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 	clear(t.dirty)
 	t.full = false
 
-	st := &State{Node: t.node, Config: t.config, Services: t.flatten(affected, keysChanged || ch.Full)}
+	st := &State{Node: t.node, Config: t.config, Services: t.flatten(affected, ch.Full), EndpointCount: t.endpoints}
 	pk := map[types.NamespacedName]bool{}
 	for k := range t.problems {
 		pk[k] = true
@@ -283,6 +282,12 @@ func (t *Tracker) resolveConflicts(k types.NamespacedName) {
 			keep = append(keep, sp)
 		}
 	}
+	for _, sp := range t.effective[k] {
+		t.endpoints -= len(sp.AllEndpoints)
+	}
+	for _, sp := range keep {
+		t.endpoints += len(sp.AllEndpoints)
+	}
 	if len(keep) > 0 {
 		t.effective[k] = keep
 	} else {
@@ -313,23 +318,23 @@ func store(m map[types.NamespacedName][]Problem, k types.NamespacedName, ps []Pr
 	m[k] = ps
 }
 
-// flatten returns the effective ports of every key in order: a patched copy of the last result
-// when only changed keys' ports moved and each kept its count, otherwise rebuilt.
+// flatten returns the effective ports of every key in order. A few changed keys patch a copy of
+// the last result in place, found by binary search (the result is sorted by service): adding or
+// removing one service among 25,000 then costs a memmove, not a walk of every key.
 func (t *Tracker) flatten(changed map[types.NamespacedName]bool, rebuild bool) []*ServicePort {
-	if rebuild || t.at == nil {
+	if rebuild || len(changed) > 64 {
 		return t.rebuildFlat()
 	}
 	flat := slices.Clone(t.flat)
 	for k := range changed {
-		eff := t.effective[k]
-		sp, ok := t.at[k]
-		switch {
-		case !ok && len(eff) == 0:
-		case !ok || sp.n != len(eff):
-			return t.rebuildFlat()
-		default:
-			copy(flat[sp.at:], eff)
+		i, _ := slices.BinarySearchFunc(flat, k, func(sp *ServicePort, k types.NamespacedName) int {
+			return compareKeys(sp.Name.NamespacedName, k)
+		})
+		j := i
+		for j < len(flat) && flat[j].Name.NamespacedName == k {
+			j++
 		}
+		flat = slices.Replace(flat, i, j, t.effective[k]...)
 	}
 	t.flat = flat
 	return flat
@@ -338,37 +343,28 @@ func (t *Tracker) flatten(changed map[types.NamespacedName]bool, rebuild bool) [
 // rebuildFlat lays out every key's effective ports afresh.
 func (t *Tracker) rebuildFlat() []*ServicePort {
 	flat := make([]*ServicePort, 0, len(t.flat))
-	t.at = make(map[types.NamespacedName]span, len(t.keys))
 	for _, k := range t.keys {
-		if eff := t.effective[k]; len(eff) > 0 {
-			t.at[k] = span{at: len(flat), n: len(eff)}
-			flat = append(flat, eff...)
-		}
+		flat = append(flat, t.effective[k]...)
 	}
 	t.flat = flat
 	return flat
 }
 
-// span is where a key's ports stand in Tracker.flat.
-type span struct{ at, n int }
-
 // setKeys adds the keys marked present to the sorted t.keys and removes the others. A few are
 // placed one by one; many (a first sync: map order is random) are merged in one sort, since
 // inserting them one at a time would move the slice's tail for each.
-func (t *Tracker) setKeys(present map[types.NamespacedName]bool) (changed bool) {
+func (t *Tracker) setKeys(present map[types.NamespacedName]bool) {
 	if len(present) <= 64 {
 		for k, p := range present {
 			i, found := slices.BinarySearchFunc(t.keys, k, compareKeys)
 			switch {
 			case p && !found:
 				t.keys = slices.Insert(t.keys, i, k)
-				changed = true
 			case !p && found:
 				t.keys = slices.Delete(t.keys, i, i+1)
-				changed = true
 			}
 		}
-		return changed
+		return
 	}
 	keys := t.keys[:0:0]
 	for _, k := range t.keys {
@@ -384,7 +380,6 @@ func (t *Tracker) setKeys(present map[types.NamespacedName]bool) (changed bool) 
 	}
 	slices.SortFunc(keys, compareKeys)
 	t.keys = keys
-	return true
 }
 
 func compareKeys(a, b types.NamespacedName) int {

@@ -32,6 +32,27 @@ func BenchmarkTrackerChange(b *testing.B) {
 	}
 }
 
+// BenchmarkTrackerAdd is the tracker's share of adding one service (and its slice) to many.
+func BenchmarkTrackerAdd(b *testing.B) {
+	for _, n := range []int{1000, 25000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			tr := proxier.NewTracker(proxier.Node{Name: "bench-node"}, proxier.Config{}, slog.New(slog.DiscardHandler))
+			for i := range n {
+				tr.Upsert(bench.Service(i))
+				tr.Upsert(bench.Slice(i, bench.Endpoints(i, 10)))
+			}
+			tr.Synced()
+			tr.Snapshot()
+			b.ResetTimer()
+			for k := range b.N {
+				tr.Upsert(bench.Service(n + k))
+				tr.Upsert(bench.Slice(n+k, bench.Endpoints(n+k, 10)))
+				tr.Snapshot()
+			}
+		})
+	}
+}
+
 // The patched State a change produces equals the one a fresh tracker computes from the same
 // objects, through same-count changes, count changes, adds and deletes.
 func TestTrackerPatchedStateMatchesFresh(t *testing.T) {
@@ -80,6 +101,13 @@ func TestTrackerPatchedStateMatchesFresh(t *testing.T) {
 		want, _ := fresh.Snapshot()
 		if len(got.Services) != len(want.Services) {
 			t.Fatalf("step %d: %d service ports, fresh tracker has %d", step, len(got.Services), len(want.Services))
+		}
+		n := 0
+		for _, sp := range want.Services {
+			n += len(sp.AllEndpoints)
+		}
+		if got.EndpointCount != n || want.EndpointCount != n {
+			t.Fatalf("step %d: endpoint count %d (fresh tracker %d), want %d", step, got.EndpointCount, want.EndpointCount, n)
 		}
 		for k := range want.Services {
 			g, w := got.Services[k], want.Services[k]

@@ -6,8 +6,11 @@
 package proxier
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -177,6 +180,9 @@ type State struct {
 	Node     Node
 	Config   Config
 	Services []*ServicePort
+	// EndpointCount is the number of endpoints across Services, kept by the tracker as it goes
+	// (for metrics: counting them would walk every service at every sync).
+	EndpointCount int
 	// Problems are objects left out, with the reason (invalid, or conflicting with another).
 	Problems []Problem
 }
@@ -190,6 +196,32 @@ func (s *State) ForFamily(f Family) []*ServicePort {
 		}
 	}
 	return out
+}
+
+// PortsOfService returns the ports of service n, of every family. The tracker sorts Services by
+// service name, so a binary search finds them; a hand-made State that is not sorted (tests) still
+// works, through a scan when the search misses.
+func (s *State) PortsOfService(n types.NamespacedName) []*ServicePort {
+	svcs := s.Services
+	i, found := slices.BinarySearchFunc(svcs, n, func(sp *ServicePort, n types.NamespacedName) int {
+		if c := cmp.Compare(sp.Name.Namespace, n.Namespace); c != 0 {
+			return c
+		}
+		return cmp.Compare(sp.Name.Name, n.Name)
+	})
+	if !found {
+		if i = slices.IndexFunc(svcs, func(sp *ServicePort) bool { return sp.Name.NamespacedName == n }); i < 0 {
+			return nil
+		}
+	}
+	for i > 0 && svcs[i-1].Name.NamespacedName == n {
+		i--
+	}
+	j := i
+	for j < len(svcs) && svcs[j].Name.NamespacedName == n {
+		j++
+	}
+	return svcs[i:j:j]
 }
 
 // NodeIPsOf returns the node's addresses of family f.
@@ -221,6 +253,16 @@ type Changes struct {
 	// check the kernel for drift and, finding none, write only the services listed, as
 	// kube-proxy's periodic syncs are partial.
 	Periodic bool
+}
+
+// Merge returns the changes of c and o together.
+func (c Changes) Merge(o Changes) Changes {
+	out := Changes{Full: c.Full || o.Full, Periodic: c.Periodic || o.Periodic, Services: maps.Clone(c.Services)}
+	if out.Services == nil {
+		out.Services = map[types.NamespacedName]bool{}
+	}
+	maps.Copy(out.Services, o.Services)
+	return out
 }
 
 // Changed reports whether the service named n must be rewritten.

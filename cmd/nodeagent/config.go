@@ -41,6 +41,7 @@ type Config struct {
 	NodePortAddresses  []string `json:"nodePortAddresses,omitempty"`
 	HealthzBindAddress string   `json:"healthzBindAddress,omitempty"`
 	MetricsBindAddress string   `json:"metricsBindAddress,omitempty"`
+	EnableProfiling    bool     `json:"enableProfiling,omitempty"`
 	ClientConnection   struct {
 		Kubeconfig string `json:"kubeconfig,omitempty"`
 	} `json:"clientConnection,omitempty"`

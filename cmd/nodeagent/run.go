@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"nodeagent/health"
@@ -24,6 +25,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "least time between two syncs (0: a change is applied as soon as the previous sync ends)")
 	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "ip:port of the /healthz server (empty: off)")
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
+	fs.BoolVar(&c.EnableProfiling, "profiling", c.EnableProfiling, "serve Go's /debug/pprof/ on the metrics address (kube-proxy's flag)")
 	fs.StringVar(&c.MemberlistBind, "memberlist-bind", c.MemberlistBind, "ip[:port] for memberlist among agents (port 7946 by default); empty: no membership, every node the objects name counts as alive")
 	fs.Func("memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)", func(s string) error {
 		c.MemberlistJoin = splitList(s)
@@ -82,6 +84,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	defer svcHealth.Close()
 
 	firstSync := true
+	// missed are the changes of failed syncs: the health checks have not seen them yet.
+	var missed proxier.Changes
 	sync := func(ctx context.Context, periodic bool) error {
 		if !tracker.Ready() {
 			return nil
@@ -102,21 +106,20 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 			kind = "full"
 		}
 		if err := px.Sync(ctx, st, ch); err != nil {
+			missed = missed.Merge(ch)
 			metrics.SyncErrors.Inc()
 			log.Error("sync failed; previous rules stay, retrying", "mode", c.Mode, "sync", kind, "err", err)
 			return err
 		}
 		took := time.Since(start)
 		metrics.ObserveSync(kind, took)
-		endpoints := 0
-		for _, sp := range st.Services {
-			endpoints += len(sp.AllEndpoints)
-		}
+		endpoints := st.EndpointCount
 		metrics.Services.Set(float64(len(st.Services)))
 		metrics.Endpoints.Set(float64(endpoints))
 		metrics.InvalidObject.Set(float64(len(st.Problems)))
 		proxyHealth.Synced(start)
-		svcHealth.Sync(st)
+		svcHealth.Sync(st, missed.Merge(ch))
+		missed = proxier.Changes{}
 		if firstSync {
 			firstSync = false
 			log.Info("first sync done", "mode", c.Mode, "servicePorts", len(st.Services), "endpoints", endpoints, "took", took)
@@ -136,8 +139,16 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth}); err != nil {
 		return err
 	}
-	if err := serve(ctx, log, c.MetricsBindAddress, map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth,
-		"/debug/bgp": http.HandlerFunc(announcer.bgpStatus)}); err != nil {
+	metricsRoutes := map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth,
+		"/debug/bgp": http.HandlerFunc(announcer.bgpStatus)}
+	if c.EnableProfiling {
+		metricsRoutes["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+		metricsRoutes["/debug/pprof/cmdline"] = http.HandlerFunc(pprof.Cmdline)
+		metricsRoutes["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		metricsRoutes["/debug/pprof/symbol"] = http.HandlerFunc(pprof.Symbol)
+		metricsRoutes["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
+	}
+	if err := serve(ctx, log, c.MetricsBindAddress, metricsRoutes); err != nil {
 		return err
 	}
 

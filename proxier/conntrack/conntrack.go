@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/proxier"
 )
@@ -57,10 +58,19 @@ type Cleaner struct {
 	k   Kernel
 	log *slog.Logger
 
-	mu sync.Mutex
-	// prev is what the last successful Clean saw per family; a family missing here is
-	// cleaned unconditionally the next time (first call, or the last attempt failed).
-	prev map[proxier.Family]*frontends
+	mu   sync.Mutex
+	fams map[proxier.Family]*familyState
+}
+
+// familyState is what the Cleaner knows of one family between calls.
+type familyState struct {
+	fe *frontends // every UDP/SCTP frontend: the filter of a table walk
+	// owned is each service's share of fe, so that a partial sync replaces only the changed
+	// services' frontends instead of walking every service.
+	owned map[types.NamespacedName]*frontends
+	// walk means the table must be walked whatever changes: first call (leftovers of a previous
+	// run) or a failed walk.
+	walk bool
 }
 
 // NewCleaner returns a Cleaner working on k.
@@ -68,14 +78,14 @@ func NewCleaner(k Kernel, log *slog.Logger) *Cleaner {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Cleaner{k: k, log: log, prev: map[proxier.Family]*frontends{}}
+	return &Cleaner{k: k, log: log, fams: map[proxier.Family]*familyState{}}
 }
 
-// Clean deletes stale entries for st, comparing with the State it saw last time: the conntrack
-// table is only walked for a family when a UDP or SCTP frontend lost an endpoint or gained its
-// first ones (and on the first call, to catch leftovers of a previous run). The decision itself is
-// made from st alone, as kube-proxy's does, so it also removes entries an earlier failed attempt
-// left behind.
+// Clean deletes stale entries for st, given the services that changed since the last call: the
+// conntrack table is only walked for a family when a UDP or SCTP frontend lost an endpoint or
+// gained its first ones (and on the first call, to catch leftovers of a previous run, and after a
+// failed walk). A partial ch costs what changed; a full one recomputes every frontend. The
+// decision itself is made from st alone, as kube-proxy's does.
 //
 // An entry is deleted when its protocol is UDP or SCTP and either
 //   - its original destination is a service IP (cluster, external or load-balancer) and port whose
@@ -86,23 +96,65 @@ func NewCleaner(k Kernel, log *slog.Logger) *Cleaner {
 //
 // Traffic policies and endpoint readiness for new connections do not matter here: as for TCP, a
 // flow may keep using any endpoint that is still serving.
-func (c *Cleaner) Clean(st *proxier.State) error {
+func (c *Cleaner) Clean(st *proxier.State, ch proxier.Changes) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
 	for _, f := range proxier.Families {
-		cur := frontendsOf(st, f)
-		prev, seen := c.prev[f]
-		if seen && !cur.needsCleanup(prev) {
-			c.prev[f] = cur
+		fs, needs := c.fams[f], false
+		if fs == nil || ch.Full {
+			next := &familyState{fe: newFrontends(), owned: map[types.NamespacedName]*frontends{}}
+			var n types.NamespacedName
+			var group []*proxier.ServicePort
+			flush := func() {
+				own := frontendsOf(group, f)
+				if len(own.vips)+len(own.nodePorts) == 0 {
+					return
+				}
+				next.fe.add(own)
+				if had := next.owned[n]; had != nil { // a hand-made state, not sorted by name
+					had.add(own)
+					return
+				}
+				next.owned[n] = own
+			}
+			for _, sp := range st.Services {
+				if sp.Name.NamespacedName != n {
+					flush()
+					n, group = sp.Name.NamespacedName, group[:0]
+				}
+				group = append(group, sp)
+			}
+			flush()
+			needs = fs == nil || fs.walk || next.fe.needsCleanup(fs.fe)
+			fs = next
+			c.fams[f] = fs
+		} else {
+			for n := range ch.Services {
+				own, old := frontendsOf(st.PortsOfService(n), f), fs.owned[n]
+				if old == nil {
+					old = newFrontends()
+				}
+				needs = needs || own.needsCleanup(old)
+				fs.fe.remove(old)
+				delete(fs.owned, n)
+				if len(own.vips)+len(own.nodePorts) > 0 {
+					fs.owned[n] = own
+					fs.fe.add(own)
+				}
+			}
+			needs = needs || fs.walk
+		}
+		fs.fe.nodeIPs = map[netip.Addr]bool{}
+		for _, a := range st.NodeIPsOf(f) {
+			fs.fe.nodeIPs[a] = true
+		}
+		if !needs || fs.fe.empty() {
+			fs.walk = false
 			continue
 		}
-		delete(c.prev, f)
-		if cur.empty() {
-			c.prev[f] = cur
-			continue
-		}
-		n, err := c.k.ConntrackDeleteFilters(netlink.ConntrackTable, inetFamily(f), cur)
+		fs.walk = true
+		n, err := c.k.ConntrackDeleteFilters(netlink.ConntrackTable, inetFamily(f), fs.fe)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("delete stale %s conntrack entries: %w", f, err))
 			continue
@@ -110,7 +162,7 @@ func (c *Cleaner) Clean(st *proxier.State) error {
 		if n > 0 {
 			c.log.Info("deleted stale conntrack entries", "family", f.String(), "entries", n)
 		}
-		c.prev[f] = cur
+		fs.walk = false
 	}
 	return errors.Join(errs...)
 }
@@ -156,12 +208,17 @@ type frontends struct {
 
 var _ netlink.CustomConntrackFilter = (*frontends)(nil)
 
-func frontendsOf(st *proxier.State, f proxier.Family) *frontends {
-	fe := &frontends{vips: map[vipKey]endpointSet{}, nodePorts: map[nodePortKey]endpointSet{}, nodeIPs: map[netip.Addr]bool{}}
-	for _, a := range st.NodeIPsOf(f) {
-		fe.nodeIPs[a] = true
-	}
-	for _, sp := range st.ForFamily(f) {
+func newFrontends() *frontends {
+	return &frontends{vips: map[vipKey]endpointSet{}, nodePorts: map[nodePortKey]endpointSet{}}
+}
+
+// frontendsOf returns the UDP/SCTP frontends of sps (one service's ports) in family f.
+func frontendsOf(sps []*proxier.ServicePort, f proxier.Family) *frontends {
+	fe := newFrontends()
+	for _, sp := range sps {
+		if sp.Name.Family != f {
+			continue
+		}
 		proto, ok := protoNumber(sp.Name.Protocol)
 		if !ok {
 			continue
@@ -174,8 +231,6 @@ func frontendsOf(st *proxier.State, f proxier.Family) *frontends {
 		}
 		add := func(a netip.Addr) {
 			k := vipKey{netip.AddrPortFrom(a, sp.Port), proto}
-			// Two service ports never share a frontend (the model resolves conflicts); merge
-			// anyway so a flow valid for either is kept.
 			fe.vips[k] = merge(fe.vips[k], eps)
 		}
 		add(sp.ClusterIP)
@@ -191,6 +246,26 @@ func frontendsOf(st *proxier.State, f proxier.Family) *frontends {
 		}
 	}
 	return fe
+}
+
+// add merges o's frontends into fe. Two services never share a frontend (the model resolves
+// conflicts), so remove can take a service's frontends out again by key.
+func (fe *frontends) add(o *frontends) {
+	for k, eps := range o.vips {
+		fe.vips[k] = merge(fe.vips[k], eps)
+	}
+	for k, eps := range o.nodePorts {
+		fe.nodePorts[k] = merge(fe.nodePorts[k], eps)
+	}
+}
+
+func (fe *frontends) remove(o *frontends) {
+	for k := range o.vips {
+		delete(fe.vips, k)
+	}
+	for k := range o.nodePorts {
+		delete(fe.nodePorts, k)
+	}
 }
 
 func merge(a, b endpointSet) endpointSet {

@@ -1,9 +1,11 @@
 package conntrack
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -77,6 +79,9 @@ func dnsService(proto v1.Protocol, eps ...proxier.Endpoint) *proxier.ServicePort
 	}
 }
 
+// dnsChanged is a partial sync's Changes for dnsService.
+var dnsChanged = proxier.Changes{Services: map[types.NamespacedName]bool{{Namespace: "kube-system", Name: "dns"}: true}}
+
 func state(sps ...*proxier.ServicePort) *proxier.State {
 	return &proxier.State{
 		Node:     proxier.Node{Name: "node01", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.151"), netip.MustParseAddr("fd00:10::151")}},
@@ -88,7 +93,7 @@ func TestCleanRemovedEndpoint(t *testing.T) {
 	const udp = unix.IPPROTO_UDP
 	k := &fakeKernel{}
 	c := NewCleaner(k, nil)
-	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353"), ep("10.244.2.7:5353")))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353"), ep("10.244.2.7:5353"))), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	toKept := flow(udp, "10.244.1.9:40000", "10.96.0.10:53", "10.244.1.5:5353")
@@ -105,7 +110,7 @@ func TestCleanRemovedEndpoint(t *testing.T) {
 	k.flows = []*netlink.ConntrackFlow{toKept, toGone, extGone, lbGone, npGone, npKept, npElsewhere, tcp, otherPort, v6}
 
 	calls := k.calls
-	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353")))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353"))), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != calls+1 {
@@ -127,7 +132,7 @@ func TestCleanFirstEndpoints(t *testing.T) {
 	const udp = unix.IPPROTO_UDP
 	k := &fakeKernel{}
 	c := NewCleaner(k, nil)
-	if err := c.Clean(state(dnsService(v1.ProtocolUDP))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolUDP)), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 0 {
@@ -137,13 +142,13 @@ func TestCleanFirstEndpoints(t *testing.T) {
 	noNAT := flow(udp, "10.244.1.9:40000", "10.96.0.10:53", "10.96.0.10:53")
 	npNoNAT := flow(udp, "10.0.0.1:40001", "10.0.0.151:30053", "10.0.0.151:30053")
 	k.flows = []*netlink.ConntrackFlow{noNAT, npNoNAT}
-	if err := c.Clean(state(dnsService(v1.ProtocolUDP))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolUDP)), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 0 || len(k.flows) != 2 {
 		t.Fatalf("still no endpoints: calls %d, flows %d; want 0 calls, 2 flows", k.calls, len(k.flows))
 	}
-	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353")))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353"))), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if len(k.flows) != 0 {
@@ -155,7 +160,7 @@ func TestCleanSkipsWhenNothingLost(t *testing.T) {
 	k := &fakeKernel{}
 	c := NewCleaner(k, nil)
 	st := state(dnsService(v1.ProtocolSCTP, ep("10.244.1.5:5353")))
-	if err := c.Clean(st); err != nil {
+	if err := c.Clean(st, dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 1 {
@@ -168,7 +173,7 @@ func TestCleanSkipsWhenNothingLost(t *testing.T) {
 		state(dnsService(v1.ProtocolSCTP, ep("10.244.1.5:5353"), ep("10.244.2.7:5353")), tcp),
 		state(dnsService(v1.ProtocolSCTP, ep("10.244.1.5:5353"), ep("10.244.2.7:5353"))),
 	} {
-		if err := c.Clean(st); err != nil {
+		if err := c.Clean(st, dnsChanged); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -180,10 +185,74 @@ func TestCleanSkipsWhenNothingLost(t *testing.T) {
 	// An endpoint that stops serving is no longer valid.
 	gone := ep("10.244.2.7:5353")
 	gone.Ready, gone.Serving = false, false
-	if err := c.Clean(state(dnsService(v1.ProtocolSCTP, ep("10.244.1.5:5353"), gone))); err != nil {
+	if err := c.Clean(state(dnsService(v1.ProtocolSCTP, ep("10.244.1.5:5353"), gone)), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 2 || len(k.flows) != 0 {
 		t.Fatalf("endpoint stopped serving: calls %d, flows %d; want 2 calls, 0 flows", k.calls, len(k.flows))
+	}
+}
+
+// A Cleaner fed partial Changes walks the table exactly when one fed the whole state every time
+// does, and deletes the same flows, through endpoint moves, services coming and going, and a
+// protocol change.
+func TestCleanPartialMatchesFull(t *testing.T) {
+	const udp = unix.IPPROTO_UDP
+	named := func(name string, sp *proxier.ServicePort) *proxier.ServicePort {
+		sp.Name.Name = name
+		return sp
+	}
+	other := func(eps ...proxier.Endpoint) *proxier.ServicePort {
+		sp := named("other", dnsService(v1.ProtocolUDP, eps...))
+		sp.ClusterIP, sp.NodePort, sp.ExternalIPs, sp.LoadBalancerIPs = netip.MustParseAddr("10.96.0.11"), 30054, nil, nil
+		return sp
+	}
+	dns := func(eps ...proxier.Endpoint) *proxier.ServicePort { return dnsService(v1.ProtocolUDP, eps...) }
+	a, b, c := ep("10.244.1.5:5353"), ep("10.244.2.7:5353"), ep("10.244.3.2:5353")
+	steps := []struct {
+		sps     []*proxier.ServicePort
+		changed []string
+	}{
+		{[]*proxier.ServicePort{dns(a, b), other(c)}, nil},
+		{[]*proxier.ServicePort{dns(a, b), other(c)}, []string{"other"}},
+		{[]*proxier.ServicePort{dns(a), other(c)}, []string{"dns"}},
+		{[]*proxier.ServicePort{dns(a), other()}, []string{"other"}},
+		{[]*proxier.ServicePort{dns(a)}, []string{"other"}},
+		{[]*proxier.ServicePort{dns(a), other(b)}, []string{"other"}},
+		{[]*proxier.ServicePort{dnsService(v1.ProtocolTCP, a), other(b)}, []string{"dns"}},
+		{[]*proxier.ServicePort{dns(b), other(a, b)}, []string{"dns", "other"}},
+	}
+	flows := func() []*netlink.ConntrackFlow {
+		var out []*netlink.ConntrackFlow
+		for i, dst := range []string{"10.96.0.10:53", "10.96.0.11:53", "10.0.0.151:30053", "10.0.0.151:30054"} {
+			for j, reply := range []string{"10.244.1.5:5353", "10.244.2.7:5353", "10.244.3.2:5353"} {
+				out = append(out, flow(udp, fmt.Sprintf("10.0.0.1:%d", 40000+10*i+j), dst, reply))
+			}
+		}
+		return out
+	}
+	partial, full := &fakeKernel{}, &fakeKernel{}
+	pc, fc := NewCleaner(partial, nil), NewCleaner(full, nil)
+	for i, s := range steps {
+		partial.flows, full.flows = flows(), flows()
+		ch := proxier.Changes{Full: i == 0, Services: map[types.NamespacedName]bool{}}
+		for _, n := range s.changed {
+			ch.Services[types.NamespacedName{Namespace: "kube-system", Name: n}] = true
+		}
+		st := state(s.sps...)
+		slices.SortFunc(st.Services, func(x, y *proxier.ServicePort) int { return strings.Compare(x.Name.Name, y.Name.Name) })
+		if err := pc.Clean(st, ch); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.Clean(st, proxier.Changes{Full: true}); err != nil {
+			t.Fatal(err)
+		}
+		if partial.calls != full.calls || len(partial.flows) != len(full.flows) {
+			t.Fatalf("step %d: partial walked %d times and left %d flows; full walked %d times and left %d",
+				i, partial.calls, len(partial.flows), full.calls, len(full.flows))
+		}
+	}
+	if full.calls < 4 {
+		t.Fatalf("the steps walked the table %d times; the test means to make it walk at least 4", full.calls)
 	}
 }

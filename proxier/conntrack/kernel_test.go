@@ -87,14 +87,14 @@ func TestKernelDeletesStaleUDPFlow(t *testing.T) {
 	c := NewCleaner(k, nil)
 
 	svc := dnsService(v1.ProtocolUDP, ep("10.244.1.5:5353"))
-	if err := c.Clean(state(svc)); err != nil {
+	if err := c.Clean(state(svc), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	if n := entries(); n != 1 {
 		t.Fatalf("endpoint still valid: %d entries, want 1", n)
 	}
 	moved := dnsService(v1.ProtocolUDP, ep("10.244.2.7:5353"))
-	if err := c.Clean(state(moved)); err != nil {
+	if err := c.Clean(state(moved), dnsChanged); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)

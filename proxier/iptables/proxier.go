@@ -26,7 +26,7 @@ import (
 
 // ConntrackCleaner removes conntrack entries made stale by a sync; *conntrack.Cleaner is one.
 type ConntrackCleaner interface {
-	Clean(st *proxier.State) error
+	Clean(st *proxier.State, ch proxier.Changes) error
 }
 
 // Options configure a Proxier.
@@ -124,6 +124,11 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
+	// After a failed sync the cleaner has not seen that sync's changes either.
+	clean := ch
+	for _, fp := range p.fams {
+		clean.Full = clean.Full || fp.needFull
+	}
 	for _, fp := range p.fams {
 		if err := p.syncFamily(ctx, fp, st, ch); err != nil {
 			fp.needFull = true
@@ -136,7 +141,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	if p.conntrack != nil {
 		// The rules are in place; a failure here is retried by the cleaner on its next call and
 		// must not make the runner believe the rules failed.
-		if err := p.conntrack.Clean(st); err != nil {
+		if err := p.conntrack.Clean(st, clean); err != nil {
 			p.log.Warn("conntrack cleanup failed", "err", err)
 		}
 	}

@@ -235,7 +235,7 @@ func TestFullSyncRepairsDriftAndLeftovers(t *testing.T) {
 
 type recordingCleaner struct{ states []*proxier.State }
 
-func (c *recordingCleaner) Clean(st *proxier.State) error {
+func (c *recordingCleaner) Clean(st *proxier.State, _ proxier.Changes) error {
 	c.states = append(c.states, st)
 	return errors.New("netlink busy") // must not fail the sync
 }

@@ -48,7 +48,7 @@ import (
 // Cleaner removes conntrack entries that a sync made stale. proxier/conntrack's Cleaner
 // satisfies it; the wiring passes conntrack.NewCleaner(...) here.
 type Cleaner interface {
-	Clean(st *proxier.State) error
+	Clean(st *proxier.State, ch proxier.Changes) error
 }
 
 // Options configure a Proxier.
@@ -268,7 +268,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	p.log.Debug("synced nftables", "full", full, "rebuilt", rebuild, "services", stats.Services,
 		"messages", stats.Messages, "bytes", stats.Bytes, "duration", stats.Duration, "commit", stats.Commit)
 	if p.conntrack != nil {
-		if err := p.conntrack.Clean(st); err != nil {
+		if err := p.conntrack.Clean(st, proxier.Changes{Full: full, Services: ch.Services}); err != nil {
 			p.log.Warn("clearing stale conntrack entries failed", "err", err)
 		}
 	}
@@ -446,31 +446,12 @@ type elemBefore struct {
 	val     verdict
 }
 
-// portsOf returns the ports of service n of family pf in st. The model sorts st.Services by
-// service name, so a binary search finds them; a state that is not sorted (hand-made, in tests)
-// still works, through a scan when the search misses.
+// portsOf returns the ports of service n of family pf in st.
 func portsOf(st *proxier.State, n types.NamespacedName, pf proxier.Family) []*proxier.ServicePort {
-	cmpName := func(sp *proxier.ServicePort, n types.NamespacedName) int {
-		if c := cmp.Compare(sp.Name.Namespace, n.Namespace); c != 0 {
-			return c
-		}
-		return cmp.Compare(sp.Name.Name, n.Name)
-	}
-	svcs := st.Services
-	i, found := slices.BinarySearchFunc(svcs, n, cmpName)
-	if !found {
-		i = slices.IndexFunc(svcs, func(sp *proxier.ServicePort) bool { return sp.Name.NamespacedName == n })
-		if i < 0 {
-			return nil
-		}
-	}
-	for i > 0 && svcs[i-1].Name.NamespacedName == n {
-		i--
-	}
 	var out []*proxier.ServicePort
-	for ; i < len(svcs) && svcs[i].Name.NamespacedName == n; i++ {
-		if svcs[i].Name.Family == pf {
-			out = append(out, svcs[i])
+	for _, sp := range st.PortsOfService(n) {
+		if sp.Name.Family == pf {
+			out = append(out, sp)
 		}
 	}
 	return out
