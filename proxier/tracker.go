@@ -39,7 +39,7 @@ type Tracker struct {
 	effective map[types.NamespacedName][]*ServicePort
 	// flat is the last State's Services (effective ports in key order).
 	flat      []*ServicePort
-	endpoints int // across flat
+	endpoints int                                 // across flat
 	problems  map[types.NamespacedName][]Problem  // invalid parts of each service
 	conflicts map[types.NamespacedName][]Problem  // ports left out for another service's frontend
 	claims    map[Frontend][]types.NamespacedName // sorted owners of every frontend
