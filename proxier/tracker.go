@@ -197,7 +197,10 @@ func sliceEqual(a, b *discovery.EndpointSlice) bool {
 }
 
 // Snapshot returns the desired State and the services that changed since the previous Snapshot.
-// The State shares unchanged ServicePorts with earlier States; nobody may modify them.
+// The State shares unchanged ServicePorts with earlier States; nobody may modify them. Its
+// Services slice is only valid until the next Snapshot, which patches it in place (copying 25,000
+// pointers, and collecting the copy, was most of a one-endpoint change): keep the ServicePorts, not
+// the slice.
 func (t *Tracker) Snapshot() (*State, Changes) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -318,14 +321,14 @@ func store(m map[types.NamespacedName][]Problem, k types.NamespacedName, ps []Pr
 	m[k] = ps
 }
 
-// flatten returns the effective ports of every key in order. A few changed keys patch a copy of
-// the last result in place, found by binary search (the result is sorted by service): adding or
-// removing one service among 25,000 then costs a memmove, not a walk of every key.
+// flatten returns the effective ports of every key in order. A few changed keys patch the last
+// result in place, found by binary search (the result is sorted by service): adding or removing
+// one service among 25,000 then costs a memmove, not a walk of every key.
 func (t *Tracker) flatten(changed map[types.NamespacedName]bool, rebuild bool) []*ServicePort {
 	if rebuild || len(changed) > 64 {
 		return t.rebuildFlat()
 	}
-	flat := slices.Clone(t.flat)
+	flat := t.flat
 	for k := range changed {
 		i, _ := slices.BinarySearchFunc(flat, k, func(sp *ServicePort, k types.NamespacedName) int {
 			return compareKeys(sp.Name.NamespacedName, k)
