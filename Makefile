@@ -21,6 +21,7 @@ demo: build
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	@! $(GO) list -deps ./cmd/nodeagent | grep -qx testing || { echo "vet: the nodeagent binary links package testing (a test harness reached it)"; exit 1; }
 
 # Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
 test: build vet

@@ -31,7 +31,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -297,10 +296,25 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	return cp, nil
 }
 
+// TB is the part of testing.TB that StartTest uses. It is spelled out so that this package, which
+// the bench subcommand links into the daemon's binary, does not import package testing.
+type TB interface {
+	Helper()
+	Context() context.Context
+	Skip(args ...any)
+	Skipf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Logf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+	Failed() bool
+}
+
 // StartTest starts a control plane for a test and stops it when the test ends. It skips the test,
 // with the reason, when the binaries cannot be had at all (no etcd, build.sh failing); any other
 // failure fails it. On failure the tail of both logs goes to the test log.
-func StartTest(t testing.TB, opts Options) *ControlPlane {
+func StartTest(t TB, opts Options) *ControlPlane {
 	t.Helper()
 	ctx := t.Context()
 	if opts.Etcd == "" {
