@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -29,7 +31,8 @@ Usage:
   nodeagent bench     [flags]   measure rule-sync latency and the packet path per mode, in namespaces it makes
   nodeagent version
 
-Run "nodeagent <command> -h" for a command's flags.
+Run "nodeagent <command> -h" for a command's flags. Flags without a command (kube-proxy's command
+line, e.g. "nodeagent --config=/var/lib/kube-proxy/config.conf") run the daemon.
 `
 
 func main() {
@@ -47,6 +50,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp
+	}
+	// kube-proxy has no subcommands: its DaemonSet runs `kube-proxy --config=... --hostname-override=...`.
+	// Flags first means that command line, run as the daemon.
+	if strings.HasPrefix(args[0], "-") && !slices.Contains([]string{"-h", "-help", "--help", "--version", "-version"}, args[0]) {
+		return runCmd(ctx, args, stderr)
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
