@@ -1,0 +1,125 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// conntrackConfig is kube-proxy's conntrack: block (and its --conntrack-* flags).
+type conntrackConfig struct {
+	MaxPerCore            *int32           `json:"maxPerCore,omitempty"`
+	Min                   *int32           `json:"min,omitempty"`
+	TCPEstablishedTimeout *metav1.Duration `json:"tcpEstablishedTimeout,omitempty"`
+	TCPCloseWaitTimeout   *metav1.Duration `json:"tcpCloseWaitTimeout,omitempty"`
+	TCPBeLiberal          bool             `json:"tcpBeLiberal,omitempty"`
+	UDPTimeout            metav1.Duration  `json:"udpTimeout,omitempty"`
+	UDPStreamTimeout      metav1.Duration  `json:"udpStreamTimeout,omitempty"`
+}
+
+// defaultConntrack is kube-proxy v1.34's default.
+func defaultConntrack() conntrackConfig {
+	maxPerCore, minimum := int32(32768), int32(131072)
+	return conntrackConfig{
+		MaxPerCore:            &maxPerCore,
+		Min:                   &minimum,
+		TCPEstablishedTimeout: &metav1.Duration{Duration: 24 * time.Hour},
+		TCPCloseWaitTimeout:   &metav1.Duration{Duration: time.Hour},
+	}
+}
+
+// sysctls is the part of /proc/sys/net/netfilter the conntrack settings touch, behind an
+// interface so that the decisions are tested without writing any.
+type sysctls interface {
+	Get(name string) (int, error)
+	Set(name string, value int) error
+}
+
+// procNetfilter reads and writes /proc/sys/net/netfilter of the calling process's network
+// namespace: the agent's own. Every entry but nf_conntrack_max is per namespace; that one is
+// read-only outside the initial namespace, so an agent in a lab or a pod network namespace can
+// never change the host's.
+type procNetfilter struct{}
+
+func (procNetfilter) Get(name string) (int, error) {
+	b, err := os.ReadFile(filepath.Join("/proc/sys/net/netfilter", name))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func (procNetfilter) Set(name string, value int) error {
+	return os.WriteFile(filepath.Join("/proc/sys/net/netfilter", name), []byte(strconv.Itoa(value)), 0o644)
+}
+
+// conntrackMax is kube-proxy's: maxPerCore × CPUs, at least min; 0 when maxPerCore is 0 (leave
+// the kernel's value).
+func (c conntrackConfig) conntrackMax(cpus int) int {
+	if c.MaxPerCore == nil || *c.MaxPerCore <= 0 {
+		return 0
+	}
+	floor := 0
+	if c.Min != nil {
+		floor = int(*c.Min)
+	}
+	return max(int(*c.MaxPerCore)*cpus, floor)
+}
+
+// apply sets the conntrack sysctls as kube-proxy does at start: only settings that are non-zero,
+// and only when the kernel's value differs. Unlike kube-proxy, a nf_conntrack_max the namespace
+// may not write (any namespace but the host's) is a warning, not a reason to stop: agents in
+// network namespaces are a normal way to run nodeagent.
+func (c conntrackConfig) apply(sys sysctls, cpus int, log *slog.Logger) error {
+	set := func(name string, value int) error {
+		if cur, err := sys.Get(name); err == nil && cur == value {
+			return nil
+		}
+		if err := sys.Set(name, value); err != nil {
+			return fmt.Errorf("sysctl net/netfilter/%s=%d: %w", name, value, err)
+		}
+		log.Info("set sysctl", "entry", "net/netfilter/"+name, "value", value)
+		return nil
+	}
+	if m := c.conntrackMax(cpus); m > 0 {
+		if err := set("nf_conntrack_max", m); err != nil {
+			if !errors.Is(err, fs.ErrPermission) && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			log.Warn("nf_conntrack_max cannot be set from this network namespace; leaving the kernel's value (--conntrack-max-per-core=0 silences this)", "want", m, "err", err)
+		}
+	}
+	seconds := func(d *metav1.Duration) int {
+		if d == nil {
+			return 0
+		}
+		return int(d.Duration / time.Second)
+	}
+	for _, s := range []struct {
+		name  string
+		value int
+	}{
+		{"nf_conntrack_tcp_timeout_established", seconds(c.TCPEstablishedTimeout)},
+		{"nf_conntrack_tcp_timeout_close_wait", seconds(c.TCPCloseWaitTimeout)},
+		{"nf_conntrack_udp_timeout", seconds(&c.UDPTimeout)},
+		{"nf_conntrack_udp_timeout_stream", seconds(&c.UDPStreamTimeout)},
+	} {
+		if s.value > 0 {
+			if err := set(s.name, s.value); err != nil {
+				return err
+			}
+		}
+	}
+	if c.TCPBeLiberal {
+		return set("nf_conntrack_tcp_be_liberal", 1)
+	}
+	return nil
+}
