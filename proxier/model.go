@@ -36,11 +36,11 @@ func Skipped(labels map[string]string) bool {
 	return proxyName || headless
 }
 
-// ServicePorts computes the desired state of one Service: one ServicePort per (port, family),
-// sorted by name. slices are the EndpointSlices that belong to the service (any family). It returns
-// no ports for services no proxy programs (headless, ExternalName, no cluster IP, labelled for
-// another proxy) and a Problem for invalid parts, which are left out.
-func ServicePorts(svc *v1.Service, slices []*discovery.EndpointSlice, node string) ([]*ServicePort, []Problem) {
+// ServicePorts computes the desired state of one Service on node: one ServicePort per (port,
+// family), sorted by name. slices are the EndpointSlices that belong to the service (any family).
+// It returns no ports for services no proxy programs (headless, ExternalName, no cluster IP,
+// labelled for another proxy) and a Problem for invalid parts, which are left out.
+func ServicePorts(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) ([]*ServicePort, []Problem) {
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	problem := func(format string, a ...any) Problem {
 		return Problem{Kind: "Service", Object: key, Reason: fmt.Sprintf(format, a...)}
@@ -148,8 +148,7 @@ func ServicePorts(svc *v1.Service, slices []*discovery.EndpointSlice, node strin
 				sp.AffinityTimeout = 0
 			}
 			sp.AllEndpoints = endpointsFor(slices, p.Name, proto, f, node)
-			sp.ClusterEndpoints = usable(sp.AllEndpoints, func(Endpoint) bool { return true })
-			sp.LocalEndpoints = usable(sp.AllEndpoints, func(e Endpoint) bool { return e.Local })
+			sp.ClusterEndpoints, sp.LocalEndpoints = categorize(sp.AllEndpoints)
 			out = append(out, sp)
 		}
 	}
@@ -182,7 +181,7 @@ func addrsOf(as []netip.Addr, f Family) []netip.Addr {
 // endpointsFor collects the endpoints of one service port from its slices: the slice port is the
 // one whose name and protocol match the service port's (its number is the resolved target port).
 // Duplicates across slices are merged, keeping the first; the result is sorted by address and port.
-func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.Protocol, f Family, node string) []Endpoint {
+func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.Protocol, f Family, node Node) []Endpoint {
 	want := discovery.AddressTypeIPv4
 	if f == IPv6 {
 		want = discovery.AddressTypeIPv6
@@ -243,10 +242,12 @@ func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.P
 				serving = *ep.Conditions.Serving
 			}
 			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			zoneHint, nodeHint := resolveHints(ep.Hints, node)
 			out = append(out, Endpoint{
 				Addr: ap.Addr(), Port: ap.Port(), NodeName: nodeName,
-				Local: node != "" && nodeName == node,
+				Local: node.Name != "" && nodeName == node.Name,
 				Ready: ready, Serving: serving, Terminating: terminating,
+				ZoneHint: zoneHint, NodeHint: nodeHint,
 			})
 		}
 	}
@@ -259,32 +260,6 @@ func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.P
 
 func sortEndpoints(eps []Endpoint) {
 	slices.SortFunc(eps, func(a, b Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
-}
-
-// usable picks, among the endpoints that match, the ready ones; when none is ready, the serving
-// and terminating ones (kube-proxy's fallback that lets connections drain during rollouts).
-func usable(all []Endpoint, match func(Endpoint) bool) []Endpoint {
-	// The common case, every endpoint matching and ready, shares all's array (nobody modifies
-	// endpoint lists) instead of copying it.
-	if !slices.ContainsFunc(all, func(e Endpoint) bool { return !match(e) || !e.Ready || e.Terminating }) {
-		return all
-	}
-	var ready, fallback []Endpoint
-	for _, e := range all {
-		if !match(e) {
-			continue
-		}
-		switch {
-		case e.Ready && !e.Terminating:
-			ready = append(ready, e)
-		case e.Serving && e.Terminating:
-			fallback = append(fallback, e)
-		}
-	}
-	if len(ready) > 0 {
-		return ready
-	}
-	return fallback
 }
 
 // Frontend is one address, port and protocol a service port answers on, used to find conflicts.

@@ -261,7 +261,7 @@ func TestServicePorts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			sps, problems := ServicePorts(c.svc, c.slices, "node01")
+			sps, problems := ServicePorts(c.svc, c.slices, Node{Name: "node01"})
 			c.check(t, sps, problems)
 		})
 	}

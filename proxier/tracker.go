@@ -32,6 +32,7 @@ type Tracker struct {
 	slices   map[types.NamespacedName]*discovery.EndpointSlice
 	bySvc    map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
+	zones    map[string]string // Node name → zone label, from Node objects (topology.go)
 
 	// Derived, kept between snapshots.
 	keys      []types.NamespacedName // services with ports, sorted
@@ -93,10 +94,12 @@ func (t *Tracker) Ready() bool {
 	return t.ready
 }
 
-// SetNode changes this node's identity (name or addresses); every service is recomputed.
+// SetNode changes this node's identity (name or addresses); every service is recomputed. An
+// empty n.Zone keeps the zone the Node objects gave.
 func (t *Tracker) SetNode(n Node) {
 	t.mu.Lock()
-	same := n.Name == t.node.Name && slices.Equal(n.IPs, t.node.IPs)
+	n = t.withZone(n)
+	same := n.Equal(t.node)
 	if !same {
 		t.node = n
 		t.full = true
@@ -167,8 +170,10 @@ func (t *Tracker) apply(obj runtime.Object, deleted bool) bool {
 		t.bySvc[svc][o.Name] = o
 		t.dirty[svc] = true
 		return true
+	case *v1.Node:
+		return t.applyNode(o, deleted)
 	}
-	// Other kinds (Nodes, load-balancer objects) are not the proxy's concern.
+	// Other kinds (load-balancer objects) are not the proxy's concern.
 	return false
 }
 
@@ -225,7 +230,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 				sl = append(sl, s)
 			}
 			sort.Slice(sl, func(i, j int) bool { return sl[i].Name < sl[j].Name })
-			ports, problems = ServicePorts(svc, sl, t.node.Name)
+			ports, problems = ServicePorts(svc, sl, t.node)
 		}
 		present[k] = len(ports) > 0
 		if len(ports) > 0 {

@@ -72,6 +72,10 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+	// ZoneHint and NodeHint are the endpoint's topology hints (EndpointSlice hints.forZones and
+	// hints.forNodes) resolved against this node, as Local is: only whether it has any and
+	// whether one names this node's zone (this node) matters.
+	ZoneHint, NodeHint Hint
 }
 
 // AddrPort is the endpoint's address and port.
@@ -105,7 +109,10 @@ type ServicePort struct {
 	InternalPolicyLocal bool // internalTrafficPolicy: Local
 
 	// ClusterEndpoints are the endpoints traffic with a Cluster policy may use: the ready ones
-	// anywhere, or when none is ready the serving-and-terminating ones.
+	// anywhere (only those hinted for this zone or node when topology-aware routing applies,
+	// see topology.go), or when none is ready the serving-and-terminating ones. Computed even
+	// when no traffic uses Cluster policy: it being empty means the service has no usable
+	// endpoint anywhere (HasEndpoints).
 	ClusterEndpoints []Endpoint
 	// LocalEndpoints are the endpoints on this node chosen the same way among local ones.
 	LocalEndpoints []Endpoint
@@ -114,7 +121,8 @@ type ServicePort struct {
 	AllEndpoints []Endpoint
 }
 
-// InternalEndpoints are the endpoints that traffic to the cluster IP may use.
+// InternalEndpoints are the endpoints that traffic to the cluster IP may use; when empty,
+// InternalVerdict says what happens to that traffic.
 func (sp *ServicePort) InternalEndpoints() []Endpoint {
 	if sp.InternalPolicyLocal {
 		return sp.LocalEndpoints
@@ -123,7 +131,8 @@ func (sp *ServicePort) InternalEndpoints() []Endpoint {
 }
 
 // ExternalEndpoints are the endpoints that traffic to node ports, external IPs and load-balancer
-// IPs may use (traffic from outside the cluster).
+// IPs may use (traffic from outside the cluster); when empty, ExternalVerdict says what happens to
+// that traffic.
 func (sp *ServicePort) ExternalEndpoints() []Endpoint {
 	if sp.ExternalPolicyLocal {
 		return sp.LocalEndpoints
@@ -142,6 +151,14 @@ type Node struct {
 	// IPs are the node's own addresses (both families), used for node ports when
 	// NodePortAddresses is set and as the source of health-check answers.
 	IPs []netip.Addr
+	// Zone is the topology.kubernetes.io/zone label of this node's Node object ("": none); the
+	// tracker keeps it from the Node objects it receives. Topology hints are read against it.
+	Zone string
+}
+
+// Equal reports whether n and o are the same node identity.
+func (n Node) Equal(o Node) bool {
+	return n.Name == o.Name && n.Zone == o.Zone && slices.Equal(n.IPs, o.IPs)
 }
 
 // Config is the part of the agent's configuration the model and proxiers need.

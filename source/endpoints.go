@@ -170,10 +170,49 @@ func podEndpoint(svc *v1.Service, pod *v1.Pod, addr string, nodes map[string]*v1
 			}
 		}
 	}
+	ep.Hints = closeHints(svc, ep)
 	if pod.Spec.Hostname != "" && pod.Spec.Subdomain == svc.Name && svc.Spec.ClusterIP == v1.ClusterIPNone {
 		ep.Hostname = ptr(pod.Spec.Hostname)
 	}
 	return ep
+}
+
+// closeHints are the topology hints the EndpointSlice controller gives a ready endpoint of a
+// service whose trafficDistribution prefers closeness (PreferClose, PreferSameZone,
+// PreferSameNode): its own zone and, for PreferSameNode, its own node. The topology-mode
+// annotation (Auto) turns trafficDistribution off there, and its own proportional hints need
+// every node's CPU: such services get no hints.
+func closeHints(svc *v1.Service, ep discoveryv1.Endpoint) *discoveryv1.EndpointHints {
+	td := svc.Spec.TrafficDistribution
+	if td == nil || ep.Conditions.Ready == nil || !*ep.Conditions.Ready || topologyModeAuto(svc.Annotations) {
+		return nil
+	}
+	switch *td {
+	case v1.ServiceTrafficDistributionPreferClose, v1.ServiceTrafficDistributionPreferSameZone, v1.ServiceTrafficDistributionPreferSameNode:
+	default:
+		return nil
+	}
+	h := &discoveryv1.EndpointHints{}
+	if ep.Zone != nil {
+		h.ForZones = []discoveryv1.ForZone{{Name: *ep.Zone}}
+	}
+	if ep.NodeName != nil && *td == v1.ServiceTrafficDistributionPreferSameNode {
+		h.ForNodes = []discoveryv1.ForNode{{Name: *ep.NodeName}}
+	}
+	if h.ForZones == nil && h.ForNodes == nil {
+		return nil
+	}
+	return h
+}
+
+// topologyModeAuto reports whether a Service asks for the EndpointSlice controller's topology-aware
+// hints by annotation (either spelling).
+func topologyModeAuto(annotations map[string]string) bool {
+	v, ok := annotations[v1.DeprecatedAnnotationTopologyAwareHints]
+	if !ok {
+		v = annotations[v1.AnnotationTopologyMode]
+	}
+	return v == "Auto" || v == "auto"
 }
 
 // newSlice makes the n-th slice of svc's family f. Its name has the controller's shape (the

@@ -135,31 +135,20 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	extChain := serviceChain(extPrefix, sp.Name)
 	fwChain := serviceChain(fwPrefix, sp.Name)
 
-	// Which endpoints each path uses, as kube-proxy's CategorizeEndpoints: Cluster endpoints
-	// whenever internal traffic has Cluster policy or there is external traffic at all (the
-	// Local external policy still short-circuits pod and node traffic to them); Local endpoints
-	// whenever either policy is Local.
+	// Which endpoints each path uses and what becomes of a path without any: decided by the
+	// model (kube-proxy's CategorizeEndpoints).
 	external := sp.HasExternal()
-	usesCluster := !sp.InternalPolicyLocal || external
-	usesLocal := sp.InternalPolicyLocal || (external && sp.ExternalPolicyLocal)
-	var clusterEPs, localEPs []proxier.Endpoint
-	if usesCluster {
-		clusterEPs = sp.ClusterEndpoints
-	}
-	if usesLocal {
-		localEPs = sp.LocalEndpoints
-	}
-	reachable := union(clusterEPs, localEPs)
-	// Usable endpoints anywhere in the cluster, even if none is reachable from here.
-	hasEndpoints := len(sp.ClusterEndpoints) > 0
+	clusterEPs, localEPs := sp.ClusterPolicyEndpoints(), sp.LocalPolicyEndpoints()
+	hasEndpoints := sp.HasEndpoints()
+	internalVerdict, externalVerdict := sp.InternalVerdict(), sp.ExternalVerdict()
 
-	internalChain, hasInternal := svcChain, hasEndpoints
+	internalChain, hasInternal := svcChain, internalVerdict == proxier.Forward
 	if sp.InternalPolicyLocal {
-		internalChain, hasInternal = svlChain, len(localEPs) > 0
+		internalChain = svlChain
 	}
-	externalPolicyChain, hasExternal := svcChain, hasEndpoints
+	externalPolicyChain, hasExternal := svcChain, externalVerdict == proxier.Forward
 	if sp.ExternalPolicyLocal {
-		externalPolicyChain, hasExternal = svlChain, len(localEPs) > 0
+		externalPolicyChain = svlChain
 	}
 	// The EXT chain exists whenever there are endpoints somewhere, even with none local, so
 	// that pod and node traffic still short-circuits to the cluster endpoints.
@@ -170,25 +159,23 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		lbChain = fwChain
 	}
 
-	internalFilter, internalFilterComment := "", ""
-	externalFilter, externalFilterComment := "", ""
-	if !hasEndpoints {
-		// A TCP reset, unlike ICMP port-unreachable, is not rate-limited by the kernel
-		// (net.ipv4.icmp_ratelimit), so every client sees "connection refused" at once.
-		reject := "REJECT"
-		if sp.Name.Protocol == v1.ProtocolTCP {
-			reject = "REJECT --reject-with tcp-reset"
-		}
-		internalFilter, internalFilterComment = reject, name+" has no endpoints"
-		externalFilter, externalFilterComment = reject, name+" has no endpoints"
-	} else {
-		if !hasInternal {
-			internalFilter, internalFilterComment = "DROP", name+" has no local endpoints"
-		}
-		if !hasExternal {
-			externalFilter, externalFilterComment = "DROP", name+" has no local endpoints"
-		}
+	// A TCP reset, unlike ICMP port-unreachable, is not rate-limited by the kernel
+	// (net.ipv4.icmp_ratelimit), so every client sees "connection refused" at once.
+	reject := "REJECT"
+	if sp.Name.Protocol == v1.ProtocolTCP {
+		reject = "REJECT --reject-with tcp-reset"
 	}
+	filter := func(v proxier.Verdict) (target, comment string) {
+		switch v {
+		case proxier.Reject:
+			return reject, name + " has no endpoints"
+		case proxier.Drop:
+			return "DROP", name + " has no local endpoints"
+		}
+		return "", ""
+	}
+	internalFilter, internalFilterComment := filter(internalVerdict)
+	externalFilter, externalFilterComment := filter(externalVerdict)
 
 	// Cluster IP.
 	if hasInternal {
@@ -322,7 +309,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		own(svlChain, r.toEndpoints(sp, name, svlChain, localEPs)...)
 	}
 	c := r.endpointComment(name)
-	for _, e := range reachable {
+	for _, e := range sp.ReachableEndpoints() {
 		sep := endpointChain(sp.Name, e)
 		// Hairpin: an endpoint reaching itself through the service must be masqueraded, or it
 		// would answer itself directly.
@@ -362,42 +349,6 @@ func (r *renderer) toEndpoints(sp *proxier.ServicePort, name, from string, eps [
 		}
 	}
 	return rs
-}
-
-// union merges two address-sorted endpoint lists, dropping duplicates.
-func union(a, b []proxier.Endpoint) []proxier.Endpoint {
-	if len(b) == 0 {
-		return a
-	}
-	if len(a) == 0 {
-		return b
-	}
-	out := make([]proxier.Endpoint, 0, len(a)+len(b))
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b):
-			out = append(out, a[i])
-			i++
-		case i == len(a):
-			out = append(out, b[j])
-			j++
-		default:
-			switch c := a[i].AddrPort().Compare(b[j].AddrPort()); {
-			case c < 0:
-				out = append(out, a[i])
-				i++
-			case c > 0:
-				out = append(out, b[j])
-				j++
-			default:
-				out = append(out, a[i])
-				i++
-				j++
-			}
-		}
-	}
-	return out
 }
 
 // baseChains assembles the shared chains of one family from the service ports' dispatch rules,

@@ -452,19 +452,20 @@ func (b *tableBuilder) elem(set string, k elemKey, v string) { b.t.set(set).elem
 // addService adds sp's elements (and its firewall chain) to the table.
 func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs []netip.Addr) {
 	vs := func(a netip.Addr, port uint16) elemKey { return elemKey{addr: a.Unmap(), proto: proto, port: port} }
-	noEndpoints := func(policyLocal bool, k elemKey) {
-		if policyLocal && len(sp.ClusterEndpoints) > 0 {
+	// Traffic the model drops or rejects for want of endpoints: its key goes into the set the
+	// endpoints-check chain drops (or rejects) from.
+	noEndpoints := func(v proxier.Verdict, k elemKey) {
+		switch v {
+		case proxier.Drop:
 			b.elem(setLocalOnly, k, "")
-		} else {
+		case proxier.Reject:
 			b.elem(setNoEndpoints, k, "")
 		}
 	}
 	cip := vs(sp.ClusterIP, sp.Port)
 	b.elem(setVirtualServers, cip, "")
 	b.elem(setClusterIPs, cip, "")
-	if len(sp.InternalEndpoints()) == 0 {
-		noEndpoints(sp.InternalPolicyLocal, cip)
-	}
+	noEndpoints(sp.InternalVerdict(), cip)
 	var external []elemKey
 	for _, a := range sp.ExternalIPs {
 		external = append(external, vs(a, sp.Port))
@@ -477,14 +478,13 @@ func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs 
 			external = append(external, vs(a, sp.NodePort))
 		}
 	}
+	externalVerdict := sp.ExternalVerdict()
 	for _, k := range external {
 		b.elem(setVirtualServers, k, "")
 		if !sp.ExternalPolicyLocal {
 			b.elem(setMasquerade, k, "")
 		}
-		if len(sp.ExternalEndpoints()) == 0 {
-			noEndpoints(sp.ExternalPolicyLocal, k)
-		}
+		noEndpoints(externalVerdict, k)
 	}
 	for _, ep := range sp.AllEndpoints {
 		if ep.Local {

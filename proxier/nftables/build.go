@@ -284,7 +284,9 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 	}
 	var seen map[elemID]bool // no deduplication needed, see addElem
 	proto := protoNum(sp.Name.Protocol)
-	cluster, internal := sp.ClusterEndpoints, sp.InternalEndpoints()
+	// No chains of its own means External policy Cluster (chainsNeeded): external traffic uses
+	// the cluster endpoints.
+	internal, external := sp.InternalEndpoints(), sp.ExternalEndpoints()
 	var hairpins []netip.Addr
 	count := func(n int) {
 		if !slices.Contains(fr.counts, n) {
@@ -314,35 +316,39 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 	if len(internal) > 0 {
 		slots(servicesWith(len(internal)), mapServiceEndpoints, cipKey, internal)
 	} else {
-		// Local policy with endpoints elsewhere drops, like kube-proxy; none at all rejects.
-		v := gotoChain(chainReject)
-		if sp.InternalPolicyLocal && len(cluster) > 0 {
-			v = verdictDrop
-		}
-		fr.addElem(seen, mapNoEndpointServices, cipKey, v)
+		fr.addElem(seen, mapNoEndpointServices, cipKey, noEndpoints(sp.InternalVerdict()))
 	}
 	// External traffic (Cluster policy here) is masqueraded and may use any endpoint.
 	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, a := range addrs {
 			k := elemKey{addr: a, proto: proto, port: sp.Port}
-			if len(cluster) > 0 {
+			if len(external) > 0 {
 				fr.addElem(seen, setExternalIPs, k, verdict{})
-				slots(servicesWith(len(cluster)), mapServiceEndpoints, k, cluster)
+				slots(servicesWith(len(external)), mapServiceEndpoints, k, external)
 			} else {
-				fr.addElem(seen, mapNoEndpointServices, k, gotoChain(chainReject))
+				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(sp.ExternalVerdict()))
 			}
 		}
 	}
 	if sp.NodePort != 0 {
 		k := elemKey{proto: proto, port: sp.NodePort}
-		if len(cluster) > 0 {
-			slots(nodePortsWith(len(cluster)), mapNodePortEndpoints, k, cluster)
+		if len(external) > 0 {
+			slots(nodePortsWith(len(external)), mapNodePortEndpoints, k, external)
 		} else {
-			fr.addElem(seen, mapNoEndpointNodePorts, k, gotoChain(chainReject))
+			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(sp.ExternalVerdict()))
 		}
 	}
 	firewall(fr, seen, f, sp, proto)
 	return fr
+}
+
+// noEndpoints is the nftables verdict for traffic the model drops or rejects for want of
+// endpoints.
+func noEndpoints(v proxier.Verdict) verdict {
+	if v == proxier.Drop {
+		return verdictDrop
+	}
+	return gotoChain(chainReject)
 }
 
 // firewall adds the chain that enforces loadBalancerSourceRanges: only the listed sources
@@ -377,13 +383,12 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 	extChain := objectName("external", base, base)
 	proto := protoNum(sp.Name.Protocol)
 
-	cluster, local := sp.ClusterEndpoints, sp.LocalEndpoints
-	hasExternal := sp.HasExternal()
 	// The cluster-policy chain serves internal traffic (Cluster policy) and external traffic
 	// (Cluster policy, or pod/node-originated traffic short-circuited under Local policy).
-	needCluster := len(cluster) > 0 && (!sp.InternalPolicyLocal || hasExternal)
-	needLocal := len(local) > 0 && (sp.InternalPolicyLocal || (hasExternal && sp.ExternalPolicyLocal))
-	needExternal := hasExternal && len(cluster) > 0
+	cluster, local := sp.ClusterPolicyEndpoints(), sp.LocalPolicyEndpoints()
+	needCluster := len(cluster) > 0
+	needLocal := len(local) > 0
+	needExternal := sp.HasExternal() && sp.HasEndpoints()
 	internalChain := svcChain
 	if sp.InternalPolicyLocal {
 		internalChain = localChain
@@ -487,29 +492,22 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 	}
 
 	// Where the addresses go: to a chain, or (no usable endpoint) dropped or rejected.
-	// Local policy with endpoints elsewhere drops, like kube-proxy; no endpoint at all rejects.
-	noEndpoints := func(policyLocal bool) verdict {
-		if policyLocal && len(cluster) > 0 {
-			return verdictDrop
-		}
-		return gotoChain(chainReject)
-	}
 	fr.addElem(seen, setClusterIPs, elemKey{addr: sp.ClusterIP}, verdict{})
 	cipKey := elemKey{addr: sp.ClusterIP, proto: proto, port: sp.Port}
-	if len(sp.InternalEndpoints()) > 0 {
+	if v := sp.InternalVerdict(); v == proxier.Forward {
 		fr.addElem(seen, mapServiceIPs, cipKey, gotoChain(internalChain))
 	} else {
-		fr.addElem(seen, mapNoEndpointServices, cipKey, noEndpoints(sp.InternalPolicyLocal))
+		fr.addElem(seen, mapNoEndpointServices, cipKey, noEndpoints(v))
 	}
-	externalOK := len(sp.ExternalEndpoints()) > 0
+	externalVerdict := sp.ExternalVerdict()
 	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, a := range addrs {
 			k := elemKey{addr: a, proto: proto, port: sp.Port}
 			if needExternal {
 				fr.addElem(seen, mapServiceIPs, k, gotoChain(extChain))
 			}
-			if !externalOK {
-				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(sp.ExternalPolicyLocal))
+			if externalVerdict != proxier.Forward {
+				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(externalVerdict))
 			}
 		}
 	}
@@ -518,8 +516,8 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 		if needExternal {
 			fr.addElem(seen, mapServiceNodePorts, k, gotoChain(extChain))
 		}
-		if !externalOK {
-			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(sp.ExternalPolicyLocal))
+		if externalVerdict != proxier.Forward {
+			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(externalVerdict))
 		}
 	}
 	firewall(fr, seen, f, sp, proto)

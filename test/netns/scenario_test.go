@@ -117,6 +117,7 @@ var scenarios = []scenario{
 	{"InternalTrafficPolicyAndHairpin", testInternalTrafficPolicyAndHairpin},
 	{"LoadBalancerPools", testLoadBalancerPools},
 	{"BGPLocalAndServiceIPs", testBGPLocalAndServiceIPs},
+	{"TopologyAwareRouting", testTopologyAwareRouting},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
