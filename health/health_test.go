@@ -175,9 +175,24 @@ func ep(addr string, port uint16, local, ready bool) proxier.Endpoint {
 	return proxier.Endpoint{Addr: netip.MustParseAddr(addr), Port: port, Local: local, Ready: ready, Serving: true, Terminating: !ready}
 }
 
+// hcPort is a service port of demo with health-check node port 31999. Its LocalEndpoints are
+// the local endpoints as the model chooses them: the ready ones, or when none is ready the
+// serving-terminating ones (which the old count took for ready).
 func hcPort(port string, f proxier.Family, eps ...proxier.Endpoint) *proxier.ServicePort {
+	var ready, fallback []proxier.Endpoint
+	for _, e := range eps {
+		switch {
+		case e.Local && e.Ready:
+			ready = append(ready, e)
+		case e.Local && e.Serving:
+			fallback = append(fallback, e)
+		}
+	}
+	if len(ready) == 0 {
+		ready = fallback
+	}
 	return &proxier.ServicePort{Name: proxier.ServicePortName{NamespacedName: demo, Port: port, Protocol: v1.ProtocolTCP, Family: f},
-		HealthCheckNodePort: 31999, AllEndpoints: eps}
+		HealthCheckNodePort: 31999, AllEndpoints: eps, LocalEndpoints: ready}
 }
 
 func TestServiceHealthCheckPorts(t *testing.T) {
