@@ -198,50 +198,101 @@ var nsFilter = func() []bpf.RawInstruction {
 // ndpSocket reads solicitations from a packet socket and does everything else through *ndp.Conn.
 type ndpSocket struct {
 	*ndp.Conn
-	recv  *packet.Conn
+	recv  frameReader
 	index int
+	buf   []byte // read buffer; ReadFrom is called by one goroutine
 }
 
-// ReadFrom returns the next valid Neighbor Solicitation seen on the interface, unicast or
-// multicast, with its source address.
+// frameReader is the receiving side of a packet socket (*packet.Conn), which reads whole frames.
+type frameReader interface {
+	ReadFrom(b []byte) (int, net.Addr, error)
+	Close() error
+}
+
+// ReadFrom returns the next Neighbor Solicitation seen on the interface, unicast or multicast,
+// with its source address. A frame that is not a valid solicitation returns an error wrapping
+// errBadPacket, so that it is counted; the socket stays usable.
 func (s *ndpSocket) ReadFrom() (ndp.Message, *ipv6.ControlMessage, netip.Addr, error) {
-	buf := make([]byte, 1600)
-	for {
-		n, _, err := s.recv.ReadFrom(buf)
-		if err != nil {
-			return nil, nil, netip.Addr{}, err
-		}
-		m, src, ok := parseNS(buf[:n])
-		if ok {
-			return m, &ipv6.ControlMessage{IfIndex: s.index}, src, nil
-		}
+	if s.buf == nil {
+		s.buf = make([]byte, 1600)
 	}
+	n, _, err := s.recv.ReadFrom(s.buf)
+	if err != nil {
+		return nil, nil, netip.Addr{}, err
+	}
+	m, src, err := parseNS(s.buf[:n])
+	if err != nil {
+		return nil, nil, netip.Addr{}, err
+	}
+	return m, &ipv6.ControlMessage{IfIndex: s.index}, src, nil
 }
 
-// parseNS parses an Ethernet frame holding a Neighbor Solicitation, validated as RFC 4861 7.1.1
-// asks (hop limit 255, ICMP code 0; the checksum was checked by nobody, so check it here).
-func parseNS(frame []byte) (*ndp.NeighborSolicitation, netip.Addr, bool) {
-	const eth, ip6 = 14, 40
-	if len(frame) < eth+ip6+24 || frame[12] != 0x86 || frame[13] != 0xdd {
-		return nil, netip.Addr{}, false
+// Sizes in a frame carrying a Neighbor Solicitation.
+const (
+	ethHeaderLen  = 14
+	ipv6HeaderLen = 40
+	nsMinLen      = 24 // ICMPv6 type, code, checksum, reserved, target address (RFC 4861 4.3)
+	ndpOptionUnit = 8  // option lengths count units of 8 bytes
+	ndpOptSrcLLA  = 1  // source link-layer address option
+)
+
+// parseNS parses an Ethernet frame holding a Neighbor Solicitation and validates it as RFC 4861
+// 7.1.1 asks (hop limit 255, ICMP code 0, length, checksum, non-multicast target, options of
+// non-zero length, and for a source of :: a solicited-node destination and no source link-layer
+// address); the checksum was checked by nobody else. Every length is checked before use: the
+// frame comes from anyone on the LAN. Errors wrap errBadPacket.
+func parseNS(frame []byte) (*ndp.NeighborSolicitation, netip.Addr, error) {
+	bad := func(format string, args ...any) (*ndp.NeighborSolicitation, netip.Addr, error) {
+		return nil, netip.Addr{}, fmt.Errorf("%w: Neighbor Solicitation: "+format, append([]any{errBadPacket}, args...)...)
 	}
-	hdr := frame[eth : eth+ip6]
+	if len(frame) < ethHeaderLen+ipv6HeaderLen || frame[12] != 0x86 || frame[13] != 0xdd {
+		return bad("not an IPv6 frame (%d bytes)", len(frame))
+	}
+	hdr := frame[ethHeaderLen : ethHeaderLen+ipv6HeaderLen]
 	plen := int(hdr[4])<<8 | int(hdr[5])
-	if hdr[0]>>4 != 6 || hdr[6] != unix.IPPROTO_ICMPV6 || hdr[7] != 255 || len(frame) < eth+ip6+plen {
-		return nil, netip.Addr{}, false
+	switch {
+	case hdr[0]>>4 != 6:
+		return bad("IP version %d", hdr[0]>>4)
+	case hdr[6] != unix.IPPROTO_ICMPV6:
+		return bad("next header %d", hdr[6])
+	case hdr[7] != 255:
+		return bad("hop limit %d", hdr[7])
+	case plen < nsMinLen:
+		return bad("payload length %d", plen)
+	case len(frame)-ethHeaderLen-ipv6HeaderLen < plen:
+		return bad("payload length %d beyond the %d-byte frame", plen, len(frame))
 	}
 	src := netip.AddrFrom16([16]byte(hdr[8:24]))
 	dst := netip.AddrFrom16([16]byte(hdr[24:40]))
-	body := frame[eth+ip6 : eth+ip6+plen]
-	if body[1] != 0 || icmpv6Checksum(src, dst, body) != 0 {
-		return nil, netip.Addr{}, false
+	// Ethernet may pad short frames: the IPv6 payload length says where the message ends.
+	body := frame[ethHeaderLen+ipv6HeaderLen : ethHeaderLen+ipv6HeaderLen+plen]
+	if body[0] != byte(ipv6.ICMPTypeNeighborSolicitation) || body[1] != 0 {
+		return bad("ICMPv6 type %d code %d", body[0], body[1])
 	}
-	m, err := ndp.ParseMessage(body)
-	if err != nil {
-		return nil, netip.Addr{}, false
+	if icmpv6Checksum(src, dst, body) != 0 {
+		return bad("checksum")
 	}
-	ns, ok := m.(*ndp.NeighborSolicitation)
-	return ns, src, ok
+	target := netip.AddrFrom16([16]byte(body[8:24]))
+	if target.IsMulticast() {
+		return bad("multicast target %s", target)
+	}
+	srcLLA := false
+	for opts := body[nsMinLen:]; len(opts) > 0; {
+		if len(opts) < 2 || opts[1] == 0 || int(opts[1])*ndpOptionUnit > len(opts) {
+			return bad("option length")
+		}
+		srcLLA = srcLLA || opts[0] == ndpOptSrcLLA
+		opts = opts[int(opts[1])*ndpOptionUnit:]
+	}
+	if src.IsUnspecified() {
+		if srcLLA {
+			return bad("source link-layer address from ::")
+		}
+		if g, err := ndp.SolicitedNodeMulticast(target); err != nil || g != dst {
+			return bad("from :: to %s, not the solicited-node group of %s", dst, target)
+		}
+	}
+	return &ndp.NeighborSolicitation{TargetAddress: target}, src, nil
 }
 
 // icmpv6Checksum returns the one's complement sum over the IPv6 pseudo-header and body, which

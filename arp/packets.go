@@ -7,13 +7,19 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
 )
+
+// errBadPacket marks a packet that is malformed or invalid: it is dropped and counted, and the
+// socket keeps serving.
+var errBadPacket = errors.New("bad packet")
 
 // socketGone reports whether a read error means the socket is closed for good (closed by us, or
 // broken) rather than a passing condition.
@@ -22,7 +28,7 @@ func socketGone(err error) bool {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return false
 	}
-	return true
+	return !errors.Is(err, errBadPacket)
 }
 
 // readFailed handles a read error of a serving goroutine: silent when the socket was closed on
@@ -40,51 +46,110 @@ func (r *Responder) readFailed(l *link, closed *atomic.Bool, proto string, err e
 	}
 }
 
+// badPacketLogInterval is the least time between two logs of dropped packets: whoever controls
+// the LAN controls how many arrive.
+const badPacketLogInterval = time.Minute
+
+// badPacket counts a dropped packet and logs it, at most once per badPacketLogInterval: at warn
+// when handling it panicked (a bug in this program), else at debug.
+func (r *Responder) badPacket(l *link, proto string, reason any, panicked bool) {
+	n := r.badPackets.Add(1)
+	now := time.Now().UnixNano()
+	last := r.lastBadLog.Load()
+	if now-last < int64(badPacketLogInterval) || !r.lastBadLog.CompareAndSwap(last, now) {
+		return
+	}
+	if panicked {
+		r.log.Warn("packet handling panicked; packet dropped", "interface", l.Name, "protocol", proto,
+			"panic", fmt.Sprint(reason), "badPacketsTotal", n, "stack", string(debug.Stack()))
+		return
+	}
+	r.log.Debug("bad packet dropped", "interface", l.Name, "protocol", proto, "err", fmt.Sprint(reason),
+		"badPacketsTotal", n)
+}
+
+// serve runs one until it reports the socket gone. Each call of one handles one packet; a panic
+// in it drops that packet, is counted, and serving goes on: one hostile frame must not take the
+// agent down (nothing above recovers a serving goroutine's panic).
+func (r *Responder) serve(l *link, proto string, one func() (gone bool)) {
+	step := func() (gone bool) {
+		defer func() {
+			if p := recover(); p != nil {
+				r.badPacket(l, proto, p, true)
+				gone = false
+			}
+		}()
+		return one()
+	}
+	for !step() {
+	}
+}
+
 // serveARP answers ARP requests for l's owned IPv4 addresses until c is closed.
 func (r *Responder) serveARP(l *link, c net.PacketConn, closed *atomic.Bool) {
 	buf := make([]byte, 1600)
-	for {
+	r.serve(l, "ARP", func() bool {
 		n, _, err := c.ReadFrom(buf)
 		if err != nil {
 			if socketGone(err) {
 				r.readFailed(l, closed, "ARP", err)
-				return
+				return true
 			}
-			continue
+			return false
 		}
-		req, ok := parseARPRequest(buf[:n], l.HardwareAddr)
-		if !ok || !l.owned()[req.TargetIP] {
-			continue
+		req, err := parseARPRequest(buf[:n], l.HardwareAddr)
+		if err != nil {
+			r.badPacket(l, "ARP", err, false)
+			return false
+		}
+		if req == nil || !l.owned()[req.TargetIP] {
+			return false
 		}
 		reply, err := arp.NewPacket(arp.OperationReply, l.HardwareAddr, req.TargetIP, req.SenderHardwareAddr, req.SenderIP)
 		if err != nil {
-			continue
+			return false
 		}
 		if err := writeARP(c, reply, req.SenderHardwareAddr); err != nil {
 			r.errors.Add(1)
-			continue
+			return false
 		}
 		r.arpAnswered.Add(1)
-	}
+		return false
+	})
 }
 
-// parseARPRequest returns the ARP request a frame carries, leaving out replies, frames whose
-// Ethernet source is not the ARP sender (proxied or forged) and our own frames (a packet socket
-// also sees what it sends).
-func parseARPRequest(frame []byte, self net.HardwareAddr) (*arp.Packet, bool) {
+// ARP over Ethernet for IPv4 (RFC 826): the only kind answered.
+const (
+	arpHardwareEthernet = 1
+	arpProtocolIPv4     = 0x0800
+)
+
+// parseARPRequest returns the ARP request a frame carries, or nil for frames that are valid but
+// not requests to answer: replies, frames whose Ethernet source is not the ARP sender (proxied or
+// forged) and our own frames (a packet socket also sees what it sends). A frame that is not
+// Ethernet carrying ARP for IPv4 over Ethernet returns an error wrapping errBadPacket.
+func parseARPRequest(frame []byte, self net.HardwareAddr) (*arp.Packet, error) {
 	var f ethernet.Frame
-	if err := f.UnmarshalBinary(frame); err != nil || f.EtherType != ethernet.EtherTypeARP {
-		return nil, false
+	if err := f.UnmarshalBinary(frame); err != nil {
+		return nil, fmt.Errorf("%w: Ethernet: %w", errBadPacket, err)
+	}
+	if f.EtherType != ethernet.EtherTypeARP {
+		return nil, fmt.Errorf("%w: EtherType %#04x", errBadPacket, uint16(f.EtherType))
 	}
 	var p arp.Packet
 	if err := p.UnmarshalBinary(f.Payload); err != nil {
-		return nil, false
+		return nil, fmt.Errorf("%w: ARP: %w", errBadPacket, err)
+	}
+	if p.HardwareType != arpHardwareEthernet || p.ProtocolType != arpProtocolIPv4 ||
+		p.HardwareAddrLength != 6 || p.IPLength != 4 {
+		return nil, fmt.Errorf("%w: ARP hardware type %d protocol %#04x lengths %d/%d", errBadPacket,
+			p.HardwareType, p.ProtocolType, p.HardwareAddrLength, p.IPLength)
 	}
 	if p.Operation != arp.OperationRequest || !bytes.Equal(f.Source, p.SenderHardwareAddr) ||
 		bytes.Equal(f.Source, self) || !p.TargetIP.Is4() {
-		return nil, false
+		return nil, nil
 	}
-	return &p, true
+	return &p, nil
 }
 
 func writeARP(c net.PacketConn, p *arp.Packet, dst net.HardwareAddr) error {
@@ -103,18 +168,21 @@ func writeARP(c net.PacketConn, p *arp.Packet, dst net.HardwareAddr) error {
 
 // serveNDP answers Neighbor Solicitations for l's owned IPv6 addresses until c is closed.
 func (r *Responder) serveNDP(l *link, c NDPConn, closed *atomic.Bool) {
-	for {
+	r.serve(l, "NDP", func() bool {
 		m, cm, src, err := c.ReadFrom()
 		if err != nil {
+			if errors.Is(err, errBadPacket) {
+				r.badPacket(l, "NDP", err, false)
+			}
 			if socketGone(err) {
 				r.readFailed(l, closed, "NDP", err)
-				return
+				return true
 			}
-			continue
+			return false
 		}
 		ns, ok := m.(*ndp.NeighborSolicitation)
 		if !ok || (cm != nil && cm.IfIndex != 0 && cm.IfIndex != l.Index) || !l.owned()[ns.TargetAddress] {
-			continue
+			return false
 		}
 		na := &ndp.NeighborAdvertisement{Solicited: true, Override: true, TargetAddress: ns.TargetAddress,
 			Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: l.HardwareAddr}}}
@@ -125,10 +193,11 @@ func (r *Responder) serveNDP(l *link, c NDPConn, closed *atomic.Bool) {
 		}
 		if err := c.WriteTo(na, nil, dst); err != nil {
 			r.errors.Add(1)
-			continue
+			return false
 		}
 		r.ndpAnswered.Add(1)
-	}
+		return false
+	})
 }
 
 // announce sends the gratuitous announcements for a on l: an ARP request and an ARP reply, both

@@ -60,6 +60,9 @@ type Stats struct {
 	GratuitousSent uint64
 	// Errors counts failed socket operations and interface listings.
 	Errors uint64
+	// BadPackets counts received packets dropped as malformed or invalid, or because handling
+	// them panicked.
+	BadPackets uint64
 }
 
 // Responder answers ARP and NDP for the addresses it owns.
@@ -78,6 +81,8 @@ type Responder struct {
 	announced                         atomic.Int64
 	changes, arpAnswered, ndpAnswered atomic.Uint64
 	gratuitous, errors                atomic.Uint64
+	badPackets                        atomic.Uint64
+	lastBadLog                        atomic.Int64 // unix nanoseconds of the last bad-packet log
 	runningMu                         sync.Mutex
 }
 
@@ -134,6 +139,7 @@ func (r *Responder) Stats() Stats {
 		NDPSolicitationsAnswered: r.ndpAnswered.Load(),
 		GratuitousSent:           r.gratuitous.Load(),
 		Errors:                   r.errors.Load(),
+		BadPackets:               r.badPackets.Load(),
 	}
 }
 

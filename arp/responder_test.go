@@ -50,9 +50,15 @@ func newFakeARP() *fakeARP {
 	return &fakeARP{in: make(chan []byte, 16), failed: make(chan error, 1), closed: make(chan struct{})}
 }
 
+// panicFrame, sent to a fakeARP, makes its ReadFrom panic as a parser bug would.
+var panicFrame = []byte("panic")
+
 func (c *fakeARP) ReadFrom(b []byte) (int, net.Addr, error) {
 	select {
 	case f := <-c.in:
+		if string(f) == string(panicFrame) {
+			panic("parser bug")
+		}
 		return copy(b, f), nil, nil
 	case err := <-c.failed:
 		return 0, nil, err
@@ -111,7 +117,7 @@ func (s sentARP) String() string {
 	return fmt.Sprintf("%v to %s: %s is at %s (target %s %s)", s.p.Operation, s.dst, s.p.SenderIP, s.p.SenderHardwareAddr, s.p.TargetIP, s.p.TargetHardwareAddr)
 }
 
-func arpFrame(t *testing.T, op arp.Operation, srcMAC net.HardwareAddr, ethSrc net.HardwareAddr, srcIP, target netip.Addr) []byte {
+func arpFrame(t testing.TB, op arp.Operation, srcMAC net.HardwareAddr, ethSrc net.HardwareAddr, srcIP, target netip.Addr) []byte {
 	t.Helper()
 	p, err := arp.NewPacket(op, srcMAC, srcIP, net.HardwareAddr{0, 0, 0, 0, 0, 0}, target)
 	if err != nil {
@@ -140,6 +146,8 @@ type ndpIn struct {
 	m       ndp.Message
 	ifIndex int
 	src     netip.Addr
+	panics  bool // ReadFrom panics as a parser bug would
+	err     error
 }
 
 type ndpOut struct {
@@ -154,6 +162,12 @@ func newFakeNDP() *fakeNDP {
 func (c *fakeNDP) ReadFrom() (ndp.Message, *ipv6.ControlMessage, netip.Addr, error) {
 	select {
 	case m := <-c.in:
+		if m.panics {
+			panic("parser bug")
+		}
+		if m.err != nil {
+			return nil, nil, netip.Addr{}, m.err
+		}
 		return m.m, &ipv6.ControlMessage{IfIndex: m.ifIndex}, m.src, nil
 	case <-c.closed:
 		return nil, nil, netip.Addr{}, net.ErrClosed
@@ -190,6 +204,15 @@ func (c *fakeNDP) Close() error {
 		close(c.closed)
 	})
 	return nil
+}
+
+func (c *fakeNDP) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *fakeNDP) written() []ndpOut {
@@ -348,7 +371,7 @@ func TestARPAnswersOnlyOwnedAddresses(t *testing.T) {
 		t.Fatalf("sent %v", sent)
 	}
 	st := r.Stats()
-	if st.Announced != 1 || st.OwnershipChanges != 1 || st.GratuitousSent != 2 {
+	if st.Announced != 1 || st.OwnershipChanges != 1 || st.GratuitousSent != 2 || st.BadPackets != 1 {
 		t.Errorf("stats %+v", st)
 	}
 
@@ -550,5 +573,29 @@ func TestRunTwice(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if err := r.Run(context.Background()); err == nil {
 		t.Error("second Run succeeded")
+	}
+}
+
+// A packet whose handling panics (a parser bug) is dropped and counted; the interface keeps being
+// answered on the same sockets. Before, the panic ended the whole agent.
+func TestServingSurvivesPanickingPacket(t *testing.T) {
+	k := newFakeKernel(ethLink("eth0", 2))
+	r := start(t, k, Options{GratuitousRepeats: -1})
+	r.SetOwned(map[netip.Addr][]string{vip: {"eth0"}, vip6: {"eth0"}})
+	eventually(t, "sockets", func() bool { return k.arp("eth0") != nil && k.ndp("eth0") != nil })
+	a, n := k.arp("eth0"), k.ndp("eth0")
+	a.in <- panicFrame
+	a.in <- arpFrame(t, arp.OperationRequest, clientMAC, clientMAC, clientIP, vip)
+	n.in <- ndpIn{panics: true}
+	n.in <- ndpIn{m: &ndp.NeighborSolicitation{TargetAddress: vip6}, ifIndex: 2, src: client6}
+	eventually(t, "answers after the bad packets", func() bool {
+		st := r.Stats()
+		return st.ARPRequestsAnswered == 1 && st.NDPSolicitationsAnswered == 1
+	})
+	if k.dialCount("eth0") != 1 || a.isClosed() || n.isClosed() {
+		t.Errorf("sockets reopened or closed after a bad packet")
+	}
+	if st := r.Stats(); st.BadPackets != 2 {
+		t.Errorf("bad packets %d, want 2", st.BadPackets)
 	}
 }

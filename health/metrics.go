@@ -77,8 +77,8 @@ func (m *Metrics) ObserveSync(kind string, d time.Duration) {
 
 // Layer2Stats are the layer-2 responder's figures, read at each scrape.
 type Layer2Stats struct {
-	Announced                                                          int
-	OwnershipChanges, ARPAnswered, NDPAnswered, GratuitousSent, Errors uint64
+	Announced                                                                      int
+	OwnershipChanges, ARPAnswered, NDPAnswered, GratuitousSent, Errors, BadPackets uint64
 }
 
 // AddLayer2 registers the layer-2 responder's metrics, read from stats at each scrape.
@@ -95,7 +95,14 @@ func (m *Metrics) AddLayer2(stats func() Layer2Stats) {
 		counter("nodeagent_layer2_ndp_responses_sent_total", "Neighbor Solicitations answered.", func(s Layer2Stats) uint64 { return s.NDPAnswered }),
 		counter("nodeagent_layer2_gratuitous_sent_total", "Gratuitous ARPs and unsolicited Neighbor Advertisements sent.", func(s Layer2Stats) uint64 { return s.GratuitousSent }),
 		counter("nodeagent_layer2_errors_total", "Failed socket operations and interface listings.", func(s Layer2Stats) uint64 { return s.Errors }),
+		counter("nodeagent_layer2_bad_packets_total", "Received ARP/NDP packets dropped as malformed or invalid, or because handling them failed.", func(s Layer2Stats) uint64 { return s.BadPackets }),
 	)
+}
+
+// AddProxyHealth registers p's counters of /healthz and /livez answers by status code, under
+// kube-proxy's names (kubeproxy_proxy_healthz_total, kubeproxy_proxy_livez_total).
+func (m *Metrics) AddProxyHealth(p *Proxy) {
+	m.Registry.MustRegister(p.healthzTotal, p.livezTotal)
 }
 
 // Handler serves the registry in Prometheus text format.

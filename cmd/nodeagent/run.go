@@ -12,9 +12,13 @@ import (
 	"net/http/pprof"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
 	"nodeagent/health"
 	"nodeagent/proxier"
 	"nodeagent/runner"
+	"nodeagent/source"
 )
 
 func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
@@ -76,11 +80,12 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		metrics.AddLayer2(func() health.Layer2Stats {
 			s := r.Stats()
 			return health.Layer2Stats{Announced: s.Announced, OwnershipChanges: s.OwnershipChanges, ARPAnswered: s.ARPRequestsAnswered,
-				NDPAnswered: s.NDPSolicitationsAnswered, GratuitousSent: s.GratuitousSent, Errors: s.Errors}
+				NDPAnswered: s.NDPSolicitationsAnswered, GratuitousSent: s.GratuitousSent, Errors: s.Errors, BadPackets: s.BadPackets}
 		})
 	}
 	proxyHealth := health.NewProxy(max(2*c.syncPeriod, time.Minute))
-	svcHealth := health.NewServices(log)
+	metrics.AddProxyHealth(proxyHealth)
+	svcHealth := health.NewServices(health.ServicesOptions{Logger: log, NodePortAddresses: mc.NodePortAddresses, Proxy: proxyHealth})
 	defer svcHealth.Close()
 
 	firstSync := true
@@ -136,7 +141,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		r.Trigger()
 	}
 
-	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth}); err != nil {
+	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth.Livez()}, 0); err != nil {
 		return err
 	}
 	metricsRoutes := map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth,
@@ -148,13 +153,19 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		metricsRoutes["/debug/pprof/symbol"] = http.HandlerFunc(pprof.Symbol)
 		metricsRoutes["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
 	}
-	if err := serve(ctx, log, c.MetricsBindAddress, metricsRoutes); err != nil {
+	writeTimeout := time.Duration(0)
+	if c.EnableProfiling {
+		writeTimeout = profilingWriteTimeout
+	}
+	if err := serve(ctx, log, c.MetricsBindAddress, metricsRoutes, writeTimeout); err != nil {
 		return err
 	}
 
 	log.Info("starting", "version", version, "node", node.Name, "mode", c.Mode, "nodeIPs", fmt.Sprint(node.IPs))
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- src.Run(ctx, announcer.speaker) }()
+	go func() {
+		srcErr <- src.Run(ctx, nodeWatch{Sink: announcer.speaker, name: node.Name, health: proxyHealth})
+	}()
 	go r.Run(ctx)
 	select {
 	case <-ctx.Done():
@@ -169,9 +180,13 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 }
 
+// profilingWriteTimeout lets /debug/pprof/profile and /trace run for up to this long (pprof
+// refuses a duration past the server's WriteTimeout; its default profile takes 30 s).
+const profilingWriteTimeout = 2 * time.Minute
+
 // serve starts an HTTP server on addr (skipped when addr is empty or its port is 0) that stops
-// with ctx.
-func serve(ctx context.Context, log *slog.Logger, addr string, routes map[string]http.Handler) error {
+// with ctx. It has health's limits; writeTimeout, when positive, replaces its WriteTimeout.
+func serve(ctx context.Context, log *slog.Logger, addr string, routes map[string]http.Handler, writeTimeout time.Duration) error {
 	if addr == "" {
 		return nil
 	}
@@ -186,7 +201,10 @@ func serve(ctx context.Context, log *slog.Logger, addr string, routes map[string
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := health.NewHTTPServer(mux)
+	if writeTimeout > 0 {
+		srv.WriteTimeout = writeTimeout
+	}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
@@ -197,4 +215,20 @@ func serve(ctx context.Context, log *slog.Logger, addr string, routes map[string
 		}
 	}()
 	return nil
+}
+
+// nodeWatch passes every object on and tells the proxy health whether this node's Node object
+// leaves it eligible for load-balancer traffic (kube-proxy's /healthz fails on a node being
+// deleted or marked for deletion). A deleted Node keeps the last answer, as in kube-proxy.
+type nodeWatch struct {
+	source.Sink
+	name   string
+	health *health.Proxy
+}
+
+func (w nodeWatch) Upsert(obj runtime.Object) {
+	if n, ok := obj.(*v1.Node); ok && n.Name == w.name {
+		w.health.SetNodeEligible(health.NodeEligible(n))
+	}
+	w.Sink.Upsert(obj)
 }
