@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -312,3 +313,46 @@ func TestStatusString(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// An edit that makes a running peer invalid is reported, and the session keeps its previous
+// configuration and its routes; removing the peer still closes it. The peer is a closed port on
+// loopback: the session dials and is refused, and nothing leaves the host.
+func TestInvalidPeerEditKeepsSession(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	s, err := New(Config{Logger: discard(), RouterID: netip.MustParseAddr("10.0.0.151"), SessionWarnAfter: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	good := Peer{Name: "router", MyASN: 64513, ASN: 64512, Address: netip.MustParseAddr("127.0.0.1"), Port: port, ConnectTime: time.Hour}
+	if err := s.SetPeers([]Peer{good}); err != nil {
+		t.Fatal(err)
+	}
+	lbAddr := netip.MustParsePrefix("10.0.0.51/32")
+	if err := s.SetAdvertisements([]Advertisement{{Prefix: lbAddr}}); err != nil {
+		t.Fatal(err)
+	}
+	sess := s.sessions["router"]
+	bad := good
+	bad.ASN = 0
+	if err := s.SetPeers([]Peer{bad}); err == nil || !strings.Contains(err.Error(), "invalid peerASN 0") {
+		t.Errorf("SetPeers with an invalid edit: %v, want the reason", err)
+	}
+	if got := s.sessions["router"]; got != sess || got.peer != good {
+		t.Fatalf("the session was replaced or closed: %v", got)
+	}
+	if _, ok := sess.routes[lbAddr]; !ok {
+		t.Errorf("routes after the invalid edit: %v", sess.routes)
+	}
+	if err := s.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.sessions) != 0 {
+		t.Errorf("sessions after removing the peer: %v", s.sessions)
+	}
+}

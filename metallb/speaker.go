@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
@@ -52,6 +53,9 @@ type Options struct {
 	// lock: it must not block.
 	Problem func(obj v1.ObjectReference, reason string)
 	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
+	// It is called from a goroutine of its own, one call at a time and without the speaker's lock
+	// (starting and stopping sessions may take seconds); plans made meanwhile collapse into the
+	// latest.
 	BGP func(peers []bgp.Peer, advs []bgp.Advertisement)
 	// AdvertiseClusterIPs and AdvertiseExternalIPs add services' cluster and external IPs to
 	// the BGP routes (--advertise-cluster-ip, --advertise-external-ip).
@@ -76,6 +80,11 @@ type Speaker struct {
 	bgpAds   map[types.NamespacedName]*lb.BGPAdvertisement
 	comms    map[types.NamespacedName]*lb.Community
 	bgpPlan  *bgpPlan
+	bgpNext  *bgpPlan // the newest plan not handed to Options.BGP yet
+	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
+	// invalid are the BGP objects whose latest version is invalid while their previous valid
+	// version stays in force, with the reason.
+	invalid  map[types.NamespacedName]string
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
@@ -94,7 +103,7 @@ func New(o Options) *Speaker {
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
 		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
-		comms:  map[types.NamespacedName]*lb.Community{},
+		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[types.NamespacedName]string{},
 		result: &lb.Result{}, problems: map[string]bool{},
 		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
 }
@@ -235,9 +244,19 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	case *lb.L2Advertisement:
 		store(s.l2ads, key(o.Namespace, o.Name), o, deleted)
 	case *lb.BGPPeer:
-		store(s.bgpPeers, key(o.Namespace, o.Name), o, deleted)
+		k := key(o.Namespace, o.Name)
+		if !deleted && !keepValid(s, "BGPPeer", s.bgpPeers, k, o, peerProblem) {
+			return
+		}
+		delete(s.invalid, k)
+		store(s.bgpPeers, k, o, deleted)
 	case *lb.BGPAdvertisement:
-		store(s.bgpAds, key(o.Namespace, o.Name), o, deleted)
+		k := key(o.Namespace, o.Name)
+		if !deleted && !keepValid(s, "BGPAdvertisement", s.bgpAds, k, o, adProblem) {
+			return
+		}
+		delete(s.invalid, k)
+		store(s.bgpAds, k, o, deleted)
 	case *lb.Community:
 		store(s.comms, key(o.Namespace, o.Name), o, deleted)
 	default:
@@ -251,6 +270,48 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	if s.synced {
 		s.replan()
 	}
+}
+
+// keepValid reports whether v, a new version of a BGP object, may replace the stored one. An
+// invalid version does not replace a valid one: a mistake in an edit must not close a working
+// session or withdraw its routes. It is reported instead, and the previous version stays in
+// force until a valid version or a deletion comes. An invalid object with no valid predecessor
+// is stored: planning leaves it out and reports it.
+func keepValid[T any](s *Speaker, kind string, m map[types.NamespacedName]T, k types.NamespacedName, v T, problem func(T) string) bool {
+	why := problem(v)
+	if why == "" {
+		if _, was := s.invalid[k]; was {
+			s.log.Info("valid again; the new version is in force", "kind", kind, "object", k.String())
+		}
+		return true
+	}
+	prev, ok := m[k]
+	if !ok || problem(prev) != "" {
+		return true
+	}
+	if s.invalid[k] != why {
+		s.invalid[k] = why
+		s.log.Warn("invalid edit ignored; the previous version stays in force", "kind", kind, "object", k.String(), "reason", why)
+		s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
+	}
+	return false
+}
+
+// invalidEdit starts the reason of a problem report about an ignored edit.
+const invalidEdit = "invalid edit ignored, the previous version stays in force: "
+
+// peerProblem says why a BGPPeer cannot be used ("": it can).
+func peerProblem(p *lb.BGPPeer) string {
+	why := lb.ValidateBGPPeer(p)
+	if _, err := peerOf(p); err != nil {
+		why = append(why, err.Error())
+	}
+	return strings.Join(why, "; ")
+}
+
+// adProblem says why a BGPAdvertisement cannot be used ("": it can).
+func adProblem(a *lb.BGPAdvertisement) string {
+	return strings.Join(lb.ValidateBGPAdvertisement(a), "; ")
 }
 
 func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, deleted bool) {
@@ -320,6 +381,13 @@ func (s *Speaker) ReportProblems() {
 	for _, p := range s.result.Problems {
 		s.report(p)
 	}
+	for k, why := range s.invalid {
+		kind := "BGPPeer"
+		if _, ok := s.bgpAds[k]; ok {
+			kind = "BGPAdvertisement"
+		}
+		s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
+	}
 }
 
 // report passes p to Options.Problem with a reference to the object it is about.
@@ -338,6 +406,16 @@ func (s *Speaker) report(p lb.Problem) {
 		ref.APIVersion = lb.GroupVersion.String()
 		if pool := s.pools[p.Object]; pool != nil {
 			ref.UID, ref.ResourceVersion = pool.UID, pool.ResourceVersion
+		}
+	case "BGPPeer":
+		ref.APIVersion = lb.GroupVersionV1beta2.String()
+		if peer := s.bgpPeers[p.Object]; peer != nil {
+			ref.UID = peer.UID
+		}
+	case "BGPAdvertisement":
+		ref.APIVersion = lb.GroupVersion.String()
+		if ad := s.bgpAds[p.Object]; ad != nil {
+			ref.UID = ad.UID
 		}
 	}
 	s.o.Problem(ref, p.Reason)
@@ -468,5 +546,27 @@ func (s *Speaker) replanBGP() {
 		return
 	}
 	s.bgpPlan = plan
-	s.o.BGP(peers, advs)
+	s.bgpNext = plan
+	if !s.bgpBusy {
+		s.bgpBusy = true
+		go s.deliverBGP()
+	}
+}
+
+// deliverBGP hands the newest plan to Options.BGP until none is waiting. It runs without the
+// speaker's lock: a session that takes long to start or to close must not hold up the source
+// events, which all need that lock.
+func (s *Speaker) deliverBGP() {
+	for {
+		s.mu.Lock()
+		plan := s.bgpNext
+		s.bgpNext = nil
+		if plan == nil {
+			s.bgpBusy = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		s.o.BGP(plan.peers, plan.advs)
+	}
 }
