@@ -15,6 +15,7 @@ import (
 
 	"nodeagent/health"
 	"nodeagent/proxier"
+	"nodeagent/proxier/ipvs"
 	"nodeagent/runner"
 )
 
@@ -61,6 +62,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics := health.NewMetrics()
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
+	}
+	if ipx, ok := px.(*ipvs.Proxier); ok {
+		metrics.Registry.MustRegister(newIPVSRefusedCollector(ipx))
 	}
 	if r := announcer.layer2; r != nil {
 		metrics.AddLayer2(func() health.Layer2Stats {
