@@ -15,6 +15,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -84,7 +85,7 @@ type Speaker struct {
 	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
 	// invalid are the BGP objects whose latest version is invalid while their previous valid
 	// version stays in force, with the reason.
-	invalid  map[types.NamespacedName]string
+	invalid  map[objectKey]string
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
@@ -103,7 +104,7 @@ func New(o Options) *Speaker {
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
 		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
-		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[types.NamespacedName]string{},
+		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[objectKey]string{},
 		result: &lb.Result{}, problems: map[string]bool{},
 		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
 }
@@ -244,21 +245,17 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	case *lb.L2Advertisement:
 		store(s.l2ads, key(o.Namespace, o.Name), o, deleted)
 	case *lb.BGPPeer:
-		k := key(o.Namespace, o.Name)
-		if !deleted && !keepValid(s, "BGPPeer", s.bgpPeers, k, o, peerProblem) {
+		if !storeValid(s, "BGPPeer", s.bgpPeers, o, deleted, peerProblem) {
 			return
 		}
-		delete(s.invalid, k)
-		store(s.bgpPeers, k, o, deleted)
 	case *lb.BGPAdvertisement:
-		k := key(o.Namespace, o.Name)
-		if !deleted && !keepValid(s, "BGPAdvertisement", s.bgpAds, k, o, adProblem) {
+		if !storeValid(s, "BGPAdvertisement", s.bgpAds, o, deleted, adProblem) {
 			return
 		}
-		delete(s.invalid, k)
-		store(s.bgpAds, k, o, deleted)
 	case *lb.Community:
-		store(s.comms, key(o.Namespace, o.Name), o, deleted)
+		if !storeValid(s, "Community", s.comms, o, deleted, communityProblem) {
+			return
+		}
 	default:
 		if deleted {
 			s.o.Next.Delete(obj)
@@ -272,29 +269,43 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	}
 }
 
-// keepValid reports whether v, a new version of a BGP object, may replace the stored one. An
-// invalid version does not replace a valid one: a mistake in an edit must not close a working
-// session or withdraw its routes. It is reported instead, and the previous version stays in
-// force until a valid version or a deletion comes. An invalid object with no valid predecessor
-// is stored: planning leaves it out and reports it.
-func keepValid[T any](s *Speaker, kind string, m map[types.NamespacedName]T, k types.NamespacedName, v T, problem func(T) string) bool {
+// objectKey names an object of a kind.
+type objectKey struct {
+	kind string
+	types.NamespacedName
+}
+
+// storeValid stores (or, deleted, forgets) v, a new version of a BGP object, and reports
+// whether anything changed. An invalid version does not replace a valid one: a mistake in an
+// edit must not close a working session or withdraw routes. It is reported instead, and the
+// previous version stays in force until a valid version or a deletion comes. An invalid object
+// with no valid predecessor is stored: planning leaves it out and reports it.
+func storeValid[T interface {
+	*O
+	metav1.Object
+}, O any](s *Speaker, kind string, m map[types.NamespacedName]T, v T, deleted bool, problem func(T) string) bool {
+	k := key(v.GetNamespace(), v.GetName())
+	ok := objectKey{kind, k}
+	if deleted {
+		delete(s.invalid, ok)
+		delete(m, k)
+		return true
+	}
 	why := problem(v)
-	if why == "" {
-		if _, was := s.invalid[k]; was {
-			s.log.Info("valid again; the new version is in force", "kind", kind, "object", k.String())
+	if prev, had := m[k]; why != "" && had && problem(prev) == "" {
+		if s.invalid[ok] != why {
+			s.invalid[ok] = why
+			s.log.Warn("invalid edit ignored; the previous version stays in force", "kind", kind, "object", k.String(), "reason", why)
+			s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
 		}
-		return true
+		return false
 	}
-	prev, ok := m[k]
-	if !ok || problem(prev) != "" {
-		return true
+	if _, was := s.invalid[ok]; was && why == "" {
+		s.log.Info("valid again; the new version is in force", "kind", kind, "object", k.String())
 	}
-	if s.invalid[k] != why {
-		s.invalid[k] = why
-		s.log.Warn("invalid edit ignored; the previous version stays in force", "kind", kind, "object", k.String(), "reason", why)
-		s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
-	}
-	return false
+	delete(s.invalid, ok)
+	m[k] = v
+	return true
 }
 
 // invalidEdit starts the reason of a problem report about an ignored edit.
@@ -313,6 +324,9 @@ func peerProblem(p *lb.BGPPeer) string {
 func adProblem(a *lb.BGPAdvertisement) string {
 	return strings.Join(lb.ValidateBGPAdvertisement(a), "; ")
 }
+
+// communityProblem says why a Community cannot be used ("": it can).
+func communityProblem(c *lb.Community) string { return strings.Join(lb.ValidateCommunity(c), "; ") }
 
 func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, deleted bool) {
 	if deleted {
@@ -382,11 +396,7 @@ func (s *Speaker) ReportProblems() {
 		s.report(p)
 	}
 	for k, why := range s.invalid {
-		kind := "BGPPeer"
-		if _, ok := s.bgpAds[k]; ok {
-			kind = "BGPAdvertisement"
-		}
-		s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
+		s.report(lb.Problem{Kind: k.kind, Object: k.NamespacedName, Reason: invalidEdit + why})
 	}
 }
 
@@ -416,6 +426,11 @@ func (s *Speaker) report(p lb.Problem) {
 		ref.APIVersion = lb.GroupVersion.String()
 		if ad := s.bgpAds[p.Object]; ad != nil {
 			ref.UID = ad.UID
+		}
+	case "Community":
+		ref.APIVersion = lb.GroupVersion.String()
+		if c := s.comms[p.Object]; c != nil {
+			ref.UID = c.UID
 		}
 	}
 	s.o.Problem(ref, p.Reason)

@@ -285,10 +285,31 @@ func TestInvalidBGPEditKeepsPrevious(t *testing.T) {
 	if !kept {
 		t.Error("an invalid BGPAdvertisement edit replaced the valid one")
 	}
+	comm := &lb.Community{}
+	comm.Namespace, comm.Name = "metallb-system", "aliases"
+	comm.Spec.Communities = []lb.CommunityAlias{{Name: "no-advertise", Value: "65535:65282"}}
+	s.Upsert(comm)
+	badComm := comm.DeepCopy()
+	badComm.Spec.Communities[0].Value = "65535:99999"
+	s.Upsert(badComm)
+	s.mu.Lock()
+	kept = s.comms[key("metallb-system", "aliases")].Spec.Communities[0].Value == "65535:65282"
+	s.mu.Unlock()
+	if !kept {
+		t.Error("an invalid Community edit replaced the valid one")
+	}
 	mu.Lock()
-	if len(problems) != 2 || !strings.Contains(problems[0], "BGPPeer router: invalid edit ignored") ||
-		!strings.Contains(problems[1], "BGPAdvertisement all: invalid edit ignored") {
+	if len(problems) != 3 || !strings.Contains(problems[0], "BGPPeer router: invalid edit ignored") ||
+		!strings.Contains(problems[1], "BGPAdvertisement all: invalid edit ignored") ||
+		!strings.Contains(problems[2], "Community aliases: invalid edit ignored") {
 		t.Errorf("problems %q", problems)
+	}
+	mu.Unlock()
+	// A new leader hears about them again.
+	s.ReportProblems()
+	mu.Lock()
+	if len(problems) != 6 {
+		t.Errorf("ReportProblems: %q", problems[3:])
 	}
 	mu.Unlock()
 
