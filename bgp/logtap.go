@@ -30,11 +30,13 @@ func (h notificationTap) Handle(ctx context.Context, r slog.Record) error {
 		var code, sub int64
 		found := 0
 		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "Code":
-				code, found = a.Value.Int64(), found+1
-			case "Subcode":
-				sub, found = a.Value.Int64(), found+1
+			v, ok := intValue(a.Value)
+			switch {
+			case !ok:
+			case a.Key == "Code":
+				code, found = v, found+1
+			case a.Key == "Subcode":
+				sub, found = v, found+1
 			}
 			return true
 		})
@@ -56,4 +58,16 @@ func (h notificationTap) WithAttrs(attrs []slog.Attr) slog.Handler {
 // WithGroup keeps the tap on derived loggers.
 func (h notificationTap) WithGroup(name string) slog.Handler {
 	return notificationTap{next: h.next.WithGroup(name), notify: h.notify}
+}
+
+// intValue reads an integer attribute of any integer kind; Value.Int64 panics on other kinds,
+// and a panic in a log handler would take the agent down with GoBGP's goroutine.
+func intValue(v slog.Value) (int64, bool) {
+	switch v.Kind() {
+	case slog.KindInt64:
+		return v.Int64(), true
+	case slog.KindUint64:
+		return int64(min(v.Uint64(), 1<<62)), true
+	}
+	return 0, false
 }

@@ -103,7 +103,7 @@ func New(cfg Config) (*Speaker, error) {
 // SetPeers makes the set of sessions match peers. New peers are dialled, removed ones closed (their
 // routes withdrawn), and a peer whose configuration changed gets a fresh session. An invalid peer
 // is reported in the returned error and logged, and does not keep the other peers from being
-// applied.
+// applied; when it names a running session, that session keeps its previous configuration.
 func (s *Speaker) SetPeers(peers []Peer) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -122,10 +122,15 @@ func (s *Speaker) SetPeers(peers []Peer) error {
 		}
 		if err := p.validate(s.routerID); err != nil {
 			err = fmt.Errorf("peer %s: %w", k, err)
-			s.log.Error("bgp peer ignored: invalid configuration", "peer", k, "err", err)
 			errs = append(errs, err)
-			// Keep a running session for a name that is now invalid out of the way too: the
-			// operator asked for something else.
+			if sess, ok := s.sessions[k]; ok {
+				// A mistake in an edit must not tear down a working session and withdraw its
+				// routes: the session keeps its last valid configuration.
+				s.log.Error("bgp peer configuration invalid; the session keeps its previous one", "peer", k, "err", err)
+				want[k] = sess.peer
+				continue
+			}
+			s.log.Error("bgp peer ignored: invalid configuration", "peer", k, "err", err)
 			want[k] = Peer{}
 			continue
 		}

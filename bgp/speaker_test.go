@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -272,7 +273,10 @@ func TestNotificationTap(t *testing.T) {
 	log.Info(notificationMessage, "Code", 2, "Subcode", 2, "Data", "")
 	log.Info("Peer Up")
 	log.Debug(notificationMessage, "Code", 6)
-	if !slices.Equal(got, [][2]uint8{{2, 2}}) {
+	// Attributes of other kinds are read or skipped, never a panic in GoBGP's goroutine.
+	log.Info(notificationMessage, "Code", uint8(6), "Subcode", uint8(2))
+	log.Info(notificationMessage, "Code", "6", "Subcode", 2.0)
+	if !slices.Equal(got, [][2]uint8{{2, 2}, {6, 2}}) {
 		t.Errorf("notifications seen: %v", got)
 	}
 	if buf.Len() != 0 {
@@ -312,3 +316,46 @@ func TestStatusString(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// An edit that makes a running peer invalid is reported, and the session keeps its previous
+// configuration and its routes; removing the peer still closes it. The peer is a closed port on
+// loopback: the session dials and is refused, and nothing leaves the host.
+func TestInvalidPeerEditKeepsSession(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	s, err := New(Config{Logger: discard(), RouterID: netip.MustParseAddr("10.0.0.151"), SessionWarnAfter: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	good := Peer{Name: "router", MyASN: 64513, ASN: 64512, Address: netip.MustParseAddr("127.0.0.1"), Port: port, ConnectTime: time.Hour}
+	if err := s.SetPeers([]Peer{good}); err != nil {
+		t.Fatal(err)
+	}
+	lbAddr := netip.MustParsePrefix("10.0.0.51/32")
+	if err := s.SetAdvertisements([]Advertisement{{Prefix: lbAddr}}); err != nil {
+		t.Fatal(err)
+	}
+	sess := s.sessions["router"]
+	bad := good
+	bad.ASN = 0
+	if err := s.SetPeers([]Peer{bad}); err == nil || !strings.Contains(err.Error(), "invalid peerASN 0") {
+		t.Errorf("SetPeers with an invalid edit: %v, want the reason", err)
+	}
+	if got := s.sessions["router"]; got != sess || got.peer != good {
+		t.Fatalf("the session was replaced or closed: %v", got)
+	}
+	if _, ok := sess.routes[lbAddr]; !ok {
+		t.Errorf("routes after the invalid edit: %v", sess.routes)
+	}
+	if err := s.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.sessions) != 0 {
+		t.Errorf("sessions after removing the peer: %v", s.sessions)
+	}
+}

@@ -3,6 +3,7 @@
 package member
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -25,12 +26,18 @@ type Options struct {
 	Bind netip.AddrPort
 	// Join lists addresses (host or host:port) of other agents; this node's own may be among them.
 	Join []string
-	// Secret, when set, encrypts gossip (16, 24 or 32 bytes, or any string hashed to 32 bytes).
+	// Secret encrypts and authenticates gossip (16, 24 or 32 bytes, or any string hashed to 32
+	// bytes): without it any host that reaches Bind can join and change who owns which address.
 	Secret []byte
+	// Insecure lets Start run without a Secret. Without it, an empty Secret is an error.
+	Insecure bool
 	// OnChange is called, without locks held, whenever a node joins, leaves or dies.
 	OnChange func()
 	Log      *slog.Logger
 }
+
+// ErrNoSecret is Start's answer to Options without a Secret that do not say Insecure.
+var ErrNoSecret = errors.New("memberlist needs a secret unless it is run insecure on purpose")
 
 // Members is the live membership view.
 type Members struct {
@@ -46,6 +53,9 @@ type Members struct {
 // Start joins the cluster. Joining fails softly: a node that finds nobody runs alone and others
 // join it later.
 func Start(o Options) (*Members, error) {
+	if len(o.Secret) == 0 && !o.Insecure {
+		return nil, ErrNoSecret
+	}
 	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.Default()

@@ -1,6 +1,7 @@
 package member
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
@@ -63,5 +64,41 @@ func TestMembershipAndDeadNode(t *testing.T) {
 	t.Logf("dead node detected in %v", time.Since(start).Round(time.Millisecond))
 	if ms[0].Changes() < 3 {
 		t.Errorf("changes %d, want joins and a leave counted", ms[0].Changes())
+	}
+}
+
+// Start refuses to gossip without a secret unless told Insecure, and a host without the secret,
+// or with another one, cannot join members that have it: it would otherwise become an owner of
+// load-balancer addresses that nobody then answers for.
+func TestSecretRequiredAndEnforced(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	if _, err := Start(Options{Name: "node01", Bind: netip.AddrPortFrom(lo, freePort(t))}); !errors.Is(err, ErrNoSecret) {
+		t.Fatalf("Start without a secret: %v, want ErrNoSecret", err)
+	}
+	bind := netip.AddrPortFrom(lo, freePort(t))
+	m, err := Start(Options{Name: "node01", Bind: bind, Secret: []byte("lab secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Leave(time.Second)
+	for name, o := range map[string]Options{
+		"no secret":    {Insecure: true},
+		"wrong secret": {Secret: []byte("guessed")},
+	} {
+		o.Name, o.Bind = "intruder", netip.AddrPortFrom(lo, freePort(t))
+		intruder, err := Start(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Join is a synchronous push/pull with node01: had it been accepted, both would list
+		// each other by the time it returns.
+		n, err := intruder.ml.Join([]string{bind.String()})
+		if err == nil || n != 0 {
+			t.Errorf("%s: join contacted %d nodes, err %v; want refused", name, n, err)
+		}
+		if got := m.Alive(); !slices.Equal(got, []string{"node01"}) {
+			t.Errorf("%s: node01 sees %v", name, got)
+		}
+		intruder.Leave(0)
 	}
 }

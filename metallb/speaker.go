@@ -10,10 +10,12 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -52,6 +54,9 @@ type Options struct {
 	// lock: it must not block.
 	Problem func(obj v1.ObjectReference, reason string)
 	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
+	// It is called from a goroutine of its own, one call at a time and without the speaker's lock
+	// (starting and stopping sessions may take seconds); plans made meanwhile collapse into the
+	// latest.
 	BGP func(peers []bgp.Peer, advs []bgp.Advertisement)
 	// AdvertiseClusterIPs and AdvertiseExternalIPs add services' cluster and external IPs to
 	// the BGP routes (--advertise-cluster-ip, --advertise-external-ip).
@@ -76,6 +81,11 @@ type Speaker struct {
 	bgpAds   map[types.NamespacedName]*lb.BGPAdvertisement
 	comms    map[types.NamespacedName]*lb.Community
 	bgpPlan  *bgpPlan
+	bgpNext  *bgpPlan // the newest plan not handed to Options.BGP yet
+	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
+	// invalid are the BGP objects whose latest version is invalid while their previous valid
+	// version stays in force, with the reason.
+	invalid  map[objectKey]string
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
@@ -94,7 +104,7 @@ func New(o Options) *Speaker {
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
 		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
-		comms:  map[types.NamespacedName]*lb.Community{},
+		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[objectKey]string{},
 		result: &lb.Result{}, problems: map[string]bool{},
 		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
 }
@@ -235,11 +245,17 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	case *lb.L2Advertisement:
 		store(s.l2ads, key(o.Namespace, o.Name), o, deleted)
 	case *lb.BGPPeer:
-		store(s.bgpPeers, key(o.Namespace, o.Name), o, deleted)
+		if !storeValid(s, "BGPPeer", s.bgpPeers, o, deleted, peerProblem) {
+			return
+		}
 	case *lb.BGPAdvertisement:
-		store(s.bgpAds, key(o.Namespace, o.Name), o, deleted)
+		if !storeValid(s, "BGPAdvertisement", s.bgpAds, o, deleted, adProblem) {
+			return
+		}
 	case *lb.Community:
-		store(s.comms, key(o.Namespace, o.Name), o, deleted)
+		if !storeValid(s, "Community", s.comms, o, deleted, communityProblem) {
+			return
+		}
 	default:
 		if deleted {
 			s.o.Next.Delete(obj)
@@ -252,6 +268,65 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 		s.replan()
 	}
 }
+
+// objectKey names an object of a kind.
+type objectKey struct {
+	kind string
+	types.NamespacedName
+}
+
+// storeValid stores (or, deleted, forgets) v, a new version of a BGP object, and reports
+// whether anything changed. An invalid version does not replace a valid one: a mistake in an
+// edit must not close a working session or withdraw routes. It is reported instead, and the
+// previous version stays in force until a valid version or a deletion comes. An invalid object
+// with no valid predecessor is stored: planning leaves it out and reports it.
+func storeValid[T interface {
+	*O
+	metav1.Object
+}, O any](s *Speaker, kind string, m map[types.NamespacedName]T, v T, deleted bool, problem func(T) string) bool {
+	k := key(v.GetNamespace(), v.GetName())
+	ok := objectKey{kind, k}
+	if deleted {
+		delete(s.invalid, ok)
+		delete(m, k)
+		return true
+	}
+	why := problem(v)
+	if prev, had := m[k]; why != "" && had && problem(prev) == "" {
+		if s.invalid[ok] != why {
+			s.invalid[ok] = why
+			s.log.Warn("invalid edit ignored; the previous version stays in force", "kind", kind, "object", k.String(), "reason", why)
+			s.report(lb.Problem{Kind: kind, Object: k, Reason: invalidEdit + why})
+		}
+		return false
+	}
+	if _, was := s.invalid[ok]; was && why == "" {
+		s.log.Info("valid again; the new version is in force", "kind", kind, "object", k.String())
+	}
+	delete(s.invalid, ok)
+	m[k] = v
+	return true
+}
+
+// invalidEdit starts the reason of a problem report about an ignored edit.
+const invalidEdit = "invalid edit ignored, the previous version stays in force: "
+
+// peerProblem says why a BGPPeer cannot be used ("": it can).
+func peerProblem(p *lb.BGPPeer) string {
+	why := lb.ValidateBGPPeer(p)
+	if _, err := peerOf(p); err != nil {
+		why = append(why, err.Error())
+	}
+	return strings.Join(why, "; ")
+}
+
+// adProblem says why a BGPAdvertisement cannot be used ("": it can).
+func adProblem(a *lb.BGPAdvertisement) string {
+	return strings.Join(lb.ValidateBGPAdvertisement(a), "; ")
+}
+
+// communityProblem says why a Community cannot be used ("": it can).
+func communityProblem(c *lb.Community) string { return strings.Join(lb.ValidateCommunity(c), "; ") }
 
 func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, deleted bool) {
 	if deleted {
@@ -320,6 +395,9 @@ func (s *Speaker) ReportProblems() {
 	for _, p := range s.result.Problems {
 		s.report(p)
 	}
+	for k, why := range s.invalid {
+		s.report(lb.Problem{Kind: k.kind, Object: k.NamespacedName, Reason: invalidEdit + why})
+	}
 }
 
 // report passes p to Options.Problem with a reference to the object it is about.
@@ -338,6 +416,21 @@ func (s *Speaker) report(p lb.Problem) {
 		ref.APIVersion = lb.GroupVersion.String()
 		if pool := s.pools[p.Object]; pool != nil {
 			ref.UID, ref.ResourceVersion = pool.UID, pool.ResourceVersion
+		}
+	case "BGPPeer":
+		ref.APIVersion = lb.GroupVersionV1beta2.String()
+		if peer := s.bgpPeers[p.Object]; peer != nil {
+			ref.UID = peer.UID
+		}
+	case "BGPAdvertisement":
+		ref.APIVersion = lb.GroupVersion.String()
+		if ad := s.bgpAds[p.Object]; ad != nil {
+			ref.UID = ad.UID
+		}
+	case "Community":
+		ref.APIVersion = lb.GroupVersion.String()
+		if c := s.comms[p.Object]; c != nil {
+			ref.UID = c.UID
 		}
 	}
 	s.o.Problem(ref, p.Reason)
@@ -468,5 +561,27 @@ func (s *Speaker) replanBGP() {
 		return
 	}
 	s.bgpPlan = plan
-	s.o.BGP(peers, advs)
+	s.bgpNext = plan
+	if !s.bgpBusy {
+		s.bgpBusy = true
+		go s.deliverBGP()
+	}
+}
+
+// deliverBGP hands the newest plan to Options.BGP until none is waiting. It runs without the
+// speaker's lock: a session that takes long to start or to close must not hold up the source
+// events, which all need that lock.
+func (s *Speaker) deliverBGP() {
+	for {
+		s.mu.Lock()
+		plan := s.bgpNext
+		s.bgpNext = nil
+		if plan == nil {
+			s.bgpBusy = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		s.o.BGP(plan.peers, plan.advs)
+	}
 }

@@ -2,13 +2,16 @@ package metallb
 
 import (
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"nodeagent/bgp"
 	"nodeagent/lb"
 	"nodeagent/source"
 )
@@ -142,4 +145,187 @@ func TestProblemsReported(t *testing.T) {
 	if ingress(rec.services["wants-outside"]) == "" {
 		t.Error("without the annotation the service got no address")
 	}
+}
+
+// bgpRecorder is an Options.BGP that records the plans handed to it; while block is open it
+// holds every call, as a session that takes long to start or to close does.
+type bgpRecorder struct {
+	mu      sync.Mutex
+	calls   int
+	peers   []bgp.Peer
+	entered chan struct{}
+	block   chan struct{}
+}
+
+func (r *bgpRecorder) set(peers []bgp.Peer, _ []bgp.Advertisement) {
+	select {
+	case r.entered <- struct{}{}:
+	default:
+	}
+	if r.block != nil {
+		<-r.block
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	r.peers = peers
+}
+
+func (r *bgpRecorder) latest() (int, []bgp.Peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls, r.peers
+}
+
+// poll waits until cond holds, failing the test after a generous deadline.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func bgpPeer(name, addr string) *lb.BGPPeer {
+	p := &lb.BGPPeer{}
+	p.Namespace, p.Name = "metallb-system", name
+	p.Spec = lb.BGPPeerSpec{MyASN: 64513, ASN: 64512, Address: addr}
+	return p
+}
+
+// Starting or stopping BGP sessions must not hold the lock every source event needs: with the
+// BGP side stuck, a Service still reaches the proxy, and once it is free it gets the latest plan.
+func TestBGPDoesNotBlockEvents(t *testing.T) {
+	rec := &recorder{services: map[string]*v1.Service{}}
+	b := &bgpRecorder{entered: make(chan struct{}, 1), block: make(chan struct{})}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(b.block)
+		}
+	}
+	defer release()
+	s := New(Options{Node: "node01", Next: rec, BGP: b.set})
+	go s.Synced() // the first plan: no peers, no routes
+	select {
+	case <-b.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no BGP plan after Synced")
+	}
+	go s.Upsert(bgpPeer("router", "10.0.0.254"))
+	svc := &v1.Service{}
+	svc.Namespace, svc.Name = "default", "plain"
+	svc.Spec.Type = v1.ServiceTypeClusterIP
+	go s.Upsert(svc)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec.mu.Lock()
+		got := rec.services["plain"] != nil
+		rec.mu.Unlock()
+		if got {
+			break
+		}
+		if time.Now().After(deadline) {
+			release()
+			t.Fatal("a Service event waited for a BGP session to start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	release()
+	poll(t, "the plan with the peer", func() bool {
+		_, peers := b.latest()
+		return len(peers) == 1 && peers[0].Address == netip.MustParseAddr("10.0.0.254")
+	})
+}
+
+// An edit that makes a BGPPeer or BGPAdvertisement invalid is reported and ignored: the previous
+// version keeps its session and routes until a valid version or a deletion comes.
+func TestInvalidBGPEditKeepsPrevious(t *testing.T) {
+	rec := &recorder{services: map[string]*v1.Service{}}
+	b := &bgpRecorder{entered: make(chan struct{}, 1)}
+	var problems []string
+	var mu sync.Mutex
+	s := New(Options{Node: "node01", Next: rec, BGP: b.set, Problem: func(ref v1.ObjectReference, reason string) {
+		mu.Lock()
+		defer mu.Unlock()
+		problems = append(problems, ref.Kind+" "+ref.Name+": "+reason)
+	}})
+	s.Synced()
+	planned := func() []bgp.Peer {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.bgpPlan == nil {
+			return nil
+		}
+		return s.bgpPlan.peers
+	}
+	s.Upsert(bgpPeer("router", "10.0.0.254"))
+	ad := &lb.BGPAdvertisement{}
+	ad.Namespace, ad.Name = "metallb-system", "all"
+	s.Upsert(ad)
+	if p := planned(); len(p) != 1 || p[0].Address != netip.MustParseAddr("10.0.0.254") {
+		t.Fatalf("planned peers %v", p)
+	}
+
+	s.Upsert(bgpPeer("router", "10.0.0.999"))
+	if p := planned(); len(p) != 1 || p[0].Address != netip.MustParseAddr("10.0.0.254") {
+		t.Errorf("after an invalid edit the plan has %v, want the previous peer", p)
+	}
+	bad := ad.DeepCopy()
+	l := int32(33)
+	bad.Spec.AggregationLength = &l
+	s.Upsert(bad)
+	s.mu.Lock()
+	kept := s.bgpAds[key("metallb-system", "all")].Spec.AggregationLength == nil
+	s.mu.Unlock()
+	if !kept {
+		t.Error("an invalid BGPAdvertisement edit replaced the valid one")
+	}
+	comm := &lb.Community{}
+	comm.Namespace, comm.Name = "metallb-system", "aliases"
+	comm.Spec.Communities = []lb.CommunityAlias{{Name: "no-advertise", Value: "65535:65282"}}
+	s.Upsert(comm)
+	badComm := comm.DeepCopy()
+	badComm.Spec.Communities[0].Value = "65535:99999"
+	s.Upsert(badComm)
+	s.mu.Lock()
+	kept = s.comms[key("metallb-system", "aliases")].Spec.Communities[0].Value == "65535:65282"
+	s.mu.Unlock()
+	if !kept {
+		t.Error("an invalid Community edit replaced the valid one")
+	}
+	mu.Lock()
+	if len(problems) != 3 || !strings.Contains(problems[0], "BGPPeer router: invalid edit ignored") ||
+		!strings.Contains(problems[1], "BGPAdvertisement all: invalid edit ignored") ||
+		!strings.Contains(problems[2], "Community aliases: invalid edit ignored") {
+		t.Errorf("problems %q", problems)
+	}
+	mu.Unlock()
+	// A new leader hears about them again.
+	s.ReportProblems()
+	mu.Lock()
+	if len(problems) != 6 {
+		t.Errorf("ReportProblems: %q", problems[3:])
+	}
+	mu.Unlock()
+
+	s.Upsert(bgpPeer("router", "10.0.0.253"))
+	if p := planned(); len(p) != 1 || p[0].Address != netip.MustParseAddr("10.0.0.253") {
+		t.Errorf("a valid edit after an invalid one: plan %v", p)
+	}
+	s.Upsert(bgpPeer("router", "bogus"))
+	s.Delete(bgpPeer("router", "bogus"))
+	if p := planned(); len(p) != 0 {
+		t.Errorf("after deletion the plan has %v", p)
+	}
+	// An invalid object with no valid predecessor is left out, as before.
+	s.Upsert(bgpPeer("other", "bogus"))
+	if p := planned(); len(p) != 0 {
+		t.Errorf("an invalid new peer planned: %v", p)
+	}
+	poll(t, "the last plan delivered", func() bool { n, peers := b.latest(); return n > 0 && len(peers) == 0 })
 }

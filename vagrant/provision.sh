@@ -65,6 +65,10 @@ awk '/addresses:/ {gsub(/[^0-9.,]/, ""); addr=$0} /nodeName:/ {print addr, $2}' 
     done
   done
 
+# The memberlist secret the Vagrantfile passes in the environment, readable by root only.
+install -d -m 0700 /etc/nodeagent
+(umask 077; printf '%s' "${NODEAGENT_MEMBERLIST_SECRET:?the Vagrantfile passes the memberlist secret}" >/etc/nodeagent/memberlist-secret)
+
 cat >/etc/systemd/system/nodeagent.service <<UNIT
 [Unit]
 Description=nodeagent (kube-proxy and MetalLB speaker) on /vagrant/examples
@@ -72,7 +76,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-ExecStart=/usr/local/bin/nodeagent run --manifests /vagrant/examples --hostname-override $name --proxy-mode $mode --cluster-cidr 10.244.0.0/16 --memberlist-bind $addr --memberlist-join 10.0.0.151,10.0.0.152,10.0.0.153
+ExecStart=/usr/local/bin/nodeagent run --manifests /vagrant/examples --hostname-override $name --proxy-mode $mode --cluster-cidr 10.244.0.0/16 --memberlist-bind $addr --memberlist-join 10.0.0.151,10.0.0.152,10.0.0.153 --memberlist-secret-file /etc/nodeagent/memberlist-secret
 Restart=always
 
 [Install]

@@ -1,53 +1,107 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"nodeagent/proxier"
 )
 
-// modeConfig is the per-mode block of a KubeProxyConfiguration (iptables:, nftables:, ipvs:).
+// modeConfig is the part the per-mode blocks of a KubeProxyConfiguration (iptables:, nftables:,
+// ipvs:) share.
 type modeConfig struct {
 	MasqueradeAll *bool           `json:"masqueradeAll,omitempty"`
 	SyncPeriod    metav1.Duration `json:"syncPeriod,omitempty"`
 	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
 }
 
+// iptablesConfig is the iptables: block. Fields of type json.RawMessage are kube-proxy's and
+// accepted so that its files load, but nodeagent does not implement them (see ignoredSettings).
+type iptablesConfig struct {
+	modeConfig         `json:",inline"`
+	MasqueradeBit      json.RawMessage `json:"masqueradeBit,omitempty"`
+	LocalhostNodePorts json.RawMessage `json:"localhostNodePorts,omitempty"`
+}
+
+// nftablesConfig is the nftables: block.
+type nftablesConfig struct {
+	modeConfig    `json:",inline"`
+	MasqueradeBit json.RawMessage `json:"masqueradeBit,omitempty"`
+}
+
 // ipvsConfig is the ipvs: block of a KubeProxyConfiguration.
 type ipvsConfig struct {
-	modeConfig  `json:",inline"`
-	Scheduler   string          `json:"scheduler,omitempty"`
-	StrictARP   bool            `json:"strictARP,omitempty"`
-	TCPTimeout  metav1.Duration `json:"tcpTimeout,omitempty"`
-	TCPFinTimeo metav1.Duration `json:"tcpFinTimeout,omitempty"`
-	UDPTimeout  metav1.Duration `json:"udpTimeout,omitempty"`
+	modeConfig   `json:",inline"`
+	Scheduler    string          `json:"scheduler,omitempty"`
+	StrictARP    bool            `json:"strictARP,omitempty"`
+	TCPTimeout   metav1.Duration `json:"tcpTimeout,omitempty"`
+	TCPFinTimeo  metav1.Duration `json:"tcpFinTimeout,omitempty"`
+	UDPTimeout   metav1.Duration `json:"udpTimeout,omitempty"`
+	ExcludeCIDRs json.RawMessage `json:"excludeCIDRs,omitempty"`
+}
+
+// clientConnection is the clientConnection: block; only the kubeconfig is used.
+type clientConnection struct {
+	Kubeconfig         string          `json:"kubeconfig,omitempty"`
+	AcceptContentTypes json.RawMessage `json:"acceptContentTypes,omitempty"`
+	ContentType        json.RawMessage `json:"contentType,omitempty"`
+	QPS                json.RawMessage `json:"qps,omitempty"`
+	Burst              json.RawMessage `json:"burst,omitempty"`
+}
+
+// kubeProxyOnly are the top-level keys of kube-proxy v1.34's KubeProxyConfiguration
+// (kubeproxy.config.k8s.io/v1alpha1) that nodeagent accepts and does not implement.
+type kubeProxyOnly struct {
+	FeatureGates                json.RawMessage `json:"featureGates,omitempty"`
+	Logging                     json.RawMessage `json:"logging,omitempty"`
+	BindAddress                 json.RawMessage `json:"bindAddress,omitempty"`
+	BindAddressHardFail         json.RawMessage `json:"bindAddressHardFail,omitempty"`
+	ShowHiddenMetricsForVersion json.RawMessage `json:"showHiddenMetricsForVersion,omitempty"`
+	Winkernel                   json.RawMessage `json:"winkernel,omitempty"`
+	DetectLocalMode             json.RawMessage `json:"detectLocalMode,omitempty"`
+	DetectLocal                 json.RawMessage `json:"detectLocal,omitempty"`
+	OOMScoreAdj                 json.RawMessage `json:"oomScoreAdj,omitempty"`
+	Conntrack                   json.RawMessage `json:"conntrack,omitempty"`
+	ConfigSyncPeriod            json.RawMessage `json:"configSyncPeriod,omitempty"`
+	PortRange                   json.RawMessage `json:"portRange,omitempty"`
+	WindowsRunAsService         json.RawMessage `json:"windowsRunAsService,omitempty"`
 }
 
 // Config is the agent's configuration. Its YAML form is kube-proxy's KubeProxyConfiguration
 // (kubeproxy.config.k8s.io/v1alpha1) — a kube-proxy config file works as it is — plus nodeagent's
-// own top-level keys (manifests, serviceClusterIPRange, serviceNodePortRange).
+// own top-level keys (manifests, serviceClusterIPRange, serviceNodePortRange, ...). A key that
+// is neither is an error: a misspelt memberlistSecret must not quietly turn encryption off.
 type Config struct {
-	Mode               string   `json:"mode,omitempty"`
-	HostnameOverride   string   `json:"hostnameOverride,omitempty"`
-	ClusterCIDR        string   `json:"clusterCIDR,omitempty"`
-	NodePortAddresses  []string `json:"nodePortAddresses,omitempty"`
-	HealthzBindAddress string   `json:"healthzBindAddress,omitempty"`
-	MetricsBindAddress string   `json:"metricsBindAddress,omitempty"`
-	EnableProfiling    bool     `json:"enableProfiling,omitempty"`
-	ClientConnection   struct {
-		Kubeconfig string `json:"kubeconfig,omitempty"`
-	} `json:"clientConnection,omitempty"`
-	IPTables modeConfig `json:"iptables,omitempty"`
-	NFTables modeConfig `json:"nftables,omitempty"`
-	IPVS     ipvsConfig `json:"ipvs,omitempty"`
+	APIVersion         string           `json:"apiVersion,omitempty"`
+	Kind               string           `json:"kind,omitempty"`
+	Mode               string           `json:"mode,omitempty"`
+	HostnameOverride   string           `json:"hostnameOverride,omitempty"`
+	ClusterCIDR        string           `json:"clusterCIDR,omitempty"`
+	NodePortAddresses  []string         `json:"nodePortAddresses,omitempty"`
+	HealthzBindAddress string           `json:"healthzBindAddress,omitempty"`
+	MetricsBindAddress string           `json:"metricsBindAddress,omitempty"`
+	EnableProfiling    bool             `json:"enableProfiling,omitempty"`
+	ClientConnection   clientConnection `json:"clientConnection,omitempty"`
+	IPTables           iptablesConfig   `json:"iptables,omitempty"`
+	NFTables           nftablesConfig   `json:"nftables,omitempty"`
+	IPVS               ipvsConfig       `json:"ipvs,omitempty"`
+	kubeProxyOnly      `json:",inline"`
 
 	Manifests             string   `json:"manifests,omitempty"`
 	ServiceClusterIPRange string   `json:"serviceClusterIPRange,omitempty"`
@@ -57,7 +111,12 @@ type Config struct {
 	MemberlistBind        string   `json:"memberlistBind,omitempty"`
 	MemberlistJoin        []string `json:"memberlistJoin,omitempty"`
 	MemberlistSecret      string   `json:"memberlistSecret,omitempty"`
-	Layer2                bool     `json:"layer2,omitempty"`
+	// MemberlistSecretFile holds the gossip secret (a directory: its file "secretkey", the
+	// layout of MetalLB's mounted memberlist Secret).
+	MemberlistSecretFile string `json:"memberlistSecretFile,omitempty"`
+	// MemberlistInsecure runs memberlist without a secret on purpose.
+	MemberlistInsecure bool `json:"memberlistInsecure,omitempty"`
+	Layer2             bool `json:"layer2,omitempty"`
 	// AdvertiseClusterIP and AdvertiseExternalIP add services' cluster and external IPs to the
 	// BGP routes, as kube-router's flags of the same names do.
 	AdvertiseClusterIP  bool `json:"advertiseClusterIP,omitempty"`
@@ -71,6 +130,11 @@ type Config struct {
 	masqueradeAll bool
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
+	// ignored lists the kube-proxy settings the config file sets that nodeagent does not
+	// implement, logged once the logger exists.
+	ignored []string
+	// memberlistKey is the gossip secret resolved from its sources (memberlistSecret).
+	memberlistKey []byte
 }
 
 func defaultConfig() Config {
@@ -87,32 +151,167 @@ func defaultConfig() Config {
 	}
 }
 
+// kubeProxyAPIVersion and kubeProxyKind identify a KubeProxyConfiguration.
+const (
+	kubeProxyAPIVersion = "kubeproxy.config.k8s.io/v1alpha1"
+	kubeProxyKind       = "KubeProxyConfiguration"
+)
+
+// maxConfigSize bounds what is read of a config file: a real one is a few kilobytes.
+const maxConfigSize = 1 << 20
+
 // loadConfigFile reads a KubeProxyConfiguration-style YAML file over c.
 func loadConfigFile(path string, c *Config) error {
-	b, err := os.ReadFile(path)
+	b, err := readLimited(path, maxConfigSize)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	if err := yaml.Unmarshal(b, c); err != nil {
-		return fmt.Errorf("parse config %s: %w", path, err)
+	if err := decodeConfig(b, c); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
 	}
-	mc := c.IPTables
+	return nil
+}
+
+// decodeConfig decodes a config file over c, strictly: unknown keys (nodeagent's and
+// kube-proxy's known, see Config), keys given twice and keys in the wrong case are errors.
+// kube-proxy v1.34 decodes strictly too, but falls back to lenient decoding of v1alpha1 with a
+// log line; nodeagent has no such fallback, because its own keys include the gossip secret,
+// where a typo must stop the agent rather than run it unencrypted. As in kube-proxy, an empty
+// mode, healthzBindAddress or metricsBindAddress means the default (kubeadm writes them so).
+func decodeConfig(b []byte, c *Config) error {
+	j, err := yaml.YAMLToJSONStrict(b)
+	if err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	keep := *c
+	strict, err := kjson.UnmarshalStrict(j, c)
+	if err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	if len(strict) > 0 {
+		return fmt.Errorf("parse: %w", errors.Join(strict...))
+	}
+	if c.APIVersion != "" && c.APIVersion != kubeProxyAPIVersion {
+		return fmt.Errorf("apiVersion %q: want %s", c.APIVersion, kubeProxyAPIVersion)
+	}
+	if c.Kind != "" && c.Kind != kubeProxyKind {
+		return fmt.Errorf("kind %q: want %s", c.Kind, kubeProxyKind)
+	}
+	if c.Mode == "" {
+		c.Mode = keep.Mode
+	}
+	if c.HealthzBindAddress == "" {
+		c.HealthzBindAddress = keep.HealthzBindAddress
+	}
+	if c.MetricsBindAddress == "" {
+		c.MetricsBindAddress = keep.MetricsBindAddress
+	}
+	c.ignored = ignoredSettings(c)
+	return nil
+}
+
+// readLimited reads a file of at most limit bytes.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return b, nil
+}
+
+// ignoredSettings names the kube-proxy settings c sets to something other than an empty value
+// (kubeadm writes every key, most of them empty) that nodeagent does not implement.
+func ignoredSettings(c *Config) []string {
+	var out []string
+	rawType := reflect.TypeFor[json.RawMessage]()
+	add := func(prefix string, v reflect.Value) {
+		t := v.Type()
+		for i := range t.NumField() {
+			if t.Field(i).Type != rawType || emptyJSON(v.Field(i).Bytes()) {
+				continue
+			}
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+			out = append(out, prefix+name)
+		}
+	}
+	add("", reflect.ValueOf(c.kubeProxyOnly))
+	add("clientConnection.", reflect.ValueOf(c.ClientConnection))
+	add("iptables.", reflect.ValueOf(c.IPTables))
+	add("nftables.", reflect.ValueOf(c.NFTables))
+	add("ipvs.", reflect.ValueOf(c.IPVS))
+	slices.Sort(out)
+	return out
+}
+
+// emptyJSON reports whether raw is absent, null, false, zero, an empty or zero duration
+// string, or an object or array of nothing but such values.
+func emptyJSON(raw json.RawMessage) bool {
+	if len(raw) == 0 {
+		return true
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return false
+	}
+	return emptyValue(v)
+}
+
+func emptyValue(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return true
+	case bool:
+		return !x
+	case float64:
+		return x == 0
+	case string:
+		return x == "" || x == "0" || x == "0s"
+	case []any:
+		for _, e := range x {
+			if !emptyValue(e) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		for _, e := range x {
+			if !emptyValue(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// applyModeBlock takes masqueradeAll, syncPeriod and minSyncPeriod from the config file's block
+// of the mode in force — after flags, so that --proxy-mode picks the block — except where a
+// flag set them explicitly.
+func (c *Config) applyModeBlock(explicit map[string]bool) {
+	mc := c.IPTables.modeConfig
 	switch c.Mode {
 	case "nftables":
-		mc = c.NFTables
+		mc = c.NFTables.modeConfig
 	case "ipvs":
 		mc = c.IPVS.modeConfig
 	}
-	if mc.MasqueradeAll != nil {
+	if mc.MasqueradeAll != nil && !explicit["masquerade-all"] {
 		c.masqueradeAll = *mc.MasqueradeAll
 	}
-	if mc.SyncPeriod.Duration > 0 {
+	if mc.SyncPeriod.Duration > 0 && !explicit["sync-period"] && !explicit["ipvs-sync-period"] {
 		c.syncPeriod = mc.SyncPeriod.Duration
 	}
-	if mc.MinSyncPeriod.Duration > 0 {
+	if mc.MinSyncPeriod.Duration > 0 && !explicit["min-sync-period"] && !explicit["ipvs-min-sync-period"] {
 		c.minSyncPeriod = mc.MinSyncPeriod.Duration
 	}
-	return nil
 }
 
 // commonFlags binds the flags every subcommand that reads inputs shares. Flag names are kube-proxy's.
@@ -166,7 +365,18 @@ func parseWithConfig(fs *flag.FlagSet, args []string, c *Config) error {
 	}
 	fs.String("config", configPath, "a kube-proxy style configuration file (KubeProxyConfiguration YAML); flags given too override it")
 	commonFlags(fs, c)
-	return fs.Parse(args)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c.applyModeBlock(explicitFlags(fs))
+	return nil
+}
+
+// explicitFlags returns the names of the flags given on the command line.
+func explicitFlags(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
 }
 
 // modelConfig converts the user's settings into the model's.
@@ -192,4 +402,90 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 	}
 	mc.MasqueradeAll = c.masqueradeAll
 	return mc, nil
+}
+
+// Where the memberlist secret may come from besides --memberlist-secret and the config file.
+const (
+	// envMemberlistSecret holds the secret itself, e.g. from a Kubernetes Secret (secretKeyRef).
+	envMemberlistSecret = "NODEAGENT_MEMBERLIST_SECRET"
+	// envMetalLBSecretPath is MetalLB v0.14.8's speaker variable (its --ml-secret-key-path): a
+	// directory where the memberlist Secret is mounted, read as its file "secretkey".
+	envMetalLBSecretPath = "METALLB_ML_SECRET_KEY_PATH"
+	metalLBSecretKeyName = "secretkey"
+	maxSecretSize        = 64 << 10
+)
+
+// errNoMemberlistSecret is returned when memberlist would run unauthenticated by accident.
+var errNoMemberlistSecret = errors.New("memberlist gossip decides which node answers for each load-balancer address, " +
+	"so it needs a shared secret: give --memberlist-secret-file (or $" + envMemberlistSecret + ", or MetalLB's $" +
+	envMetalLBSecretPath + "), or --memberlist-insecure to run without one on purpose")
+
+// resolveMemberlistSecret sets c.memberlistKey from the first source that has a secret:
+// --memberlist-secret / memberlistSecret, --memberlist-secret-file / memberlistSecretFile (not
+// both), $NODEAGENT_MEMBERLIST_SECRET, $METALLB_ML_SECRET_KEY_PATH. Without memberlist it does
+// nothing; without a secret it fails unless memberlistInsecure says so. explicit are the flags
+// given on the command line: a secret there is visible to every local user, which is warned about.
+func (c *Config) resolveMemberlistSecret(explicit map[string]bool, getenv func(string) string, log *slog.Logger) error {
+	c.memberlistKey = nil
+	if c.MemberlistBind == "" {
+		return nil
+	}
+	var key []byte
+	switch {
+	case c.MemberlistSecret != "" && c.MemberlistSecretFile != "":
+		return errors.New("give the memberlist secret once: --memberlist-secret or --memberlist-secret-file, not both")
+	case c.MemberlistSecret != "":
+		key = []byte(c.MemberlistSecret)
+		if explicit["memberlist-secret"] {
+			log.Warn("--memberlist-secret is visible to every local user in /proc/<pid>/cmdline; prefer --memberlist-secret-file or $" + envMemberlistSecret)
+		}
+	case c.MemberlistSecretFile != "":
+		k, err := readSecret(c.MemberlistSecretFile)
+		if err != nil {
+			return fmt.Errorf("--memberlist-secret-file: %w", err)
+		}
+		key = k
+	case getenv(envMemberlistSecret) != "":
+		key = []byte(getenv(envMemberlistSecret))
+	case getenv(envMetalLBSecretPath) != "":
+		k, err := readSecret(getenv(envMetalLBSecretPath))
+		if err != nil {
+			return fmt.Errorf("$%s: %w", envMetalLBSecretPath, err)
+		}
+		key = k
+	}
+	if len(key) == 0 {
+		if !c.MemberlistInsecure {
+			return errNoMemberlistSecret
+		}
+		log.Warn("memberlist runs without a secret (--memberlist-insecure): any host that reaches " +
+			c.MemberlistBind + " can join and take load-balancer addresses over")
+		return nil
+	}
+	c.memberlistKey = key
+	return nil
+}
+
+// readSecret reads a secret file without its surrounding whitespace (a final newline, say); a
+// directory is read as its file "secretkey", the layout of a mounted MetalLB memberlist Secret.
+func readSecret(path string) ([]byte, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = filepath.Join(path, metalLBSecretKeyName)
+	}
+	b, err := readLimited(path, maxSecretSize)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return b, nil
+}
+
+// logIgnored warns about the config file's kube-proxy settings that nodeagent does not implement.
+func (c *Config) logIgnored(log *slog.Logger) {
+	if len(c.ignored) > 0 {
+		log.Warn("config file sets kube-proxy settings nodeagent does not implement; they are ignored", "settings", c.ignored)
+	}
 }

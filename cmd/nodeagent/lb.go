@@ -102,7 +102,7 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 	}
 	lbs.speaker = metallb.New(opts)
 	m, err := member.Start(member.Options{Name: node, Bind: bind, Join: c.MemberlistJoin,
-		Secret: []byte(c.MemberlistSecret), Log: log.With("component", "memberlist"),
+		Secret: c.memberlistKey, Insecure: c.MemberlistInsecure, Log: log.With("component", "memberlist"),
 		OnChange: lbs.speaker.MembershipChanged})
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -17,6 +18,7 @@ import (
 
 	"nodeagent/health"
 	"nodeagent/proxier"
+	"nodeagent/proxier/ipvs"
 	"nodeagent/runner"
 	"nodeagent/source"
 )
@@ -25,22 +27,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	c := defaultConfig()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.DurationVar(&c.syncPeriod, "sync-period", c.syncPeriod, "how often rules are fully resynced and checked for drift")
-	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "least time between two syncs (0: a change is applied as soon as the previous sync ends)")
-	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "ip:port of the /healthz server (empty: off)")
-	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
-	fs.BoolVar(&c.EnableProfiling, "profiling", c.EnableProfiling, "serve Go's /debug/pprof/ on the metrics address (kube-proxy's flag)")
-	fs.StringVar(&c.MemberlistBind, "memberlist-bind", c.MemberlistBind, "ip[:port] for memberlist among agents (port 7946 by default); empty: no membership, every node the objects name counts as alive")
-	fs.Func("memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)", func(s string) error {
-		c.MemberlistJoin = splitList(s)
-		return nil
-	})
-	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts memberlist traffic")
-	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
-	fs.BoolVar(&c.AdvertiseClusterIP, "advertise-cluster-ip", c.AdvertiseClusterIP, "also advertise every service's cluster IPs over BGP, from nodes that may serve them (kube-router's flag)")
-	fs.BoolVar(&c.AdvertiseExternalIP, "advertise-external-ip", c.AdvertiseExternalIP, "also advertise every service's externalIPs over BGP, by the load-balancer rules (kube-router's flag)")
-	fs.DurationVar(&c.Layer2Refresh.Duration, "layer2-refresh-interval", c.Layer2Refresh.Duration, "re-send gratuitous ARP/NDP for every owned address this often (0: only when ownership changes)")
-	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
+	runFlags(fs, &c)
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return err
 	}
@@ -49,6 +36,10 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	slog.SetDefault(log)
+	c.logIgnored(log)
+	if err := c.resolveMemberlistSecret(explicitFlags(fs), os.Getenv, log); err != nil {
+		return err
+	}
 	node, err := thisNode(c.HostnameOverride)
 	if err != nil {
 		return err
@@ -75,6 +66,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics := health.NewMetrics()
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
+	}
+	if ipx, ok := px.(*ipvs.Proxier); ok {
+		metrics.Registry.MustRegister(newIPVSRefusedCollector(ipx))
 	}
 	if r := announcer.layer2; r != nil {
 		metrics.AddLayer2(func() health.Layer2Stats {
@@ -183,6 +177,28 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 // profilingWriteTimeout lets /debug/pprof/profile and /trace run for up to this long (pprof
 // refuses a duration past the server's WriteTimeout; its default profile takes 30 s).
 const profilingWriteTimeout = 2 * time.Minute
+
+// runFlags binds the flags only run has.
+func runFlags(fs *flag.FlagSet, c *Config) {
+	fs.DurationVar(&c.syncPeriod, "sync-period", c.syncPeriod, "how often rules are fully resynced and checked for drift")
+	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "least time between two syncs (0: a change is applied as soon as the previous sync ends)")
+	fs.StringVar(&c.HealthzBindAddress, "healthz-bind-address", c.HealthzBindAddress, "ip:port of the /healthz server (empty: off)")
+	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
+	fs.BoolVar(&c.EnableProfiling, "profiling", c.EnableProfiling, "serve Go's /debug/pprof/ on the metrics address (kube-proxy's flag)")
+	fs.StringVar(&c.MemberlistBind, "memberlist-bind", c.MemberlistBind, "ip[:port] for memberlist among agents (port 7946 by default); empty: no membership, every node the objects name counts as alive")
+	fs.Func("memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)", func(s string) error {
+		c.MemberlistJoin = splitList(s)
+		return nil
+	})
+	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts and authenticates memberlist gossip; visible in /proc/<pid>/cmdline, prefer --memberlist-secret-file or $"+envMemberlistSecret)
+	fs.StringVar(&c.MemberlistSecretFile, "memberlist-secret-file", c.MemberlistSecretFile, "file holding the memberlist secret (surrounding whitespace ignored); a directory means its file \"secretkey\", as MetalLB mounts its memberlist Secret")
+	fs.BoolVar(&c.MemberlistInsecure, "memberlist-insecure", c.MemberlistInsecure, "run memberlist without a secret on purpose: any host that reaches the memberlist port can then join and take load-balancer addresses over")
+	fs.BoolVar(&c.Layer2, "layer2", c.Layer2, "answer ARP/NDP for the load-balancer addresses this node owns (L2Advertisements)")
+	fs.BoolVar(&c.AdvertiseClusterIP, "advertise-cluster-ip", c.AdvertiseClusterIP, "also advertise every service's cluster IPs over BGP, from nodes that may serve them (kube-router's flag)")
+	fs.BoolVar(&c.AdvertiseExternalIP, "advertise-external-ip", c.AdvertiseExternalIP, "also advertise every service's externalIPs over BGP, by the load-balancer rules (kube-router's flag)")
+	fs.DurationVar(&c.Layer2Refresh.Duration, "layer2-refresh-interval", c.Layer2Refresh.Duration, "re-send gratuitous ARP/NDP for every owned address this often (0: only when ownership changes)")
+	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
+}
 
 // serve starts an HTTP server on addr (skipped when addr is empty or its port is 0) that stops
 // with ctx. It has health's limits; writeTimeout, when positive, replaces its WriteTimeout.

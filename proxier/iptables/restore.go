@@ -1,7 +1,6 @@
 package iptables
 
 import (
-	"bufio"
 	"bytes"
 	"strings"
 )
@@ -142,13 +141,27 @@ type saved struct {
 
 func newSaved() *saved { return &saved{chains: map[chainID][]string{}} }
 
-// parse adds what iptables-save printed for one or more tables.
+// maxSavedLine bounds the lines parse looks at. Ours are a few hundred bytes (a comment is at
+// most 256); a longer line is someone else's rule and is skipped.
+const maxSavedLine = 64 << 10
+
+// parse adds what iptables-save printed for one or more tables. Every line is looked at on its
+// own: a line that cannot be ours (too long, say) is skipped without ending the parse, so the
+// lines after it are still seen. (A bufio.Scanner stopped at its first over-long line, quietly,
+// and our chains after it looked missing.)
 func (s *saved) parse(data []byte) {
 	table := ""
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
-	for sc.Scan() {
-		l := strings.TrimSpace(sc.Text())
+	for len(data) > 0 {
+		raw := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			raw, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if len(raw) > maxSavedLine {
+			continue
+		}
+		l := strings.TrimSpace(string(raw))
 		switch {
 		case strings.HasPrefix(l, "*"):
 			table = l[1:]

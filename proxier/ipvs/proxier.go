@@ -97,6 +97,10 @@ type Proxier struct {
 	sysctls bool // the sysctls were set
 	warned  map[string]bool
 	stats   SyncStats
+	// refused are the desired virtual servers the kernel refused (a scheduler module it lacks,
+	// say, which any Service can ask for by annotation), with the kernel's answer. They are
+	// reported, retried on every full sync, and do not fail a Sync: the other services apply.
+	refused map[vsKey]Refusal
 
 	stop chan struct{}
 	done chan struct{}
@@ -111,7 +115,42 @@ type SyncStats struct {
 	ServicesAdded, ServicesUpdated, ServicesDeleted int
 	DestsAdded, DestsUpdated, DestsDeleted          int
 	Draining                                        int // real servers at weight 0 after the Sync
+	Refused                                         int // desired virtual servers the kernel refused
 	Duration                                        time.Duration
+}
+
+// Refusal is a virtual server the kernel refused to create or change (or to give a real server),
+// while the rest of the sync went through.
+type Refusal struct {
+	// Service is the service port the virtual server belongs to.
+	Service proxier.ServicePortName
+	// VirtualServer is the virtual server, as address:port/protocol.
+	VirtualServer string
+	// Reason is the kernel's answer.
+	Reason string
+}
+
+// refusedByKernel reports whether err is the kernel rejecting one virtual server's or real
+// server's settings (no such scheduler module, invalid or unsupported parameters), which is
+// that object's problem, rather than a failure of IPVS as a whole.
+func refusedByKernel(err error) bool {
+	for _, e := range []error{unix.ENOENT, unix.EINVAL, unix.EOPNOTSUPP, unix.EAFNOSUPPORT, unix.EPROTONOSUPPORT} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Refused lists the virtual servers the kernel refused in the latest syncs, sorted.
+func (p *Proxier) Refused() []Refusal {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Refusal, 0, len(p.refused))
+	for _, k := range sortedKeys(p.refused) {
+		out = append(out, p.refused[k])
+	}
+	return out
 }
 
 // New returns a Proxier for this kernel. It fails at once when the kernel has no IPVS; it
@@ -156,7 +195,7 @@ func NewRenderer(opts Options) *Proxier { return newProxier(opts, nil, nil, nil)
 func newProxier(opts Options, h ipvsKernel, nk netKernel, fk nftKernel) *Proxier {
 	p := &Proxier{log: opts.Log, opts: opts, sched: opts.Scheduler, ipvs: h, net: nk, nft: fk,
 		tables: map[proxier.Family]*nftTable{}, draining: map[vsKey]map[netip.AddrPort]bool{},
-		warned: map[string]bool{}, full: true}
+		warned: map[string]bool{}, refused: map[vsKey]Refusal{}, full: true}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -236,6 +275,12 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	}
 	p.last = d
 	p.full = false
+	for k := range p.refused {
+		if d.vs[k] == nil {
+			delete(p.refused, k)
+		}
+	}
+	s.stats.Refused = len(p.refused)
 	s.stats.Duration = time.Since(start)
 	s.stats.Draining = p.drainingCount()
 	p.stats = s.stats
@@ -481,25 +526,47 @@ func isNotFound(err error) bool {
 	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such process")
 }
 
-// ensure creates or updates vs and adds (or restores the weight of) its real servers.
+// ensure creates or updates vs and adds (or restores the weight of) its real servers. What the
+// kernel refuses of vs alone is recorded in p.refused rather than returned: one Service asking
+// for something this kernel lacks must not fail every sync of every other one.
 func (s *syncer) ensure(vs *virtualServer) error {
 	p := s.p
 	k := vs.key
 	ksvc := s.kernel[k]
 	want := vs.kernelForm()
+	var refusal error
 	switch {
 	case ksvc == nil:
 		if err := p.ipvs.NewService(want); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add virtual server %s of %s: %w", k, vs.name, err)
+			err = fmt.Errorf("add virtual server %s of %s: %w", k, vs.name, err)
+			if refusedByKernel(err) {
+				p.refuse(vs, err)
+				return nil
+			}
+			return err
 		}
 		s.stats.ServicesAdded++
 		s.kernel[k] = want
 	case !sameService(ksvc, vs):
 		if err := p.ipvs.UpdateService(want); err != nil {
-			return fmt.Errorf("update virtual server %s of %s: %w", k, vs.name, err)
+			err = fmt.Errorf("update virtual server %s of %s: %w", k, vs.name, err)
+			if !refusedByKernel(err) {
+				return err
+			}
+			// It keeps its current settings; its real servers still follow the endpoints.
+			refusal = err
+		} else {
+			s.stats.ServicesUpdated++
 		}
-		s.stats.ServicesUpdated++
 	}
+	defer func() {
+		if refusal != nil {
+			p.refuse(vs, refusal)
+		} else if _, was := p.refused[k]; was {
+			delete(p.refused, k)
+			p.log.Info("IPVS virtual server accepted now", "service", vs.name.String(), "virtualServer", k.String())
+		}
+	}()
 	p.owned[k] = true
 	have := map[netip.AddrPort]*mipvs.Destination{}
 	if ksvc != nil {
@@ -524,7 +591,12 @@ func (s *syncer) ensure(vs *virtualServer) error {
 		switch {
 		case !ok:
 			if err := p.ipvs.NewDestination(want, newDest(ap, 1)); err != nil && !errors.Is(err, unix.EEXIST) {
-				errs = append(errs, fmt.Errorf("add real server %s to %s: %w", ap, k, err))
+				err = fmt.Errorf("add real server %s to %s: %w", ap, k, err)
+				if refusedByKernel(err) {
+					refusal = errors.Join(refusal, err)
+				} else {
+					errs = append(errs, err)
+				}
 				continue
 			}
 			s.stats.DestsAdded++
@@ -543,6 +615,17 @@ func (s *syncer) ensure(vs *virtualServer) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// refuse records that the kernel refused vs, logging it when the reason is new.
+func (p *Proxier) refuse(vs *virtualServer, err error) {
+	r := Refusal{Service: vs.name, VirtualServer: vs.key.String(), Reason: err.Error()}
+	if p.refused[vs.key] == r {
+		return
+	}
+	p.refused[vs.key] = r
+	p.log.Warn("the kernel refused an IPVS virtual server; the other services are applied, this one is retried on every full sync",
+		"service", vs.name.String(), "virtualServer", r.VirtualServer, "scheduler", vs.scheduler, "err", err)
 }
 
 // removeExtraDests retires the real servers of vs that are no longer its endpoints (as ensure

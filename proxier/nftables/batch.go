@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +34,7 @@ type batch struct {
 	err   error
 	setID uint32
 	exprs [][]byte // scratch
+	stale int      // answers to other batches skipped while waiting for this one's
 }
 
 // op describes a message for error reports; kept cheap (no formatting until an error happens).
@@ -444,8 +447,11 @@ func (b *batch) bytes() []byte {
 
 // describe names the message with sequence number seq for an error report.
 func (b *batch) describe(seq uint32) string {
-	i := int(seq) - int(b.first)
-	if i < 0 || i >= len(b.what) {
+	if seq == b.first-1 {
+		return "batch"
+	}
+	i := int(seq - b.first)
+	if !b.owns(seq) || i >= len(b.what) {
 		return fmt.Sprintf("message %d", seq)
 	}
 	w := b.what[i]
@@ -537,6 +543,8 @@ func (s *socket) send(b *batch) error {
 
 // await reads answers until the last message's acknowledgement or error. The kernel processes
 // the batch inside sendmsg, so every error is already queued in order before that answer.
+// Answers to other batches (left unread by an earlier failed or timed-out await) are skipped by
+// their sequence numbers rather than blamed on this one.
 func (s *socket) await(b *batch) error {
 	_ = s.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	defer s.conn.SetReadDeadline(time.Time{})
@@ -562,24 +570,110 @@ func (s *socket) await(b *batch) error {
 			}
 			return fmt.Errorf("read nftables answer: %w", rerr)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(s.rbuf[:n])
+		done, err := b.answers(s.rbuf[:n], &errs)
 		if err != nil {
-			return fmt.Errorf("parse nftables answer: %w", err)
+			return errors.Join(append(errs, err)...)
 		}
-		for _, m := range msgs {
-			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4+unix.SizeofNlMsghdr {
-				continue
-			}
-			code := int32(binary.NativeEndian.Uint32(m.Data))
-			seq := binary.NativeEndian.Uint32(m.Data[4+8:])
-			if code != 0 {
-				errs = append(errs, fmt.Errorf("%s: %w", b.describe(seq), os.NewSyscallError("nftables", syscall.Errno(-code))))
-			}
-			// The last message's answer ends the batch; an answer to BATCH_BEGIN means the
-			// kernel refused the whole batch (no permission, out of memory).
-			if seq == b.seq || seq == b.first-1 {
-				return errors.Join(errs...)
-			}
+		if done {
+			return errors.Join(errs...)
 		}
 	}
+}
+
+// Extended acknowledgement (NETLINK_EXT_ACK) details golang.org/x/sys/unix does not export.
+const (
+	nlmFCapped      = 0x100 // NLM_F_CAPPED: the error carries only the failing message's header
+	nlmFAckTLVs     = 0x200 // NLM_F_ACK_TLVS: attributes follow the error
+	nlmsgerrAttrMsg = 1     // NLMSGERR_ATTR_MSG: the kernel's message, a string
+	nlmsgerrLen     = 4 + unix.SizeofNlMsghdr
+	maxExtackMsg    = 256
+)
+
+// owns reports whether seq belongs to this batch: BATCH_BEGIN (first-1) up to its last message.
+// Sequence numbers wrap, hence the unsigned differences.
+func (b *batch) owns(seq uint32) bool {
+	return seq-(b.first-1) <= b.seq-(b.first-1)
+}
+
+// answers parses one datagram of the kernel's answers to b: it appends the errors of b's
+// failing messages to errs, and reports done once the answer that ends the batch is in (the
+// acknowledgement or error of the last message, or an error about BATCH_BEGIN, which the
+// kernel sends when it refuses the batch as a whole). Answers with another batch's sequence
+// number are skipped and counted in b.stale. A malformed datagram is an error.
+func (b *batch) answers(buf []byte, errs *[]error) (done bool, err error) {
+	for len(buf) > 0 {
+		if len(buf) < unix.SizeofNlMsghdr {
+			return done, fmt.Errorf("malformed nftables answer: %d trailing bytes", len(buf))
+		}
+		l := int(binary.NativeEndian.Uint32(buf[0:4]))
+		typ := binary.NativeEndian.Uint16(buf[4:6])
+		flags := binary.NativeEndian.Uint16(buf[6:8])
+		seq := binary.NativeEndian.Uint32(buf[8:12])
+		if l < unix.SizeofNlMsghdr || l > len(buf) {
+			return done, fmt.Errorf("malformed nftables answer: message length %d of %d bytes", l, len(buf))
+		}
+		msg := buf[unix.SizeofNlMsghdr:l]
+		buf = buf[min(len(buf), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+		if typ != unix.NLMSG_ERROR {
+			continue
+		}
+		if len(msg) < nlmsgerrLen {
+			return done, fmt.Errorf("malformed nftables answer: error of %d bytes", len(msg))
+		}
+		code := int32(binary.NativeEndian.Uint32(msg[0:4]))
+		if inner := binary.NativeEndian.Uint32(msg[4+8:]); inner != seq || !b.owns(seq) {
+			b.stale++
+			continue
+		}
+		if code > 0 {
+			return done, fmt.Errorf("malformed nftables answer: error code %d", code)
+		}
+		if code != 0 {
+			err := fmt.Errorf("%s: %w", b.describe(seq), os.NewSyscallError("nftables", syscall.Errno(-code)))
+			if m := extackMessage(msg, flags); m != "" {
+				err = fmt.Errorf("%w (%s)", err, m)
+			}
+			*errs = append(*errs, err)
+		}
+		if seq == b.seq || seq == b.first-1 {
+			done = true
+		}
+	}
+	return done, nil
+}
+
+// extackMessage returns the kernel's explanation attached to an error answer (msg is the
+// payload after the netlink header), or "".
+func extackMessage(msg []byte, flags uint16) string {
+	if flags&nlmFAckTLVs == 0 {
+		return ""
+	}
+	off := nlmsgerrLen
+	if flags&nlmFCapped == 0 {
+		// The failing message is echoed whole: skip it.
+		inner := int(binary.NativeEndian.Uint32(msg[4:8]))
+		if inner < unix.SizeofNlMsghdr || 4+inner > len(msg) {
+			return ""
+		}
+		off = 4 + (inner+3)&^3
+	}
+	for attrs := msg[min(off, len(msg)):]; len(attrs) >= nlaHdrLen; {
+		l := int(binary.NativeEndian.Uint16(attrs[0:2]))
+		typ := binary.NativeEndian.Uint16(attrs[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+		if l < nlaHdrLen || l > len(attrs) {
+			return ""
+		}
+		if typ == nlmsgerrAttrMsg {
+			v := attrs[nlaHdrLen:l]
+			if i := bytes.IndexByte(v, 0); i >= 0 {
+				v = v[:i]
+			}
+			if len(v) > maxExtackMsg {
+				v = v[:maxExtackMsg]
+			}
+			return strings.ToValidUTF8(string(v), "?")
+		}
+		attrs = attrs[min(len(attrs), (l+3)&^3):]
+	}
+	return ""
 }

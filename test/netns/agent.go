@@ -220,6 +220,10 @@ func (l *Lab) startAgent(n *Node, extra ...string) (*Agent, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, bin}, args...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	if hasFlag(args, "--memberlist-bind") {
+		// Memberlist refuses to run without a secret; one per lab keeps labs apart too.
+		cmd.Env = append(os.Environ(), "NODEAGENT_MEMBERLIST_SECRET=lab-"+l.ID)
+	}
 	a := &Agent{Node: n, Args: args, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
 	l.mu.Lock()
 	defer l.mu.Unlock()

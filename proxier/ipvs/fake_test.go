@@ -1,0 +1,231 @@
+package ipvs
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	mipvs "github.com/moby/ipvs"
+	"golang.org/x/sys/unix"
+)
+
+// fakeIPVS is an in-memory IPVS that refuses the schedulers in missing with ENOENT, as a kernel
+// without their ip_vs_<name> module does.
+type fakeIPVS struct {
+	mu      sync.Mutex
+	svcs    map[vsKey]*mipvs.Service
+	dests   map[vsKey]map[netip.AddrPort]*mipvs.Destination
+	missing map[string]bool
+}
+
+var _ ipvsKernel = (*fakeIPVS)(nil)
+
+func newFakeIPVS(missing ...string) *fakeIPVS {
+	f := &fakeIPVS{svcs: map[vsKey]*mipvs.Service{}, dests: map[vsKey]map[netip.AddrPort]*mipvs.Destination{}, missing: map[string]bool{}}
+	for _, m := range missing {
+		f.missing[m] = true
+	}
+	return f
+}
+
+func (f *fakeIPVS) key(s *mipvs.Service) vsKey {
+	k, ok := keyOf(s)
+	if !ok {
+		panic("fake IPVS: service without a key")
+	}
+	return k
+}
+
+func (f *fakeIPVS) GetServices() ([]*mipvs.Service, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*mipvs.Service
+	for _, k := range sortedKeys(f.svcs) {
+		c := *f.svcs[k]
+		out = append(out, &c)
+	}
+	return out, nil
+}
+
+func (f *fakeIPVS) GetService(s *mipvs.Service) (*mipvs.Service, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	got, ok := f.svcs[f.key(s)]
+	if !ok {
+		return nil, unix.ENOENT
+	}
+	c := *got
+	return &c, nil
+}
+
+func (f *fakeIPVS) GetDestinations(s *mipvs.Service) ([]*mipvs.Destination, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	if _, ok := f.svcs[k]; !ok {
+		return nil, unix.ESRCH
+	}
+	var out []*mipvs.Destination
+	for _, d := range f.dests[k] {
+		c := *d
+		out = append(out, &c)
+	}
+	return out, nil
+}
+
+func (f *fakeIPVS) NewService(s *mipvs.Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.missing[s.SchedName] {
+		return unix.ENOENT
+	}
+	k := f.key(s)
+	if _, ok := f.svcs[k]; ok {
+		return unix.EEXIST
+	}
+	c := *s
+	f.svcs[k] = &c
+	f.dests[k] = map[netip.AddrPort]*mipvs.Destination{}
+	return nil
+}
+
+func (f *fakeIPVS) UpdateService(s *mipvs.Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	if _, ok := f.svcs[k]; !ok {
+		return unix.ESRCH
+	}
+	if f.missing[s.SchedName] {
+		return unix.ENOENT
+	}
+	c := *s
+	f.svcs[k] = &c
+	return nil
+}
+
+func (f *fakeIPVS) DelService(s *mipvs.Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	if _, ok := f.svcs[k]; !ok {
+		return unix.ESRCH
+	}
+	delete(f.svcs, k)
+	delete(f.dests, k)
+	return nil
+}
+
+func (f *fakeIPVS) NewDestination(s *mipvs.Service, d *mipvs.Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	if _, ok := f.svcs[k]; !ok {
+		return unix.ESRCH
+	}
+	ap := destAddr(d)
+	if _, ok := f.dests[k][ap]; ok {
+		return unix.EEXIST
+	}
+	c := *d
+	f.dests[k][ap] = &c
+	return nil
+}
+
+func (f *fakeIPVS) UpdateDestination(s *mipvs.Service, d *mipvs.Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	ap := destAddr(d)
+	if _, ok := f.dests[k][ap]; !ok {
+		return unix.ENOENT
+	}
+	c := *d
+	f.dests[k][ap] = &c
+	return nil
+}
+
+func (f *fakeIPVS) DelDestination(s *mipvs.Service, d *mipvs.Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := f.key(s)
+	ap := destAddr(d)
+	if _, ok := f.dests[k][ap]; !ok {
+		return unix.ENOENT
+	}
+	delete(f.dests[k], ap)
+	return nil
+}
+
+func (f *fakeIPVS) SetConfig(*mipvs.Config) error { return nil }
+func (f *fakeIPVS) Close()                        {}
+
+// scheduler returns the scheduler of the virtual server k ("" when absent).
+func (f *fakeIPVS) scheduler(k vsKey) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.svcs[k]; s != nil {
+		return s.SchedName
+	}
+	return ""
+}
+
+// realServers returns the real servers of k, sorted.
+func (f *fakeIPVS) realServers(k vsKey) []netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []netip.AddrPort
+	for ap := range f.dests[k] {
+		out = append(out, ap)
+	}
+	slices.SortFunc(out, netip.AddrPort.Compare)
+	return out
+}
+
+// fakeNet is the dummy interface and sysctls in memory.
+type fakeNet struct {
+	addrs   map[netip.Addr]bool
+	sysctls map[string]string
+}
+
+var _ netKernel = (*fakeNet)(nil)
+
+func newFakeNet() *fakeNet {
+	return &fakeNet{addrs: map[netip.Addr]bool{}, sysctls: map[string]string{}}
+}
+
+func (n *fakeNet) ensureDummy() error { return nil }
+func (n *fakeNet) dummyAddrs() ([]netip.Addr, error) {
+	return sortedAddrs(n.addrs), nil
+}
+func (n *fakeNet) addAddr(a netip.Addr) error             { n.addrs[a] = true; return nil }
+func (n *fakeNet) delAddr(a netip.Addr) error             { delete(n.addrs, a); return nil }
+func (n *fakeNet) deleteDummy() error                     { clear(n.addrs); return nil }
+func (n *fakeNet) readSysctl(path string) (string, error) { return n.sysctls[path], nil }
+func (n *fakeNet) writeSysctl(path, value string) error   { n.sysctls[path] = value; return nil }
+func (n *fakeNet) close()                                 {}
+
+// fakeNft keeps the helper tables it was given.
+type fakeNft struct {
+	tables map[*family]*nftTable
+}
+
+var _ nftKernel = (*fakeNft)(nil)
+
+func (k *fakeNft) replace(t *nftTable) error { k.tables[t.fam] = t; return nil }
+func (k *fakeNft) update(_, t *nftTable) error {
+	k.tables[t.fam] = t
+	return nil
+}
+func (k *fakeNft) remove(f *family) error { delete(k.tables, f); return nil }
+func (k *fakeNft) owned(*family) ([]vsKey, error) {
+	return nil, nil
+}
+func (k *fakeNft) close() {}
+
+// fakeProxier is a Proxier over the fakes, logging to log.
+func fakeProxier(log *slog.Logger, missing ...string) (*Proxier, *fakeIPVS) {
+	f := newFakeIPVS(missing...)
+	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*family]*nftTable{}}), f
+}
