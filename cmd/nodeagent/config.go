@@ -56,31 +56,33 @@ type ipvsConfig struct {
 	ExcludeCIDRs json.RawMessage `json:"excludeCIDRs,omitempty"`
 }
 
-// clientConnection is the clientConnection: block; only the kubeconfig is used.
+// clientConnection is the clientConnection: block (kubeconfig, contentType, qps, burst as
+// kube-proxy uses them; acceptContentTypes is accepted and ignored).
 type clientConnection struct {
 	Kubeconfig         string          `json:"kubeconfig,omitempty"`
 	AcceptContentTypes json.RawMessage `json:"acceptContentTypes,omitempty"`
-	ContentType        json.RawMessage `json:"contentType,omitempty"`
-	QPS                json.RawMessage `json:"qps,omitempty"`
-	Burst              json.RawMessage `json:"burst,omitempty"`
+	ContentType        string          `json:"contentType,omitempty"`
+	QPS                float32         `json:"qps,omitempty"`
+	Burst              int32           `json:"burst,omitempty"`
 }
 
 // kubeProxyOnly are the top-level keys of kube-proxy v1.34's KubeProxyConfiguration
-// (kubeproxy.config.k8s.io/v1alpha1) that nodeagent accepts and does not implement.
+// (kubeproxy.config.k8s.io/v1alpha1) with no nodeagent key of their own: the typed ones are
+// honoured (kubeproxy.go), the json.RawMessage ones accepted and warned about when set.
 type kubeProxyOnly struct {
-	FeatureGates                json.RawMessage `json:"featureGates,omitempty"`
-	Logging                     json.RawMessage `json:"logging,omitempty"`
-	BindAddress                 json.RawMessage `json:"bindAddress,omitempty"`
-	BindAddressHardFail         json.RawMessage `json:"bindAddressHardFail,omitempty"`
-	ShowHiddenMetricsForVersion json.RawMessage `json:"showHiddenMetricsForVersion,omitempty"`
-	Winkernel                   json.RawMessage `json:"winkernel,omitempty"`
-	DetectLocalMode             json.RawMessage `json:"detectLocalMode,omitempty"`
-	DetectLocal                 json.RawMessage `json:"detectLocal,omitempty"`
-	OOMScoreAdj                 json.RawMessage `json:"oomScoreAdj,omitempty"`
-	Conntrack                   json.RawMessage `json:"conntrack,omitempty"`
-	ConfigSyncPeriod            json.RawMessage `json:"configSyncPeriod,omitempty"`
-	PortRange                   json.RawMessage `json:"portRange,omitempty"`
-	WindowsRunAsService         json.RawMessage `json:"windowsRunAsService,omitempty"`
+	FeatureGates                map[string]bool  `json:"featureGates,omitempty"`
+	Logging                     loggingConfig    `json:"logging,omitempty"`
+	BindAddressHardFail         bool             `json:"bindAddressHardFail,omitempty"`
+	OOMScoreAdj                 *int32           `json:"oomScoreAdj,omitempty"`
+	Conntrack                   *conntrackConfig `json:"conntrack,omitempty"`
+	BindAddress                 json.RawMessage  `json:"bindAddress,omitempty"`
+	ShowHiddenMetricsForVersion json.RawMessage  `json:"showHiddenMetricsForVersion,omitempty"`
+	Winkernel                   json.RawMessage  `json:"winkernel,omitempty"`
+	DetectLocalMode             json.RawMessage  `json:"detectLocalMode,omitempty"`
+	DetectLocal                 json.RawMessage  `json:"detectLocal,omitempty"`
+	ConfigSyncPeriod            json.RawMessage  `json:"configSyncPeriod,omitempty"`
+	PortRange                   json.RawMessage  `json:"portRange,omitempty"`
+	WindowsRunAsService         json.RawMessage  `json:"windowsRunAsService,omitempty"`
 }
 
 // Config is the agent's configuration. Its YAML form is kube-proxy's KubeProxyConfiguration
@@ -135,6 +137,8 @@ type Config struct {
 	ignored []string
 	// memberlistKey is the gossip secret resolved from its sources (memberlistSecret).
 	memberlistKey []byte
+	// kp holds kube-proxy's act-at-start flags (kubeproxy.go).
+	kp kubeProxyCLI
 }
 
 func defaultConfig() Config {
@@ -198,7 +202,9 @@ func decodeConfig(b []byte, c *Config) error {
 		return fmt.Errorf("kind %q: want %s", c.Kind, kubeProxyKind)
 	}
 	if c.Mode == "" {
-		c.Mode = keep.Mode
+		// kube-proxy's default mode, which a kube-proxy config file (kubeadm's writes mode: "")
+		// means; nodeagent's own default, nftables, holds only without a config file.
+		c.Mode = "iptables"
 	}
 	if c.HealthzBindAddress == "" {
 		c.HealthzBindAddress = keep.HealthzBindAddress

@@ -102,20 +102,26 @@ func TestConfigUnknownKeys(t *testing.T) {
 }
 
 // A kube-proxy configuration as kubeadm writes it (every key, most empty) loads: empty values
-// keep the defaults as in kube-proxy, and the kube-proxy settings nodeagent does not implement
-// that are set are named for the log.
+// mean kube-proxy's defaults (mode "" is iptables), and the kube-proxy settings nodeagent does
+// not implement that are set are named for the log.
 func TestConfigKubeadm(t *testing.T) {
 	c, err := parse(t, kubeadmConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mode != "nftables" || c.HealthzBindAddress != "0.0.0.0:10256" || c.MetricsBindAddress != "127.0.0.1:10249" ||
+	if c.Mode != "iptables" || c.HealthzBindAddress != "0.0.0.0:10256" || c.MetricsBindAddress != "127.0.0.1:10249" ||
 		c.ClientConnection.Kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" || c.ClusterCIDR != "10.244.0.0/16" {
 		t.Errorf("got mode %q healthz %q metrics %q kubeconfig %q clusterCIDR %q", c.Mode, c.HealthzBindAddress,
 			c.MetricsBindAddress, c.ClientConnection.Kubeconfig, c.ClusterCIDR)
 	}
-	if want := []string{"bindAddress", "conntrack", "featureGates"}; !slices.Equal(c.ignored, want) {
+	if want := []string{"bindAddress"}; !slices.Equal(c.ignored, want) {
 		t.Errorf("ignored settings %v, want %v", c.ignored, want)
+	}
+	if ct := c.conntrack(); ct.MaxPerCore == nil || *ct.MaxPerCore != 65536 || *ct.Min != 131072 || ct.TCPEstablishedTimeout.Duration != 24*time.Hour {
+		t.Errorf("conntrack %+v: want the file's maxPerCore 65536 over kube-proxy's defaults", ct)
+	}
+	if len(c.FeatureGates) == 0 {
+		t.Error("feature gates of the file were dropped")
 	}
 }
 

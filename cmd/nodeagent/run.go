@@ -31,13 +31,21 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, c.LogLevel)
+	explicit := explicitFlags(fs)
+	if err := c.finishKubeProxy(explicit); err != nil {
+		return err
+	}
+	log, err := c.daemonLogger(stderr, explicit)
 	if err != nil {
 		return err
 	}
 	slog.SetDefault(log)
 	c.logIgnored(log)
-	if err := c.resolveMemberlistSecret(explicitFlags(fs), os.Getenv, log); err != nil {
+	c.logAccepted(log)
+	if done, err := c.startupActions(ctx, log, stderr); done {
+		return err
+	}
+	if err := c.resolveMemberlistSecret(explicit, os.Getenv, log); err != nil {
 		return err
 	}
 	node, err := thisNode(c.HostnameOverride)
@@ -54,6 +62,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	src, err := openSource(&c, node.Name, log)
 	if err != nil {
+		return err
+	}
+	// kube-proxy's start-up steps, in this process's own network namespace: conntrack sysctls
+	// (per namespace; nf_conntrack_max only from the host's) and the OOM score.
+	if err := c.initSteps(log); err != nil {
 		return err
 	}
 
@@ -136,7 +149,10 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth.Livez()}, 0); err != nil {
-		return err
+		if c.BindAddressHardFail {
+			return err
+		}
+		log.Error("healthz server not started; going on (--bind-address-hard-fail stops instead)", "err", err)
 	}
 	metricsRoutes := map[string]http.Handler{"/metrics": metrics.Handler(), "/healthz": proxyHealth,
 		"/debug/bgp": http.HandlerFunc(announcer.bgpStatus)}
@@ -152,7 +168,10 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		writeTimeout = profilingWriteTimeout
 	}
 	if err := serve(ctx, log, c.MetricsBindAddress, metricsRoutes, writeTimeout); err != nil {
-		return err
+		if c.BindAddressHardFail {
+			return err
+		}
+		log.Error("metrics server not started; going on (--bind-address-hard-fail stops instead)", "err", err)
 	}
 
 	log.Info("starting", "version", version, "node", node.Name, "mode", c.Mode, "nodeIPs", fmt.Sprint(node.IPs))
@@ -198,6 +217,7 @@ func runFlags(fs *flag.FlagSet, c *Config) {
 	fs.BoolVar(&c.AdvertiseExternalIP, "advertise-external-ip", c.AdvertiseExternalIP, "also advertise every service's externalIPs over BGP, by the load-balancer rules (kube-router's flag)")
 	fs.DurationVar(&c.Layer2Refresh.Duration, "layer2-refresh-interval", c.Layer2Refresh.Duration, "re-send gratuitous ARP/NDP for every owned address this often (0: only when ownership changes)")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", c.LeaderElectionNamespace, "namespace of the Lease that elects the agent writing load-balancer status (API mode)")
+	kubeProxyFlags(fs, c)
 }
 
 // serve starts an HTTP server on addr (skipped when addr is empty or its port is 0) that stops

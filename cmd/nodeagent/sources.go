@@ -48,12 +48,25 @@ func (c *Config) restConfig() (*rest.Config, error) {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.UserAgent = "nodeagent/" + version
+	c.applyClientSettings(cfg, false)
+	return cfg, nil
+}
+
+// typedConfig is restConfig for the typed clientset, which speaks protobuf by default as
+// kube-proxy's does (--kube-api-content-type).
+func (c *Config) typedConfig() (*rest.Config, error) {
+	cfg, err := c.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg = rest.CopyConfig(cfg)
+	c.applyClientSettings(cfg, true)
 	return cfg, nil
 }
 
 // kubeClient connects to the API server named by --kubeconfig, or in-cluster.
 func (c *Config) kubeClient() (kubernetes.Interface, error) {
-	cfg, err := c.restConfig()
+	cfg, err := c.typedConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +112,11 @@ func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error)
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	typed, err := c.typedConfig()
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(typed)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+)
+
+// loggingConfig is the logging: block of a KubeProxyConfiguration (component-base's
+// LoggingConfiguration): format and verbosity are honoured, the rest accepted.
+type loggingConfig struct {
+	Format         string          `json:"format,omitempty"`
+	Verbosity      *int            `json:"verbosity,omitempty"`
+	FlushFrequency json.RawMessage `json:"flushFrequency,omitempty"`
+	VModule        json.RawMessage `json:"vmodule,omitempty"`
+	Options        json.RawMessage `json:"options,omitempty"`
+}
+
+// kubeProxyCLI holds kube-proxy flags that act once, at start, and have no key of their own in
+// the config file.
+type kubeProxyCLI struct {
+	iptablesSyncPeriod    time.Duration
+	iptablesMinSyncPeriod time.Duration
+	writeConfigTo         string
+	cleanup               bool
+	initOnly              bool
+	master                string
+	healthzPort           int
+	metricsPort           int
+	// accepted are flags given that nodeagent takes and does not act on, warned about once.
+	accepted []string
+}
+
+// kube-proxy v1.34's defaults for what nodeagent now honours.
+const (
+	defaultOOMScoreAdj = -999
+	defaultAPIQPS      = 5
+	defaultAPIBurst    = 10
+	protobufContent    = "application/vnd.kubernetes.protobuf"
+)
+
+// kubeProxyFlags binds every kube-proxy v1.34 flag run does not bind elsewhere, so that
+// kube-proxy's command line (its DaemonSet's, kubeadm's) starts nodeagent unchanged. The flags
+// nodeagent does not act on are accepted with one warning each (see accepted).
+func kubeProxyFlags(fs *flag.FlagSet, c *Config) {
+	k := &c.kp
+	fs.DurationVar(&k.iptablesSyncPeriod, "iptables-sync-period", 0, "kube-proxy's: --sync-period when the mode is not ipvs")
+	fs.DurationVar(&k.iptablesMinSyncPeriod, "iptables-min-sync-period", 0, "kube-proxy's: --min-sync-period when the mode is not ipvs")
+	fs.StringVar(&k.writeConfigTo, "write-config-to", "", "write the configuration in force (KubeProxyConfiguration YAML) to this file and exit")
+	fs.BoolVar(&k.cleanup, "cleanup", false, "remove every mode's rules (as `nodeagent cleanup`) and exit")
+	fs.BoolVar(&k.initOnly, "init-only", false, "do the steps that need full root (conntrack sysctls, OOM score) and exit")
+	fs.StringVar(&k.master, "master", "", "the API server's address (overrides the kubeconfig's)")
+	fs.IntVar(&k.healthzPort, "healthz-port", -1, "deprecated (kube-proxy's): the port of --healthz-bind-address; 0 turns it off")
+	fs.IntVar(&k.metricsPort, "metrics-port", -1, "deprecated (kube-proxy's): the port of --metrics-bind-address; 0 turns it off")
+	fs.StringVar(&c.ClientConnection.ContentType, "kube-api-content-type", c.ClientConnection.ContentType, "content type of requests to the API server (default "+protobufContent+")")
+	fs.Func("kube-api-qps", "queries per second to the API server (default 5)", func(s string) error {
+		v, err := strconv.ParseFloat(s, 32)
+		c.ClientConnection.QPS = float32(v)
+		return err
+	})
+	fs.Func("kube-api-burst", "burst of queries to the API server (default 10)", func(s string) error {
+		v, err := strconv.ParseInt(s, 10, 32)
+		c.ClientConnection.Burst = int32(v)
+		return err
+	})
+	fs.BoolVar(&c.BindAddressHardFail, "bind-address-hard-fail", c.BindAddressHardFail, "stop when the healthz or metrics server cannot bind its port (default: log it and go on)")
+	fs.Func("oom-score-adj", "OOM score adjustment of the process, -1000..1000 (default -999)", func(s string) error {
+		v, err := strconv.ParseInt(s, 10, 32)
+		if err != nil || v < -1000 || v > 1000 {
+			return fmt.Errorf("want an integer in [-1000, 1000]")
+		}
+		c.OOMScoreAdj = ptrTo(int32(v))
+		return nil
+	})
+	// The conntrack flags are set through the config's block at parse time (after the config
+	// file was read), so that a flag overrides the file key by key.
+	ct := func() *conntrackConfig {
+		full := c.conntrack()
+		c.Conntrack = &full
+		return c.Conntrack
+	}
+	int32Flag(fs, "conntrack-max-per-core", "most connections tracked per CPU; 0 leaves nf_conntrack_max as it is (default 32768)", func(v int32) { ct().MaxPerCore = &v })
+	int32Flag(fs, "conntrack-min", "least nf_conntrack_max, whatever conntrack-max-per-core gives (default 131072)", func(v int32) { ct().Min = &v })
+	durationFlag(fs, "conntrack-tcp-timeout-established", "idle timeout of established TCP connections, 0 leaves it (default 24h0m0s)", func(d time.Duration) { ct().TCPEstablishedTimeout = &metav1.Duration{Duration: d} })
+	durationFlag(fs, "conntrack-tcp-timeout-close-wait", "timeout of TCP connections in CLOSE_WAIT, 0 leaves it (default 1h0m0s)", func(d time.Duration) { ct().TCPCloseWaitTimeout = &metav1.Duration{Duration: d} })
+	durationFlag(fs, "conntrack-udp-timeout", "idle timeout of UNREPLIED UDP flows, 0 leaves it", func(d time.Duration) { ct().UDPTimeout.Duration = d })
+	durationFlag(fs, "conntrack-udp-timeout-stream", "idle timeout of ASSURED UDP flows, 0 leaves it", func(d time.Duration) { ct().UDPStreamTimeout.Duration = d })
+	fs.Var(boolFunc(func(b bool) { ct().TCPBeLiberal = b }), "conntrack-tcp-be-liberal", "set nf_conntrack_tcp_be_liberal")
+	fs.Func("v", "log verbosity as kube-proxy's -v: 4 and above log at debug level", func(s string) error {
+		v, err := strconv.Atoi(s)
+		c.Logging.Verbosity = &v
+		return err
+	})
+	fs.StringVar(&c.Logging.Format, "logging-format", c.Logging.Format, "text (default) or json")
+	fs.Func("feature-gates", "kube-proxy's feature gates, key=value pairs; accepted, see the README for the ones nodeagent follows", func(s string) error {
+		if c.FeatureGates == nil {
+			c.FeatureGates = map[string]bool{}
+		}
+		for _, kv := range splitList(s) {
+			name, val, ok := strings.Cut(kv, "=")
+			b, err := strconv.ParseBool(strings.TrimSpace(val))
+			if !ok || err != nil {
+				return fmt.Errorf("%q: want name=true|false", kv)
+			}
+			c.FeatureGates[strings.TrimSpace(name)] = b
+		}
+		return nil
+	})
+	for _, a := range []struct {
+		name   string
+		isBool bool
+	}{
+		{"bind-address", false}, {"config-sync-period", false}, {"show-hidden-metrics-for-version", false},
+		{"ipvs-exclude-cidrs", false}, {"vmodule", false}, {"log-flush-frequency", false},
+		{"log-text-split-stream", true}, {"log-text-info-buffer-size", false},
+		{"log-json-split-stream", true}, {"log-json-info-buffer-size", false},
+		{"detect-local-mode", false}, {"pod-bridge-interface", false}, {"pod-interface-name-prefix", false},
+		{"iptables-masquerade-bit", false}, {"iptables-localhost-nodeports", true},
+	} {
+		if fs.Lookup(a.name) != nil {
+			continue
+		}
+		fs.Var(&acceptedFlag{name: a.name, isBool: a.isBool, seen: &k.accepted}, a.name, "kube-proxy's; accepted, not acted on (see the README)")
+	}
+}
+
+// acceptedFlag takes a kube-proxy flag nodeagent does not act on and notes that it was given.
+type acceptedFlag struct {
+	name   string
+	isBool bool
+	value  string
+	seen   *[]string
+}
+
+func (a *acceptedFlag) String() string {
+	if a == nil {
+		return ""
+	}
+	return a.value
+}
+func (a *acceptedFlag) Set(s string) error {
+	a.value = s
+	*a.seen = append(*a.seen, "--"+a.name)
+	return nil
+}
+func (a *acceptedFlag) IsBoolFlag() bool { return a.isBool }
+
+// boolFunc is a bool flag (given alone or as =true/false) that calls set.
+type boolFunc func(bool)
+
+func (f boolFunc) String() string { return "false" }
+func (f boolFunc) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err == nil {
+		f(b)
+	}
+	return err
+}
+func (f boolFunc) IsBoolFlag() bool { return true }
+
+func durationFlag(fs *flag.FlagSet, name, usage string, set func(time.Duration)) {
+	fs.Func(name, usage, func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err == nil {
+			set(d)
+		}
+		return err
+	})
+}
+
+func int32Flag(fs *flag.FlagSet, name, usage string, set func(int32)) {
+	fs.Func(name, usage, func(s string) error {
+		v, err := strconv.ParseInt(s, 10, 32)
+		if err == nil {
+			set(int32(v))
+		}
+		return err
+	})
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// conntrack is the conntrack settings in force: the config file's block over kube-proxy's
+// defaults (a block that names only some keys keeps the defaults of the others).
+func (c *Config) conntrack() conntrackConfig {
+	d := defaultConntrack()
+	if c.Conntrack == nil {
+		return d
+	}
+	out := *c.Conntrack
+	if out.MaxPerCore == nil {
+		out.MaxPerCore = d.MaxPerCore
+	}
+	if out.Min == nil {
+		out.Min = d.Min
+	}
+	if out.TCPEstablishedTimeout == nil {
+		out.TCPEstablishedTimeout = d.TCPEstablishedTimeout
+	}
+	if out.TCPCloseWaitTimeout == nil {
+		out.TCPCloseWaitTimeout = d.TCPCloseWaitTimeout
+	}
+	return out
+}
+
+// finishKubeProxy applies what kube-proxy derives from its flags after parsing: the
+// mode-specific sync periods and the deprecated port flags.
+func (c *Config) finishKubeProxy(explicit map[string]bool) error {
+	if c.Mode != "ipvs" {
+		if explicit["iptables-sync-period"] && !explicit["sync-period"] {
+			c.syncPeriod = c.kp.iptablesSyncPeriod
+		}
+		if explicit["iptables-min-sync-period"] && !explicit["min-sync-period"] {
+			c.minSyncPeriod = c.kp.iptablesMinSyncPeriod
+		}
+	}
+	if c.syncPeriod <= 0 {
+		return errors.New("--sync-period must be greater than 0")
+	}
+	if c.minSyncPeriod < 0 {
+		return errors.New("--min-sync-period must not be negative")
+	}
+	var err error
+	if explicit["healthz-port"] && !explicit["healthz-bind-address"] {
+		c.HealthzBindAddress, err = withPort(c.HealthzBindAddress, c.kp.healthzPort)
+		if err != nil {
+			return fmt.Errorf("--healthz-port: %w", err)
+		}
+	}
+	if explicit["metrics-port"] && !explicit["metrics-bind-address"] {
+		c.MetricsBindAddress, err = withPort(c.MetricsBindAddress, c.kp.metricsPort)
+		if err != nil {
+			return fmt.Errorf("--metrics-port: %w", err)
+		}
+	}
+	switch c.Logging.Format {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("--logging-format %q: want text or json", c.Logging.Format)
+	}
+	return nil
+}
+
+// withPort replaces addr's port (0: the server is off, as kube-proxy's deprecated flags).
+func withPort(addr string, port int) (string, error) {
+	if port < 0 || port > 65535 {
+		return "", fmt.Errorf("port %d out of range", port)
+	}
+	if port == 0 {
+		return "", nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = "0.0.0.0"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// logLevel is the slog level of --log-level, or of kube-proxy's -v when that was given and
+// --log-level was not: -v 4 and above is debug (kube-proxy logs each sync at 4).
+func (c *Config) logLevel(explicit map[string]bool) string {
+	if c.Logging.Verbosity != nil && !explicit["log-level"] && *c.Logging.Verbosity >= 4 {
+		return "debug"
+	}
+	return c.LogLevel
+}
+
+// daemonLogger is run's logger: text, or JSON for --logging-format json.
+func (c *Config) daemonLogger(w io.Writer, explicit map[string]bool) (*slog.Logger, error) {
+	var l slog.Level
+	level := c.logLevel(explicit)
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if c.Logging.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// logAccepted warns once about each kube-proxy flag given that nodeagent does not act on.
+func (c *Config) logAccepted(log *slog.Logger) {
+	seen := map[string]bool{}
+	for _, f := range c.kp.accepted {
+		if !seen[f] {
+			seen[f] = true
+			log.Warn("kube-proxy flag accepted but not acted on by nodeagent", "flag", f)
+		}
+	}
+	for gate, on := range c.FeatureGates {
+		log.Info("feature gate noted", "gate", gate, "enabled", on)
+	}
+}
+
+// applyClientSettings sets kube-proxy's API client settings on a typed client's configuration:
+// --master, QPS, burst and content type (protobuf by default, as kube-proxy; the dynamic client
+// for custom kinds keeps JSON, which is all custom resources speak).
+func (c *Config) applyClientSettings(cfg *rest.Config, typed bool) {
+	if c.kp.master != "" {
+		cfg.Host = c.kp.master
+	}
+	cfg.QPS, cfg.Burst = defaultAPIQPS, defaultAPIBurst
+	if c.ClientConnection.QPS > 0 {
+		cfg.QPS = c.ClientConnection.QPS
+	}
+	if c.ClientConnection.Burst > 0 {
+		cfg.Burst = int(c.ClientConnection.Burst)
+	}
+	if !typed {
+		return
+	}
+	ct := c.ClientConnection.ContentType
+	if ct == "" {
+		ct = protobufContent
+	}
+	cfg.ContentType = ct
+	if ct == protobufContent {
+		cfg.AcceptContentTypes = protobufContent + ",application/json"
+	}
+}
+
+// applyOOMScoreAdj sets the process's OOM score adjustment as kube-proxy does (-999 by
+// default). Lowering it needs CAP_SYS_RESOURCE; without it kube-proxy logs and goes on, and so
+// does nodeagent.
+func (c *Config) applyOOMScoreAdj(log *slog.Logger) {
+	v := int32(defaultOOMScoreAdj)
+	if c.OOMScoreAdj != nil {
+		v = *c.OOMScoreAdj
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(int(v))), 0o644); err != nil {
+		log.Info("OOM score adjustment not applied", "value", v, "err", err)
+	}
+}
+
+// initSteps are what kube-proxy's --init-only does: what needs full root, before the agent may
+// run with only CAP_NET_ADMIN.
+func (c *Config) initSteps(log *slog.Logger) error {
+	c.applyOOMScoreAdj(log)
+	return c.conntrack().apply(procNetfilter{}, runtime.NumCPU(), log)
+}
+
+// writeConfig writes the configuration in force as a KubeProxyConfiguration, for
+// --write-config-to.
+func (c *Config) writeConfig(path string) error {
+	out := *c
+	out.APIVersion, out.Kind = kubeProxyAPIVersion, kubeProxyKind
+	mc := modeConfig{MasqueradeAll: &out.masqueradeAll}
+	mc.SyncPeriod.Duration, mc.MinSyncPeriod.Duration = out.syncPeriod, out.minSyncPeriod
+	switch out.Mode {
+	case "nftables":
+		out.NFTables.modeConfig = mc
+	case "ipvs":
+		out.IPVS.modeConfig = mc
+	default:
+		out.IPTables.modeConfig = mc
+	}
+	ct := c.conntrack()
+	out.Conntrack = &ct
+	out.MemberlistSecret = "" // a secret is never written out
+	b, err := yaml.Marshal(&out)
+	if err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// startupActions runs kube-proxy's act-and-exit flags; done reports that run should exit.
+func (c *Config) startupActions(ctx context.Context, log *slog.Logger, stderr io.Writer) (done bool, err error) {
+	switch {
+	case c.kp.writeConfigTo != "":
+		if err := c.writeConfig(c.kp.writeConfigTo); err != nil {
+			return true, err
+		}
+		log.Info("wrote configuration", "file", c.kp.writeConfigTo)
+		return true, nil
+	case c.kp.cleanup:
+		return true, cleanupCmd(ctx, []string{"--log-level", c.LogLevel}, stderr)
+	case c.kp.initOnly:
+		return true, c.initSteps(log)
+	}
+	return false, nil
+}
