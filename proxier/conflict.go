@@ -172,12 +172,22 @@ func frontendsOf(es []entry, i int, sp *ServicePort) []entry {
 	return es
 }
 
-// keysOf lists the kernel frontends sp claims, for indexing who shares a frontend with whom.
+// keysOf lists the kernel frontends sp claims, for indexing who shares a frontend with whom. A
+// frontend sp repeats is listed as often as sp names it, so that the repeat shows as a frontend
+// claimed twice, for ResolveFrontends to drop.
 func keysOf(sp *ServicePort) []frontendKey {
-	es := frontendsOf(nil, 0, sp)
-	out := make([]frontendKey, len(es))
-	for i, e := range es {
-		out[i] = e.key
+	proto := sp.Name.Protocol
+	out := make([]frontendKey, 0, 1+len(sp.LoadBalancerIPs)+len(sp.ExternalIPs))
+	out = append(out, frontendKey{Frontend: Frontend{Addr: sp.ClusterIP, Port: sp.Port, Protocol: proto}})
+	for _, a := range slices.Concat(sp.LoadBalancerIPs, sp.ExternalIPs) {
+		out = append(out, frontendKey{Frontend: Frontend{Addr: a, Port: sp.Port, Protocol: proto}})
+	}
+	if sp.NodePort != 0 || sp.HealthCheckNodePort != 0 {
+		for _, e := range frontendsOf(nil, 0, sp) {
+			if e.key.node {
+				out = append(out, e.key)
+			}
+		}
 	}
 	return out
 }

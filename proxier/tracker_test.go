@@ -380,3 +380,22 @@ func TestTrackerConflictsMatchFresh(t *testing.T) {
 		}
 	}
 }
+
+// A Service's own repeated frontends (an external IP that is its cluster IP, an address listed
+// twice) reach no proxier: with internalTrafficPolicy Local they would put one key with two
+// different endpoint lists into a kernel map.
+func TestTrackerDropsOwnRepeats(t *testing.T) {
+	var events []event
+	tr := conflictTracker(&events)
+	local := v1.ServiceInternalTrafficPolicyLocal
+	tr.Upsert(service("self", "10.96.0.10", 30010, 0, withExternalIPs("10.96.0.10", "192.0.2.1", "192.0.2.1"),
+		func(s *v1.Service) { s.Spec.InternalTrafficPolicy = &local }))
+	tr.Synced()
+	st, _ := tr.Snapshot()
+	if got, want := frontends(st), "self 10.96.0.10:80 ext[192.0.2.1] np30010"; got != want {
+		t.Fatalf("state %s, want %s", got, want)
+	}
+	if len(st.Problems) != 0 || len(events) != 0 {
+		t.Errorf("problems %v, events %v", st.Problems, events)
+	}
+}
