@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -337,16 +338,14 @@ func TestTrackerNodePortTie(t *testing.T) {
 func TestTrackerConflictsMatchFresh(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	rng := rand.New(rand.NewPCG(3, 4))
-	cips := []string{"10.96.0.1", "10.96.0.2", "10.96.0.3"}
-	ext := []string{"10.96.0.1", "10.96.0.2", "192.0.2.1", "192.0.2.2"}
-	nps := []int32{30001, 30002, 30003}
+	cips := []string{"10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.4", "10.96.0.5", "10.96.0.6"}
+	ext := []string{"10.96.0.1", "10.96.0.2", "10.96.0.3", "192.0.2.1", "192.0.2.2"}
+	nps := []int32{30001, 30002, 30003, 30004, 30005}
 	random := func(i int) *v1.Service {
 		var opts []func(*v1.Service)
 		var ips []string
-		for _, a := range ext {
-			if rng.IntN(3) == 0 {
-				ips = append(ips, a)
-			}
+		for range rng.IntN(3) {
+			ips = append(ips, ext[rng.IntN(len(ext))]) // repeats included
 		}
 		opts = append(opts, withExternalIPs(ips...))
 		if rng.IntN(3) == 0 {
@@ -378,7 +377,38 @@ func TestTrackerConflictsMatchFresh(t *testing.T) {
 		if frontends(got) != frontends(want) || fmt.Sprint(got.Problems) != fmt.Sprint(want.Problems) {
 			t.Fatalf("step %d:\n%s\n%v\nfresh tracker:\n%s\n%v", step, frontends(got), got.Problems, frontends(want), want.Problems)
 		}
+		if err := uniqueFrontends(got); err != nil {
+			t.Fatalf("step %d: %v in %s", step, err, frontends(got))
+		}
 	}
+}
+
+// uniqueFrontends checks that no two service ports of st, and no port twice, ask for one address,
+// port and protocol, or one node port.
+func uniqueFrontends(st *proxier.State) error {
+	type key struct {
+		addr  netip.Addr
+		port  uint16
+		proto v1.Protocol
+		node  bool
+	}
+	owner := map[key]proxier.ServicePortName{}
+	for _, sp := range st.Services {
+		keys := []key{{sp.ClusterIP, sp.Port, sp.Name.Protocol, false}}
+		for _, a := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
+			keys = append(keys, key{a, sp.Port, sp.Name.Protocol, false})
+		}
+		if sp.NodePort != 0 {
+			keys = append(keys, key{netip.IPv4Unspecified(), sp.NodePort, sp.Name.Protocol, true})
+		}
+		for _, k := range keys {
+			if o, ok := owner[k]; ok {
+				return fmt.Errorf("%s port %d/%s (node port: %v) asked for by %s and %s", k.addr, k.port, k.proto, k.node, o, sp.Name)
+			}
+			owner[k] = sp.Name
+		}
+	}
+	return nil
 }
 
 // A Service's own repeated frontends (an external IP that is its cluster IP, an address listed
