@@ -283,7 +283,7 @@ func TestTrackerIncrementalAndConflicts(t *testing.T) {
 	if len(st.Services) != 1 || st.Services[0].Name.Name != "a" {
 		t.Fatalf("services %v", st.Services)
 	}
-	if len(st.Problems) != 1 || !strings.Contains(st.Problems[0].String(), "conflicts with service default/a") {
+	if len(st.Problems) != 1 || !strings.Contains(st.Problems[0].String(), "is also the cluster IP of default/a") {
 		t.Fatalf("problems %v", st.Problems)
 	}
 	// A no-op update changes nothing.

@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
@@ -17,11 +16,16 @@ import (
 
 // Tracker keeps the current Services and EndpointSlices, remembers which services changed since
 // the last Snapshot, and computes the desired State incrementally: only changed services are
-// recomputed. It implements the source package's Sink. It is safe for concurrent use.
+// recomputed, and a frontend that several claim is given to one by ResolveFrontends, run on the
+// services that share frontends with a changed one. It implements the source package's Sink. It
+// is safe for concurrent use.
 type Tracker struct {
 	log *slog.Logger
 	// OnChange, when set, is called (without locks held) after every change that matters.
 	OnChange func()
+	// OnConflict, when set, is told (without locks held, from Snapshot) once about each new
+	// reason a Service lost a frontend to another: what an Event on that Service should say.
+	OnConflict func(svc v1.ObjectReference, reason string)
 
 	mu       sync.Mutex
 	node     Node
@@ -40,10 +44,13 @@ type Tracker struct {
 	effective map[types.NamespacedName][]*ServicePort
 	// flat is the last State's Services (effective ports in key order).
 	flat      []*ServicePort
-	endpoints int                                 // across flat
-	problems  map[types.NamespacedName][]Problem  // invalid parts of each service
-	conflicts map[types.NamespacedName][]Problem  // ports left out for another service's frontend
-	claims    map[Frontend][]types.NamespacedName // sorted owners of every frontend
+	endpoints int                                // across flat
+	problems  map[types.NamespacedName][]Problem // invalid parts of each service
+	// lost are the frontends each service lost to others (see ResolveFrontends), and conflicts
+	// the same as Problems, one per distinct reason.
+	lost      map[types.NamespacedName][]Conflict
+	conflicts map[types.NamespacedName][]Problem
+	claims    map[frontendKey][]types.NamespacedName // sorted claimants of every frontend
 }
 
 // NewTracker returns an empty tracker for the given node.
@@ -60,8 +67,9 @@ func NewTracker(node Node, config Config, log *slog.Logger) *Tracker {
 		raw:       map[types.NamespacedName][]*ServicePort{},
 		effective: map[types.NamespacedName][]*ServicePort{},
 		problems:  map[types.NamespacedName][]Problem{},
+		lost:      map[types.NamespacedName][]Conflict{},
 		conflicts: map[types.NamespacedName][]Problem{},
-		claims:    map[Frontend][]types.NamespacedName{},
+		claims:    map[frontendKey][]types.NamespacedName{},
 	}
 }
 
@@ -205,23 +213,25 @@ func sliceEqual(a, b *discovery.EndpointSlice) bool {
 // The State shares unchanged ServicePorts with earlier States; nobody may modify them. Its
 // Services slice is only valid until the next Snapshot, which patches it in place (copying 25,000
 // pointers, and collecting the copy, was most of a one-endpoint change): keep the ServicePorts, not
-// the slice.
+// the slice. Conflicts found since the previous Snapshot are passed to OnConflict before it returns.
 func (t *Tracker) Snapshot() (*State, Changes) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	st, ch, reports := t.snapshot()
+	t.mu.Unlock()
+	t.report(reports)
+	return st, ch
+}
+
+func (t *Tracker) snapshot() (*State, Changes, []conflictReport) {
 	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}}
-	affected := map[types.NamespacedName]bool{}
+	// seeds are the services whose frontends may have changed hands: the changed ones and every
+	// service that shares, or shared, a frontend with one.
+	seeds := make(map[types.NamespacedName]bool, len(t.dirty))
 	present := make(map[types.NamespacedName]bool, len(t.dirty))
 	for k := range t.dirty {
-		affected[k] = true
-		for _, f := range t.raw[k] {
-			for _, fe := range f.frontends() {
-				t.unclaim(fe, k)
-				for _, o := range t.claims[fe] {
-					affected[o] = true
-				}
-			}
-		}
+		seeds[k] = true
+		ch.Services[k] = true
+		t.setClaims(k, false, seeds)
 		var ports []*ServicePort
 		var problems []Problem
 		if svc, ok := t.services[k]; ok {
@@ -238,25 +248,22 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 		} else {
 			delete(t.raw, k)
 		}
-		for _, sp := range ports {
-			for _, fe := range sp.frontends() {
-				t.claim(fe, k)
-				for _, o := range t.claims[fe] {
-					affected[o] = true
-				}
-			}
-		}
+		t.setClaims(k, true, seeds)
 		t.setProblems(k, problems)
 	}
 	t.setKeys(present)
-	for k := range affected {
-		t.resolveConflicts(k)
-		ch.Services[k] = true
+	var reports []conflictReport
+	seen := make(map[types.NamespacedName]bool, len(seeds))
+	for k := range seeds {
+		if !seen[k] {
+			comp, contested := t.component(k, seen)
+			reports = t.resolve(comp, contested, ch.Services, reports)
+		}
 	}
 	clear(t.dirty)
 	t.full = false
 
-	st := &State{Node: t.node, Config: t.config, Services: t.flatten(affected, ch.Full), EndpointCount: t.endpoints}
+	st := &State{Node: t.node, Config: t.config, Services: t.flatten(ch.Services, ch.Full), EndpointCount: t.endpoints}
 	pk := map[types.NamespacedName]bool{}
 	for k := range t.problems {
 		pk[k] = true
@@ -268,28 +275,105 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 		st.Problems = append(st.Problems, t.problems[k]...)
 		st.Problems = append(st.Problems, t.conflicts[k]...)
 	}
-	return st, ch
+	return st, ch, reports
 }
 
-// resolveConflicts drops the ports of k that claim a frontend an earlier service (by namespace and
-// name) already claims: every node reading the same objects keeps the same one.
-func (t *Tracker) resolveConflicts(k types.NamespacedName) {
-	var keep []*ServicePort
-	var conflicts []Problem
+// setClaims adds (or removes) the frontends of k's ports to the index of who claims what, and
+// adds every other claimant of them to seeds.
+func (t *Tracker) setClaims(k types.NamespacedName, add bool, seeds map[types.NamespacedName]bool) {
 	for _, sp := range t.raw[k] {
-		ok := true
-		for _, fe := range sp.frontends() {
-			if owner := t.claims[fe][0]; owner != k {
-				ok = false
-				conflicts = append(conflicts, Problem{Kind: "Service", Object: k,
-					Reason: "port " + sp.Name.String() + " conflicts with service " + owner.String() + " on " + fe.String()})
-				break
+		for _, fe := range keysOf(sp) {
+			if add {
+				t.claim(fe, k)
+			} else {
+				t.unclaim(fe, k)
+			}
+			for _, o := range t.claims[fe] {
+				seeds[o] = true
 			}
 		}
-		if ok {
-			keep = append(keep, sp)
+	}
+}
+
+// component returns the services linked to k by shared frontends (k included), marking them
+// seen, and whether any frontend among them has more than one claim. Only those services
+// decide who keeps their frontends, so they can be resolved apart from the rest.
+func (t *Tracker) component(k types.NamespacedName, seen map[types.NamespacedName]bool) ([]types.NamespacedName, bool) {
+	seen[k] = true
+	comp := []types.NamespacedName{k}
+	contested := false
+	for i := 0; i < len(comp); i++ {
+		for _, sp := range t.raw[comp[i]] {
+			for _, fe := range keysOf(sp) {
+				owners := t.claims[fe]
+				contested = contested || len(owners) > 1
+				for _, o := range owners {
+					if !seen[o] {
+						seen[o] = true
+						comp = append(comp, o)
+					}
+				}
+			}
 		}
 	}
+	return comp, contested
+}
+
+// conflictReport is a new conflict for OnConflict.
+type conflictReport struct {
+	svc    v1.ObjectReference
+	reason string
+}
+
+// resolve sets the effective ports of the services in comp (a component, and whether it is
+// contested), marks those whose effective ports changed in changed (which holds the dirty
+// services), and appends the conflicts not reported before to reports.
+func (t *Tracker) resolve(comp []types.NamespacedName, contested bool, changed map[types.NamespacedName]bool,
+	reports []conflictReport) []conflictReport {
+	if !contested {
+		// The common case: nobody shares anything with these services.
+		for _, k := range comp {
+			reports = t.setEffective(k, t.raw[k], nil, changed, reports)
+		}
+		return reports
+	}
+	slices.SortFunc(comp, compareKeys)
+	var claims []Claim
+	for _, k := range comp {
+		created := t.services[k].CreationTimestamp.Time
+		for _, sp := range t.raw[k] {
+			claims = append(claims, Claim{Port: sp, Created: created})
+		}
+	}
+	res := ResolveFrontends(claims)
+	i := 0
+	for _, k := range comp {
+		var keep []*ServicePort
+		for range t.raw[k] {
+			if sp := res.Ports[i]; sp != nil {
+				keep = append(keep, sp)
+			}
+			i++
+		}
+		var lost []Conflict
+		for _, c := range res.Conflicts {
+			if c.Port.NamespacedName == k {
+				lost = append(lost, c)
+			}
+		}
+		reports = t.setEffective(k, keep, lost, changed, reports)
+	}
+	return reports
+}
+
+// setEffective records what service k keeps of its ports after conflicts. A service that did not
+// change and lost the same frontends as before keeps the same effective ports, unchanged.
+func (t *Tracker) setEffective(k types.NamespacedName, keep []*ServicePort, lost []Conflict,
+	changed map[types.NamespacedName]bool, reports []conflictReport) []conflictReport {
+	if !changed[k] && slices.Equal(lost, t.lost[k]) {
+		return reports
+	}
+	changed[k] = true
 	for _, sp := range t.effective[k] {
 		t.endpoints -= len(sp.AllEndpoints)
 	}
@@ -301,12 +385,60 @@ func (t *Tracker) resolveConflicts(k types.NamespacedName) {
 	} else {
 		delete(t.effective, k)
 	}
-	for _, p := range conflicts {
-		if !slices.Contains(t.conflicts[k], p) {
-			t.log.Warn("service port left out", "service", k.String(), "reason", p.Reason)
+	if len(lost) == 0 {
+		delete(t.lost, k)
+		delete(t.conflicts, k)
+		return reports
+	}
+	t.lost[k] = lost
+	var ps []Problem
+	for _, c := range lost {
+		p := Problem{Kind: "Service", Object: k, Reason: c.String()}
+		if !slices.Contains(ps, p) { // a dual-stack port loses a node port once per family
+			ps = append(ps, p)
 		}
 	}
-	store(t.conflicts, k, conflicts)
+	for _, p := range ps {
+		if slices.Contains(t.conflicts[k], p) {
+			continue
+		}
+		t.log.Warn("service frontend left out", "service", k.String(), "reason", p.Reason)
+		if svc := t.services[k]; svc != nil {
+			reports = append(reports, conflictReport{svc: serviceRef(svc), reason: p.Reason})
+		}
+	}
+	t.conflicts[k] = ps
+	return reports
+}
+
+func serviceRef(svc *v1.Service) v1.ObjectReference {
+	return v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name,
+		UID: svc.UID, ResourceVersion: svc.ResourceVersion}
+}
+
+func (t *Tracker) report(rs []conflictReport) {
+	if t.OnConflict == nil {
+		return
+	}
+	for _, r := range rs {
+		t.OnConflict(r.svc, r.reason)
+	}
+}
+
+// ReportConflicts passes every current conflict to OnConflict again: after this agent became the
+// one that records them, say.
+func (t *Tracker) ReportConflicts() {
+	t.mu.Lock()
+	var rs []conflictReport
+	for _, k := range slices.SortedFunc(maps.Keys(t.conflicts), compareKeys) {
+		if svc := t.services[k]; svc != nil {
+			for _, p := range t.conflicts[k] {
+				rs = append(rs, conflictReport{svc: serviceRef(svc), reason: p.Reason})
+			}
+		}
+	}
+	t.mu.Unlock()
+	t.report(rs)
 }
 
 func (t *Tracker) setProblems(k types.NamespacedName, ps []Problem) {
@@ -406,15 +538,17 @@ func compareKeys(a, b types.NamespacedName) int {
 	return 0
 }
 
-func (t *Tracker) claim(fe Frontend, k types.NamespacedName) {
+// claim records one claim of fe by k. A service may claim one frontend more than once (its ports
+// share its health check; hostile objects repeat a port): the owners list keeps every claim, so
+// that a frontend claimed twice is seen as contested.
+func (t *Tracker) claim(fe frontendKey, k types.NamespacedName) {
 	owners := t.claims[fe]
-	i, found := slices.BinarySearchFunc(owners, k, compareKeys)
-	if !found {
-		t.claims[fe] = slices.Insert(owners, i, k)
-	}
+	i, _ := slices.BinarySearchFunc(owners, k, compareKeys)
+	t.claims[fe] = slices.Insert(owners, i, k)
 }
 
-func (t *Tracker) unclaim(fe Frontend, k types.NamespacedName) {
+// unclaim removes one claim of fe by k.
+func (t *Tracker) unclaim(fe frontendKey, k types.NamespacedName) {
 	owners := t.claims[fe]
 	i, found := slices.BinarySearchFunc(owners, k, compareKeys)
 	if !found {
@@ -426,11 +560,4 @@ func (t *Tracker) unclaim(fe Frontend, k types.NamespacedName) {
 		return
 	}
 	t.claims[fe] = owners
-}
-
-func (f Frontend) String() string {
-	if f.Addr.IsUnspecified() {
-		return "node port " + strconv.Itoa(int(f.Port)) + "/" + string(f.Protocol)
-	}
-	return f.Addr.String() + ":" + strconv.Itoa(int(f.Port)) + "/" + string(f.Protocol)
 }

@@ -34,7 +34,8 @@ type Runner struct {
 	MinInterval time.Duration
 	// Period is the time after a successful run when the periodic run happens (0: never).
 	Period time.Duration
-	// RetryMin and RetryMax bound the exponential backoff after a failed run.
+	// RetryMin and RetryMax bound the exponential backoff after a failed run. Until the retry
+	// is due, triggers are held, not run.
 	RetryMin, RetryMax time.Duration
 	// Clock defaults to the real one.
 	Clock Clock
@@ -73,8 +74,12 @@ func (r *Runner) Run(ctx context.Context) {
 		due, periodic := periodAt, true
 		if pending || !retryAt.IsZero() {
 			periodic = false
+			// After a failure the backoff holds whatever arrives: a persistent kernel error
+			// under a steady stream of changes must not become a loop of full rebuilds.
+			// (kube-proxy's runner lets a change run at once and relies on minSyncPeriod, 1 s
+			// by default, to bound that loop; this runner's MinInterval defaults to none.)
 			due = retryAt
-			if pending {
+			if due.IsZero() {
 				due = now
 			}
 			if r.MinInterval > 0 && !lastStart.IsZero() && lastStart.Add(r.MinInterval).After(due) {

@@ -94,6 +94,9 @@ func start(t *testing.T, configure func(*Runner)) *harness {
 			case <-done:
 				return
 			case <-h.idle:
+			// A test that failed mid-run leaves fn waiting to report or to be answered.
+			case <-h.calls:
+			case h.result <- errors.New("test over"):
 			}
 		}
 	})
@@ -182,4 +185,32 @@ func TestFailureRetriesWithBackoff(t *testing.T) {
 	h.expectCall(false)
 	h.result <- nil
 	h.expectNoCall()
+}
+
+// A failing run is retried at its backoff, not sooner, however many changes arrive meanwhile: a
+// persistent error under steady changes must not become a hot loop.
+func TestTriggersWaitForBackoff(t *testing.T) {
+	h := start(t, func(r *Runner) { r.Period = 0; r.RetryMin = 100 * time.Millisecond })
+	h.r.Trigger()
+	h.expectCall(false)
+	h.result <- errors.New("kernel said no")
+	h.expectNoCall()
+	for range 5 {
+		h.r.Trigger()
+		h.expectNoCall()
+		h.clock.Advance(19 * time.Millisecond)
+	}
+	h.r.Trigger()
+	h.expectNoCall()
+	h.clock.Advance(5 * time.Millisecond) // 100 ms after the failure
+	c := h.expectCall(false)
+	if got := c.at.Sub(time.Unix(1000, 0)); got != 100*time.Millisecond {
+		t.Fatalf("retry after %v, want 100ms", got)
+	}
+	h.result <- nil
+	// Once it succeeds, a change runs at once again.
+	h.expectNoCall()
+	h.r.Trigger()
+	h.expectCall(false)
+	h.result <- nil
 }

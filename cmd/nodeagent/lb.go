@@ -15,6 +15,7 @@ import (
 	"nodeagent/bgp"
 	"nodeagent/member"
 	"nodeagent/metallb"
+	"nodeagent/proxier"
 )
 
 // loadBalancing is the MetalLB side of a running agent: address assignment in front of the proxy
@@ -27,8 +28,9 @@ type loadBalancing struct {
 }
 
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
-// responder when configured.
-func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next metallb.Sink, log *slog.Logger) (*loadBalancing, error) {
+// responder when configured. In API mode the agent that writes load-balancer status also
+// records next's frontend conflicts as Events.
+func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb"),
 		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP}
@@ -41,6 +43,7 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		writer = newStatusWriter(ctx, client, node, log.With("component", "metallb"))
 		opts.WriteStatus = writer.write
 		opts.Problem = writer.problem
+		next.OnConflict = writer.frontendConflict
 	}
 	defer func() {
 		if writer == nil || lbs.speaker == nil {
@@ -50,6 +53,7 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		go writer.lead(ctx, c.LeaderElectionNamespace, "nodeagent-loadbalancer", node, func() {
 			lbs.speaker.RewriteStatuses()
 			lbs.speaker.ReportProblems()
+			next.ReportConflicts()
 		})
 	}()
 	if c.Layer2 {

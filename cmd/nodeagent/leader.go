@@ -49,6 +49,16 @@ func (w *statusWriter) problem(obj v1.ObjectReference, reason string) {
 	w.events.Event(&obj, v1.EventTypeWarning, "InvalidConfiguration", reason)
 }
 
+// frontendConflict records a Warning Event FrontendConflict on a Service that lost a frontend (an
+// address, port or node port) to another Service, if this agent is the leader: every agent finds
+// the same conflicts, and one Event says it.
+func (w *statusWriter) frontendConflict(svc v1.ObjectReference, reason string) {
+	if !w.leader.Load() {
+		return
+	}
+	w.events.Event(&svc, v1.EventTypeWarning, "FrontendConflict", reason)
+}
+
 // write patches svc's status.loadBalancer.ingress, if this agent is the leader.
 func (w *statusWriter) write(svc types.NamespacedName, ingress []v1.LoadBalancerIngress) {
 	if !w.leader.Load() {
