@@ -33,6 +33,7 @@ type Tracker struct {
 	bySvc    map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
 	zones    map[string]string // Node name → zone label, from Node objects (topology.go)
+	counts   changeCounts      // kube-proxy's change metrics and trigger times (counts.go)
 
 	// Derived, kept between snapshots.
 	keys      []types.NamespacedName // services with ports, sorted
@@ -62,6 +63,7 @@ func NewTracker(node Node, config Config, log *slog.Logger) *Tracker {
 		problems:  map[types.NamespacedName][]Problem{},
 		conflicts: map[types.NamespacedName][]Problem{},
 		claims:    map[Frontend][]types.NamespacedName{},
+		counts:    newChangeCounts(),
 	}
 }
 
@@ -126,9 +128,10 @@ func (t *Tracker) changed() {
 	}
 }
 
-func (t *Tracker) apply(obj runtime.Object, deleted bool) bool {
+func (t *Tracker) apply(obj runtime.Object, deleted bool) (changed bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	defer func() { t.counts.note(obj, deleted, changed) }()
 	switch o := obj.(type) {
 	case *v1.Service:
 		k := types.NamespacedName{Namespace: o.Namespace, Name: o.Name}
@@ -209,7 +212,7 @@ func sliceEqual(a, b *discovery.EndpointSlice) bool {
 func (t *Tracker) Snapshot() (*State, Changes) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}}
+	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}, Triggers: t.counts.checkout()}
 	affected := map[types.NamespacedName]bool{}
 	present := make(map[types.NamespacedName]bool, len(t.dirty))
 	for k := range t.dirty {
