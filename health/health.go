@@ -40,10 +40,10 @@ type Proxy struct {
 func NewProxy(timeout time.Duration) *Proxy {
 	return &Proxy{Timeout: timeout, now: time.Now,
 		healthzTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kubeproxy_proxy_healthz_total", Help: "Cumulative proxy healthz HTTP status (kube-proxy's name).",
+			Name: "kubeproxy_proxy_healthz_total", Help: alpha + "Cumulative proxy healthz HTTP status",
 		}, []string{"code"}),
 		livezTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kubeproxy_proxy_livez_total", Help: "Cumulative proxy livez HTTP status (kube-proxy's name).",
+			Name: "kubeproxy_proxy_livez_total", Help: alpha + "Cumulative proxy livez HTTP status",
 		}, []string{"code"}),
 	}
 }

@@ -410,16 +410,14 @@ func TestNewHTTPServerLimits(t *testing.T) {
 	}
 }
 
-// A sync shows under nodeagent's metric names and under kube-proxy's.
-func TestMetricsKubeProxyNames(t *testing.T) {
+// A sync shows under nodeagent's metric names (kube-proxy's: kubeproxy_test.go).
+func TestMetricsNames(t *testing.T) {
 	m := NewMetrics()
 	m.ObserveSync("partial", 3*time.Millisecond)
 	m.AddLayer2(func() Layer2Stats { return Layer2Stats{BadPackets: 7} })
 	_, _, body := serve(m.Handler(), "/metrics")
 	for _, want := range []string{
 		`nodeagent_sync_proxy_rules_duration_seconds_count{sync="partial"} 1`,
-		"kubeproxy_sync_proxy_rules_duration_seconds_count 1",
-		"kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
 		"nodeagent_sync_proxy_rules_last_timestamp_seconds ",
 		"nodeagent_layer2_bad_packets_total 7",
 	} {

@@ -19,10 +19,6 @@ type Metrics struct {
 	Endpoints     prometheus.Gauge
 	SyncErrors    prometheus.Counter
 	InvalidObject prometheus.Gauge
-
-	// kube-proxy's names for the same figures, so its dashboards and alerts keep working.
-	kubeProxySyncDuration prometheus.Histogram
-	kubeProxyLastSync     prometheus.Gauge
 }
 
 // NewMetrics creates and registers the metrics, with Go runtime and process collectors.
@@ -50,29 +46,17 @@ func NewMetrics() *Metrics {
 		InvalidObject: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nodeagent_invalid_objects", Help: "Objects or parts of objects left out as invalid or conflicting.",
 		}),
-		kubeProxySyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "kubeproxy_sync_proxy_rules_duration_seconds",
-			Help:    "SyncProxyRules latency in seconds (kube-proxy's name; full and partial syncs).",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}),
-		kubeProxyLastSync: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-			Help: "The last time proxy rules were successfully synced (kube-proxy's name).",
-		}),
 	}
-	m.Registry.MustRegister(m.kubeProxySyncDuration, m.kubeProxyLastSync)
 	m.Registry.MustRegister(m.SyncDuration, m.LastSync, m.Services, m.Endpoints, m.SyncErrors, m.InvalidObject,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// ObserveSync records a successful sync of kind ("full" or "partial") that took d, under
-// nodeagent's names and kube-proxy's.
+// ObserveSync records a successful sync of kind ("full" or "partial") that took d. kube-proxy's
+// names for these figures are KubeProxy's.
 func (m *Metrics) ObserveSync(kind string, d time.Duration) {
 	m.SyncDuration.WithLabelValues(kind).Observe(d.Seconds())
-	m.kubeProxySyncDuration.Observe(d.Seconds())
 	m.LastSync.SetToCurrentTime()
-	m.kubeProxyLastSync.SetToCurrentTime()
 }
 
 // Layer2Stats are the layer-2 responder's figures, read at each scrape.

@@ -37,6 +37,7 @@ type Tracker struct {
 	bySvc    map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
 	zones    map[string]string // Node name → zone label, from Node objects (topology.go)
+	counts   changeCounts      // kube-proxy's change metrics and trigger times (counts.go)
 
 	// Derived, kept between snapshots.
 	keys      []types.NamespacedName // services with ports, sorted
@@ -70,6 +71,7 @@ func NewTracker(node Node, config Config, log *slog.Logger) *Tracker {
 		lost:      map[types.NamespacedName][]Conflict{},
 		conflicts: map[types.NamespacedName][]Problem{},
 		claims:    map[frontendKey][]types.NamespacedName{},
+		counts:    newChangeCounts(),
 	}
 }
 
@@ -134,9 +136,10 @@ func (t *Tracker) changed() {
 	}
 }
 
-func (t *Tracker) apply(obj runtime.Object, deleted bool) bool {
+func (t *Tracker) apply(obj runtime.Object, deleted bool) (changed bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	defer func() { t.counts.note(obj, deleted, changed) }()
 	switch o := obj.(type) {
 	case *v1.Service:
 		k := types.NamespacedName{Namespace: o.Namespace, Name: o.Name}
@@ -223,7 +226,7 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 }
 
 func (t *Tracker) snapshot() (*State, Changes, []conflictReport) {
-	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}}
+	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}, Triggers: t.counts.checkout()}
 	// seeds are the services whose frontends may have changed hands: the changed ones and every
 	// service that shares, or shared, a frontend with one.
 	seeds := make(map[types.NamespacedName]bool, len(t.dirty))

@@ -270,6 +270,9 @@ type Changes struct {
 	// check the kernel for drift and, finding none, write only the services listed, as
 	// kube-proxy's periodic syncs are partial.
 	Periodic bool
+	// Triggers are the trigger times of the EndpointSlice changes in this batch (counts.go), for
+	// kube-proxy's network programming latency.
+	Triggers []Trigger
 }
 
 // Merge returns the changes of c and o together.
@@ -279,6 +282,8 @@ func (c Changes) Merge(o Changes) Changes {
 		out.Services = map[types.NamespacedName]bool{}
 	}
 	maps.Copy(out.Services, o.Services)
+	out.Triggers = append(slices.Clip(c.Triggers), o.Triggers...)
+	out.Triggers = out.Triggers[:min(len(out.Triggers), MaxTriggers)]
 	return out
 }
 

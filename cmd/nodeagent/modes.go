@@ -18,24 +18,41 @@ var allModes = []string{"iptables", "nftables", "ipvs"}
 
 // newProxier returns the proxier of a mode, ready to program this network namespace.
 func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
+	return newRecordedProxier(mode, log, nil)
+}
+
+// newRecordedProxier is newProxier with a recorder of the mode's metrics (nil: none).
+func newRecordedProxier(mode string, log *slog.Logger, rec proxier.Recorder) (proxier.Proxier, error) {
 	switch mode {
 	case "iptables":
 		ct, err := newConntrack(log)
 		if err != nil {
 			return nil, err
 		}
-		return iptables.New(iptables.Options{Log: log, Conntrack: ct})
+		ct.Recorder = rec
+		return iptables.New(iptables.Options{Log: log, Conntrack: ct, Recorder: rec})
 	case "nftables":
 		ct, err := newConntrack(log)
 		if err != nil {
 			return nil, err
 		}
-		return nftables.New(nftables.Options{Log: log, Conntrack: ct})
+		ct.Recorder = rec
+		return nftables.New(nftables.Options{Log: log, Conntrack: ct, Recorder: rec})
 	case "ipvs":
 		// New fails at once, naming the module, on a kernel without IPVS.
-		return ipvs.New(ipvsOptions(log))
+		o := ipvsOptions(log)
+		o.Recorder = rec
+		return ipvs.New(o)
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
+}
+
+// familiesOf returns the families px programs (both when it does not say).
+func familiesOf(px proxier.Proxier) []proxier.Family {
+	if f, ok := px.(interface{ Families() []proxier.Family }); ok {
+		return f.Families()
+	}
+	return proxier.Families
 }
 
 // newRenderer returns a proxier of the mode used only to Render: it must not need the kernel.

@@ -56,10 +56,14 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	px, err := newProxier(c.Mode, log)
+	tracker := proxier.NewTracker(node, mc, log)
+	metrics := health.NewMetrics()
+	kubeProxy := metrics.AddKubeProxy(c.Mode, tracker.ChangeCounts)
+	px, err := newRecordedProxier(c.Mode, log, kubeProxy)
 	if err != nil {
 		return err
 	}
+	kubeProxy.SetFamilies(familiesOf(px))
 	src, err := openSource(&c, node.Name, log)
 	if err != nil {
 		return err
@@ -70,13 +74,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	tracker := proxier.NewTracker(node, mc, log)
 	announcer, err := startLoadBalancing(ctx, &c, node.Name, node.IPs, tracker, log)
 	if err != nil {
 		return err
 	}
 	defer announcer.stop()
-	metrics := health.NewMetrics()
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
 	}
@@ -117,20 +119,24 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		if ch.Full {
 			kind = "full"
 		}
-		if err := px.Sync(ctx, st, ch); err != nil {
+		err := px.Sync(ctx, st, ch)
+		took := time.Since(start)
+		kubeProxy.ObserveSync(ch.Full, took) // kube-proxy times failed syncs too
+		if err != nil {
 			missed = missed.Merge(ch)
 			metrics.SyncErrors.Inc()
 			log.Error("sync failed; previous rules stay, retrying", "mode", c.Mode, "sync", kind, "err", err)
 			return err
 		}
-		took := time.Since(start)
 		metrics.ObserveSync(kind, took)
 		endpoints := st.EndpointCount
 		metrics.Services.Set(float64(len(st.Services)))
 		metrics.Endpoints.Set(float64(endpoints))
 		metrics.InvalidObject.Set(float64(len(st.Problems)))
 		proxyHealth.Synced(start)
-		svcHealth.Sync(st, missed.Merge(ch))
+		all := missed.Merge(ch)
+		kubeProxy.Synced(st, all, start.Add(took))
+		svcHealth.Sync(st, all)
 		missed = proxier.Changes{}
 		if firstSync {
 			firstSync = false
@@ -145,8 +151,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	r.MinInterval = c.minSyncPeriod
 	tracker.OnChange = func() {
 		proxyHealth.Queued()
+		kubeProxy.Queued()
 		r.Trigger()
 	}
+	// As kube-proxy's sync loop: the informers' initial sync counts as queued.
+	kubeProxy.Queued()
 
 	if err := serve(ctx, log, c.HealthzBindAddress, map[string]http.Handler{"/healthz": proxyHealth, "/livez": proxyHealth.Livez()}, 0); err != nil {
 		if c.BindAddressHardFail {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -57,6 +58,8 @@ func NewKernel(ns netns.NsHandle) (*netlink.Handle, error) {
 type Cleaner struct {
 	k   Kernel
 	log *slog.Logger
+	// Recorder, when set before the first Clean, receives each table walk for metrics.
+	Recorder proxier.Recorder
 
 	mu   sync.Mutex
 	fams map[proxier.Family]*familyState
@@ -154,7 +157,11 @@ func (c *Cleaner) Clean(st *proxier.State, ch proxier.Changes) error {
 			continue
 		}
 		fs.walk = true
+		start := time.Now()
 		n, err := c.k.ConntrackDeleteFilters(netlink.ConntrackTable, inetFamily(f), fs.fe)
+		if c.Recorder != nil {
+			c.Recorder.ConntrackCleaned(f, time.Since(start), int(n))
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("delete stale %s conntrack entries: %w", f, err))
 			continue

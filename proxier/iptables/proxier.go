@@ -43,6 +43,8 @@ type Options struct {
 	// Conntrack, when set, is called after every successful Sync with the new state. Nil: no
 	// conntrack cleanup (the caller must pass one for UDP/SCTP services to fail over promptly).
 	Conntrack ConntrackCleaner
+	// Recorder receives restore failures and rule counts for metrics. Nil: none.
+	Recorder proxier.Recorder
 }
 
 // Proxier programs a proxier.State into iptables. It is safe for concurrent use.
@@ -50,6 +52,7 @@ type Proxier struct {
 	log       *slog.Logger
 	exec      Exec
 	conntrack ConntrackCleaner
+	rec       proxier.Recorder
 
 	mu   sync.Mutex
 	fams []*family
@@ -73,16 +76,21 @@ type family struct {
 	ruleCounts map[string]int
 	// settings are the renderer settings cache was made with.
 	settings string
-	// lastWrite is the chains written by the last restore, for tests and debugging.
+	// lastWrite is the chains written by the last restore, for tests and debugging; lastRules
+	// their rules per table.
 	lastWrite []string
+	lastRules map[string]int
 }
 
 // New returns a Proxier. It runs no kernel command: it only looks for the iptables binaries
 // (through go-iptables) to learn which families are available and what they support.
 func New(opts Options) (*Proxier, error) {
-	p := &Proxier{log: opts.Log, exec: opts.Exec, conntrack: opts.Conntrack}
+	p := &Proxier{log: opts.Log, exec: opts.Exec, conntrack: opts.Conntrack, rec: opts.Recorder}
 	if p.log == nil {
 		p.log = slog.Default()
+	}
+	if p.rec == nil {
+		p.rec = proxier.NopRecorder{}
 	}
 	if p.exec == nil {
 		p.exec = CommandExec{}
@@ -192,10 +200,32 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 			return err
 		}
 	} else if err := p.syncPartial(ctx, fp, sps, rendered, changed, cached, base); err != nil {
+		p.rec.PartialSyncFailed(fp.family)
 		return err
 	}
 	fp.needFull, fp.settings = false, settings
+	for _, table := range []string{tableFilter, tableNAT} {
+		p.rec.IPTablesRules(fp.family, table, fp.ruleCounts[table], fp.lastRules[table])
+	}
 	return nil
+}
+
+// ruleCounts counts the rules in, per table, writes (kube-proxy's sync_proxy_rules_iptables_last).
+func (in *restoreInput) ruleCounts() map[string]int {
+	out := map[string]int{}
+	for _, c := range in.write {
+		out[c.id.table] += len(c.rules)
+	}
+	return out
+}
+
+// Families returns the families this proxier programs.
+func (p *Proxier) Families() []proxier.Family {
+	out := make([]proxier.Family, len(p.fams))
+	for i, fp := range p.fams {
+		out[i] = fp.family
+	}
+	return out
 }
 
 // syncFull reads our chains from the kernel (unless kernel holds them already), rewrites every
@@ -227,7 +257,7 @@ func (p *Proxier) syncFull(ctx context.Context, fp *family, sps []*proxier.Servi
 	}
 	slices.SortFunc(in.remove, compareIDs)
 	in.chooseListAll(kernel.ruleCounts())
-	fp.lastWrite = in.chainNames()
+	fp.lastWrite, fp.lastRules = in.chainNames(), in.ruleCounts()
 	if err := p.insertJumps(ctx, fp, kernel); err != nil {
 		return err
 	}
@@ -291,7 +321,7 @@ func (p *Proxier) syncPartial(ctx context.Context, fp *family, sps []*proxier.Se
 	slices.SortFunc(in.remove, compareIDs)
 	in.remove = slices.Compact(in.remove)
 	in.chooseListAll(fp.ruleCounts)
-	fp.lastWrite = in.chainNames()
+	fp.lastWrite, fp.lastRules = in.chainNames(), in.ruleCounts()
 	if !in.empty() {
 		if err := p.restore(ctx, fp, in.bytes()); err != nil {
 			return err
@@ -415,6 +445,7 @@ func (p *Proxier) restore(ctx context.Context, fp *family, input []byte) error {
 		args = append(args, "-w", "5")
 	}
 	if err := p.exec.Run(ctx, binary(fp.family, "-restore"), args, input, nil); err != nil {
+		p.rec.RestoreFailed(fp.family)
 		return fmt.Errorf("restore: %w", err)
 	}
 	return nil

@@ -67,6 +67,8 @@ type Options struct {
 	// DrainInterval is how often real servers waiting for their connections to end are
 	// checked between syncs; zero means 5 s, negative means only during Sync.
 	DrainInterval time.Duration
+	// Recorder receives failed helper-table updates for metrics. Nil: none.
+	Recorder proxier.Recorder
 }
 
 // Proxier is the IPVS proxy mode. It is safe for concurrent use.
@@ -199,6 +201,9 @@ func newProxier(opts Options, h ipvsKernel, nk netKernel, fk nftKernel) *Proxier
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	if p.opts.Recorder == nil {
+		p.opts.Recorder = proxier.NopRecorder{}
+	}
 	if p.sched == "" {
 		p.sched = DefaultScheduler
 	}
@@ -227,6 +232,9 @@ func (p *Proxier) Close() error {
 	}
 	return nil
 }
+
+// Families returns the families this proxier programs.
+func (p *Proxier) Families() []proxier.Family { return slices.Clone(p.fams) }
 
 // LastSync reports what the last successful Sync did.
 func (p *Proxier) LastSync() SyncStats {
@@ -758,6 +766,7 @@ func (p *Proxier) updateTables(d *desired, replace bool) error {
 		}
 		if err != nil {
 			delete(p.tables, pf)
+			p.opts.Recorder.RestoreFailed(pf)
 			return err
 		}
 		p.tables[pf] = t

@@ -63,6 +63,8 @@ type Options struct {
 	// Conntrack, when set, is called after every successful Sync to clear stale flows: the
 	// wiring passes conntrack.NewCleaner(...) for the same namespace.
 	Conntrack Cleaner
+	// Recorder receives failed transactions for metrics. Nil: none.
+	Recorder proxier.Recorder
 }
 
 // SyncStats says what the last Sync sent to the kernel, for tests, benchmarks and logs.
@@ -87,6 +89,7 @@ type Proxier struct {
 	log       *slog.Logger
 	fams      []*family
 	conntrack Cleaner
+	rec       proxier.Recorder
 
 	mu      sync.Mutex
 	netns   *os.File // nil: own namespace
@@ -103,9 +106,12 @@ var (
 
 // New returns a Proxier. It opens its netlink socket but programs nothing until Sync.
 func New(opts Options) (*Proxier, error) {
-	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, tables: map[*family]*programmed{}, rebuild: true}
+	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, rec: opts.Recorder, tables: map[*family]*programmed{}, rebuild: true}
 	if p.log == nil {
 		p.log = slog.Default()
+	}
+	if p.rec == nil {
+		p.rec = proxier.NopRecorder{}
 	}
 	fams := opts.Families
 	if len(fams) == 0 {
@@ -154,6 +160,15 @@ func (p *Proxier) Close() error {
 		p.netns = nil
 	}
 	return errors.Join(errs...)
+}
+
+// Families returns the families this proxier programs.
+func (p *Proxier) Families() []proxier.Family {
+	out := make([]proxier.Family, len(p.fams))
+	for i, f := range p.fams {
+		out[i] = f.pf
+	}
+	return out
 }
 
 // LastSync reports what the last successful Sync sent.
@@ -255,6 +270,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 		// The transaction was not committed, but our record of the tables already moved on:
 		// start over from scratch next time.
 		p.rebuild = true
+		for _, f := range p.fams { // one transaction carries every family
+			p.rec.SyncFailed(f.pf)
+		}
 		return fmt.Errorf("sync nftables: %w", err)
 	}
 	p.rebuild = false

@@ -111,6 +111,7 @@ func testLoadBalancerLayer2(t *testing.T, m mode) {
 		case n.Index != owner && (announced[1] != "0" || answered[1] != "0"):
 			t.Errorf("%s (not the owner): nodeagent_layer2_announced %s, arp responses %s; want 0 and 0", n.Name, announced[1], answered[1])
 		}
+		checkKubeProxyMetrics(t, n.Name, scrapeMetrics(t, n.NS), m.name)
 	}
 
 	failover := func(what string, cut func(n *Node)) int {

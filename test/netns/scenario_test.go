@@ -572,7 +572,7 @@ func testEndpointRemoved(t *testing.T, m mode) {
 		"endpoints:\n"+strings.SplitN(sliceYAML("x", "x", nil, without(demoappEndpoints, victim)...), "endpoints:\n", 2)[1])
 	start := time.Now()
 	e.WriteManifest("demoapp-endpoints.yaml", []byte(endpoints))
-	e.WriteManifest("udp.yaml", []byte(udpSvc+"---\n"+sliceYAML("demoapp-udp-1", "demoapp-udp", udpPorts, without(demoappEndpoints, victim)...)))
+	e.WriteManifest("udp.yaml", []byte(udpSvc+"---\n"+withTriggerTime(sliceYAML("demoapp-udp-1", "demoapp-udp", udpPorts, without(demoappEndpoints, victim)...), start)))
 
 	// New TCP connections: within 2 s, 20 in a row miss the removed endpoint.
 	var gone time.Duration
@@ -601,6 +601,23 @@ func testEndpointRemoved(t *testing.T, m mode) {
 		t.Fatalf("udp flow from port 40000 still goes to the removed %s (%v %v): stale conntrack entry", victim, r, err)
 	}
 	t.Logf("udp flow moved to %s after %v", r.ServerName, time.Since(start).Round(time.Millisecond))
+
+	// kube-proxy's metrics: the slice change, made after the agents started, is measured from its
+	// trigger time on every node; the client's node deleted the flow's conntrack entry.
+	programmed := "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}"
+	deleted := "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"}"
+	for _, n := range e.Nodes {
+		var got map[string]float64
+		if !Eventually(Scaled(5*time.Second), 50*time.Millisecond, func() bool {
+			got = scrapeMetrics(t, n.NS)
+			return got[programmed] >= 1
+		}) {
+			t.Errorf("%s: %s = %v, want the slice change measured", n.Name, programmed, got[programmed])
+		}
+		if n.Index == 1 && m.name != "ipvs" && got[deleted] < 1 {
+			t.Errorf("%s: %s = %v, want the stale UDP entry counted", n.Name, deleted, got[deleted])
+		}
+	}
 }
 
 // testPorts: a two-port service, a fixed cluster IP with port ≠ target port, and a target port
