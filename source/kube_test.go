@@ -201,7 +201,7 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 func TestKubeTombstone(t *testing.T) {
 	rec := newRecorder()
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "default"}}
-	h := handler(rec, proxied, quietLog)
+	h := handler(rec, proxied, quietLog, nil)
 	h.OnAdd(svc, true)
 	if rec.get(svcKey("default", "a")) == nil {
 		t.Fatal("add not delivered")
