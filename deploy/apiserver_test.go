@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -92,4 +93,61 @@ func TestRBACOnAPIServer(t *testing.T) {
 	forbidden("patch a Service's spec", err)
 	_, err = agent.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
 	forbidden("list Secrets", err)
+}
+
+// TestCRDsOnAPIServer installs crds.yaml on a real kube-apiserver (CEL rules included) and checks
+// that it stores what the agent decodes and refuses what it could not: a duration that is not one
+// (holdTime "ninety"), one that overflows or that BGP cannot carry, a pool without addresses or
+// with a negative priority, a malformed community or interface name.
+func TestCRDsOnAPIServer(t *testing.T) {
+	cp := kube.StartTest(t, kube.Options{})
+	ctx := t.Context()
+	if err := cp.InstallCRDs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Apply(ctx, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n")); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	peer := func(version, times string) string {
+		n++ // a name per object: server-side apply of one object through both versions trips on
+		// fields only v1beta2 declares
+		return "apiVersion: metallb.io/" + version + "\nkind: BGPPeer\nmetadata: {name: p" + fmt.Sprint(n) + ", namespace: metallb-system}\n" +
+			"spec: {myASN: 64512, peerASN: 64513, peerAddress: 10.0.0.254" + times + "}\n"
+	}
+	good := []string{
+		peer("v1beta2", ", holdTime: 90s, keepaliveTime: 30s, connectTime: 10s, routerID: 10.0.0.1"),
+		peer("v1beta2", ", holdTime: \"0\", keepaliveTime: 0s"),
+		peer("v1beta1", ", holdTime: 1m30s, keepaliveTime: 500ms"),
+		"apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\n" +
+			"spec: {addresses: [10.0.0.0/24, 10.0.1.1 - 10.0.1.9, 'fd00::/120'], serviceAllocation: {priority: 0}}\n",
+		"apiVersion: metallb.io/v1beta1\nkind: Community\nmetadata: {name: c, namespace: metallb-system}\n" +
+			"spec: {communities: [{name: a, value: '65535:65282'}, {name: b, value: 'large:1:2:3'}]}\n",
+		"apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2, namespace: metallb-system}\nspec: {interfaces: [ens33, eth0.100]}\n",
+	}
+	for _, m := range good {
+		if _, err := cp.Apply(ctx, []byte(m)); err != nil {
+			t.Errorf("refused: %v\n%s", err, m)
+		}
+	}
+	bad := []string{
+		peer("v1beta2", ", holdTime: ninety"),
+		peer("v1beta1", ", holdTime: ninety"),
+		peer("v1beta2", ", keepaliveTime: \"30\""),
+		peer("v1beta2", ", holdTime: 9999999999h"),
+		peer("v1beta2", ", holdTime: 2s"),
+		peer("v1beta2", ", holdTime: 70000s"),
+		peer("v1beta2", ", connectTime: 500ms"),
+		peer("v1beta2", ", routerID: fd00::1"),
+		"apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool2, namespace: metallb-system}\nspec: {addresses: []}\n",
+		"apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool3, namespace: metallb-system}\n" +
+			"spec: {addresses: [10.0.0.0/24], serviceAllocation: {priority: -1}}\n",
+		"apiVersion: metallb.io/v1beta1\nkind: Community\nmetadata: {name: c2, namespace: metallb-system}\nspec: {communities: [{name: a, value: 'no:pe'}]}\n",
+		"apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2b, namespace: metallb-system}\nspec: {interfaces: ['a/b']}\n",
+	}
+	for _, m := range bad {
+		if _, err := cp.Apply(ctx, []byte(m)); !apierrors.IsInvalid(err) {
+			t.Errorf("not refused as invalid (%v):\n%s", err, m)
+		}
+	}
 }

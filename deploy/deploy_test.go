@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -318,5 +321,56 @@ func checkFields(t *testing.T, path string, typ reflect.Type, node map[string]an
 		if ft.Kind() == reflect.Struct && ft.PkgPath() == reflect.TypeFor[lb.IPAddressPool]().PkgPath() {
 			checkFields(t, path+"."+name, ft, p)
 		}
+	}
+}
+
+// TestCRDDurations: every field lb decodes as a metav1.Duration has a pattern that admits the Go
+// durations and refuses what would not decode (holdTime "ninety" made the agent's informer fail
+// its whole list), and a CEL rule that parses it (catching overflow) and bounds it.
+func TestCRDDurations(t *testing.T) {
+	schemas := crdSchemas(t)
+	durType := reflect.TypeFor[metav1.Duration]()
+	good := []string{"90s", "0", "0s", "1m30s", "1.5h", "100ms", "3s", ".5s", "1h2m3s4ms5us6ns", "2µs"}
+	bad := []string{"ninety", "", "90", "-5s", "+5s", "1e3s", "5 s", "5S", "s", "1d", "90s "}
+	checked := 0
+	for _, k := range []string{"BGPPeer/v1beta1", "BGPPeer/v1beta2"} {
+		props, _, _ := unstructured.NestedMap(schemas[k], "properties", "spec", "properties")
+		for f := range reflect.TypeFor[lb.BGPPeerSpec]().Fields() {
+			if f.Type.Kind() != reflect.Pointer || f.Type.Elem() != durType {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			node, ok := props[name].(map[string]any)
+			if !ok {
+				continue // not in this version
+			}
+			checked++
+			pattern, _ := node["pattern"].(string)
+			re, err := regexp.Compile(pattern)
+			if pattern == "" || err != nil {
+				t.Errorf("%s.%s: pattern %q: %v", k, name, pattern, err)
+				continue
+			}
+			for _, s := range good {
+				if !re.MatchString(s) {
+					t.Errorf("%s.%s refuses %q", k, name, s)
+				}
+				if _, err := time.ParseDuration(s); err != nil {
+					t.Errorf("%q is not a Go duration: %v", s, err)
+				}
+			}
+			for _, s := range bad {
+				if re.MatchString(s) {
+					t.Errorf("%s.%s admits %q", k, name, s)
+				}
+			}
+			rules, _ := node["x-kubernetes-validations"].([]any)
+			if len(rules) == 0 || !strings.Contains(fmt.Sprint(rules), "duration(self)") {
+				t.Errorf("%s.%s: no CEL rule parsing the duration: %v", k, name, rules)
+			}
+		}
+	}
+	if checked != 5 {
+		t.Errorf("checked %d duration fields, want 5 (holdTime and keepaliveTime in both versions, connectTime in v1beta2)", checked)
 	}
 }

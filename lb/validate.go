@@ -258,14 +258,18 @@ func ValidateBGPPeer(p *BGPPeer) []string {
 	hold, keep := 90*time.Second, 30*time.Second
 	if s.HoldTime != nil {
 		hold = s.HoldTime.Duration
-		if hold != 0 && hold < 3*time.Second {
-			errs = append(errs, fmt.Sprintf("spec.holdTime %s is neither 0 nor at least 3s", hold))
+		if hold != 0 && hold < 3*time.Second || hold > 65535*time.Second || hold < 0 {
+			// BGP carries the hold time in 16 bits of seconds.
+			errs = append(errs, fmt.Sprintf("spec.holdTime %s is neither 0 nor within 3s-65535s", hold))
 		}
 	}
 	if s.KeepaliveTime != nil {
 		keep = s.KeepaliveTime.Duration
 	} else if s.HoldTime != nil {
 		keep = hold / 3
+	}
+	if keep < 0 {
+		errs = append(errs, fmt.Sprintf("spec.keepaliveTime %s is negative", keep))
 	}
 	if keep > hold {
 		errs = append(errs, fmt.Sprintf("spec.keepaliveTime %s is longer than spec.holdTime %s", keep, hold))

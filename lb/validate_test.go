@@ -3,6 +3,9 @@ package lb
 import (
 	"strings"
 	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestPoolRefusesSpecialAddresses: a pool that covers the unspecified address, loopback,
@@ -46,5 +49,27 @@ func TestPoolRefusesSpecialAddresses(t *testing.T) {
 	res := Assign(Input{Pools: []*IPAddressPool{{Spec: IPAddressPoolSpec{Addresses: []string{"127.0.0.1/32"}}}}})
 	if len(res.Problems) != 1 || res.Problems[0].Kind != "IPAddressPool" {
 		t.Errorf("Assign problems %v, want the loopback pool left out", res.Problems)
+	}
+}
+
+// TestPeerTimesInBGPRange: hold times BGP cannot carry (16 bits of seconds) and negative times are
+// invalid.
+func TestPeerTimesInBGPRange(t *testing.T) {
+	for _, tc := range []struct {
+		hold, keep time.Duration
+		valid      bool
+	}{
+		{90 * time.Second, 30 * time.Second, true},
+		{0, 0, true},
+		{65535 * time.Second, time.Minute, true},
+		{65536 * time.Second, time.Minute, false},
+		{-time.Second, -time.Second, false},
+		{90 * time.Second, -time.Second, false},
+	} {
+		p := &BGPPeer{Spec: BGPPeerSpec{MyASN: 1, ASN: 2, Address: "10.0.0.1",
+			HoldTime: &metav1.Duration{Duration: tc.hold}, KeepaliveTime: &metav1.Duration{Duration: tc.keep}}}
+		if errs := ValidateBGPPeer(p); (len(errs) == 0) != tc.valid {
+			t.Errorf("hold %s keepalive %s: %q, want valid %v", tc.hold, tc.keep, errs, tc.valid)
+		}
 	}
 }
