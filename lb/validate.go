@@ -186,7 +186,8 @@ func ValidateBGPAdvertisement(a *BGPAdvertisement) []string {
 func ValidateCommunityValue(v string) error {
 	parts := strings.Split(v, ":")
 	bits := 16
-	if len(parts) == 4 && strings.EqualFold(parts[0], "large") {
+	// "large" in lower case only, as MetalLB's community.New and bgp.ParseCommunities read it.
+	if len(parts) == 4 && parts[0] == "large" {
 		parts, bits = parts[1:], 32
 	} else if len(parts) != 2 {
 		return fmt.Errorf("community %q is neither AA:NN nor large:AA:BB:CC", v)
