@@ -224,7 +224,7 @@ func newInvalid(u *unstructured.Unstructured, stub runtime.Object, err error) *i
 		m.SetUID(u.GetUID())
 	}
 	stub.GetObjectKind().SetGroupVersionKind(u.GroupVersionKind())
-	inv := &invalid{stub: stub, reason: oneLine(err.Error())}
+	inv := &invalid{stub: stub, reason: oneLine(fmt.Sprintf("does not decode as a %s: %v", u.GetKind(), err))}
 	inv.SetGroupVersionKind(u.GroupVersionKind())
 	inv.Namespace, inv.Name, inv.UID, inv.ResourceVersion = u.GetNamespace(), u.GetName(), u.GetUID(), u.GetResourceVersion()
 	return inv
@@ -287,6 +287,9 @@ func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger, report 
 		},
 		UpdateFunc: func(oldObj, newObj any) {
 			if inv, bad := newObj.(*invalid); bad {
+				if old, wasBad := oldObj.(*invalid); wasBad && old.ResourceVersion == inv.ResourceVersion {
+					return // a re-list: the same invalid version, reported already
+				}
 				reason := inv.reason + "; not served"
 				if _, wasBad := oldObj.(*invalid); !wasBad {
 					reason = inv.reason + "; serving its last valid version"
