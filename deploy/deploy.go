@@ -8,7 +8,8 @@ package deploy
 import _ "embed"
 
 // RBAC is rbac.yaml: the nodeagent ServiceAccount in kube-system, the nodeagent ClusterRole and
-// the ClusterRoleBinding between them, as multi-document YAML.
+// the ClusterRoleBinding between them, and the Role (with its RoleBinding) in kube-system that
+// lets the agent hold its leader-election Lease and no other, as multi-document YAML.
 //
 //go:embed rbac.yaml
 var RBAC []byte
@@ -28,4 +29,10 @@ const (
 	ServiceAccount = "nodeagent"
 	// ClusterRole is the name of the agent's ClusterRole (and of its binding).
 	ClusterRole = "nodeagent"
+	// LeaderElectionRole is the name of the Role in Namespace (and of its binding) that grants the
+	// agent its Lease.
+	LeaderElectionRole = "nodeagent-leader-election"
+	// Lease is the name of the Lease that elects the agent writing load-balancer status; it lives
+	// in Namespace, the agent's default --leader-election-namespace.
+	Lease = "nodeagent-loadbalancer"
 )

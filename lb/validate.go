@@ -41,6 +41,10 @@ func parsePool(p *IPAddressPool) (*pool, []string) {
 			errs = append(errs, fmt.Sprintf("spec.addresses[%d]: %v", i, err))
 			continue
 		}
+		if why := specialRange(r); why != "" {
+			errs = append(errs, fmt.Sprintf("spec.addresses[%d]: %s %s", i, s, why))
+			continue
+		}
 		for _, o := range out.ranges {
 			if r.Overlaps(o) {
 				errs = append(errs, fmt.Sprintf("spec.addresses[%d]: %s overlaps %s", i, r, o))
@@ -68,6 +72,36 @@ func parsePool(p *IPAddressPool) (*pool, []string) {
 		errs = append(errs, e...)
 	}
 	return out, errs
+}
+
+// specialRanges are the blocks no load-balancer address may come from: the agent would program
+// its proxy rules for them on every node (hijacking the nodes' own loopback, link-local or metadata
+// traffic) and answer ARP/NDP or advertise routes for addresses that are not unicast.
+var specialRanges = []struct {
+	r   Range
+	why string
+}{
+	{prefixRange(netip.MustParsePrefix("0.0.0.0/32")), "includes the unspecified address 0.0.0.0"},
+	{prefixRange(netip.MustParsePrefix("127.0.0.0/8")), "overlaps the loopback range 127.0.0.0/8"},
+	{prefixRange(netip.MustParsePrefix("169.254.0.0/16")), "overlaps the link-local range 169.254.0.0/16"},
+	{prefixRange(netip.MustParsePrefix("224.0.0.0/4")), "overlaps the multicast range 224.0.0.0/4"},
+	{prefixRange(netip.MustParsePrefix("255.255.255.255/32")), "includes the broadcast address 255.255.255.255"},
+	{prefixRange(netip.MustParsePrefix("::/128")), "includes the unspecified address ::"},
+	{prefixRange(netip.MustParsePrefix("::1/128")), "includes the loopback address ::1"},
+	{prefixRange(netip.MustParsePrefix("fe80::/10")), "overlaps the link-local range fe80::/10"},
+	{prefixRange(netip.MustParsePrefix("ff00::/8")), "overlaps the multicast range ff00::/8"},
+}
+
+// specialRange says why r may not be (part of) a pool, "" when it may. MetalLB v0.14.8 checks only
+// the syntax of a pool's addresses; nodeagent refuses these blocks too, as the API server refuses
+// them for a Service's externalIPs.
+func specialRange(r Range) string {
+	for _, s := range specialRanges {
+		if r.Overlaps(s.r) {
+			return s.why
+		}
+	}
+	return ""
 }
 
 func parseSelectors(field string, in []metav1.LabelSelector) ([]labels.Selector, []string) {
@@ -152,7 +186,8 @@ func ValidateBGPAdvertisement(a *BGPAdvertisement) []string {
 func ValidateCommunityValue(v string) error {
 	parts := strings.Split(v, ":")
 	bits := 16
-	if len(parts) == 4 && strings.EqualFold(parts[0], "large") {
+	// "large" in lower case only, as MetalLB's community.New and bgp.ParseCommunities read it.
+	if len(parts) == 4 && parts[0] == "large" {
 		parts, bits = parts[1:], 32
 	} else if len(parts) != 2 {
 		return fmt.Errorf("community %q is neither AA:NN nor large:AA:BB:CC", v)
@@ -224,14 +259,18 @@ func ValidateBGPPeer(p *BGPPeer) []string {
 	hold, keep := 90*time.Second, 30*time.Second
 	if s.HoldTime != nil {
 		hold = s.HoldTime.Duration
-		if hold != 0 && hold < 3*time.Second {
-			errs = append(errs, fmt.Sprintf("spec.holdTime %s is neither 0 nor at least 3s", hold))
+		if hold != 0 && hold < 3*time.Second || hold > 65535*time.Second || hold < 0 {
+			// BGP carries the hold time in 16 bits of seconds.
+			errs = append(errs, fmt.Sprintf("spec.holdTime %s is neither 0 nor within 3s-65535s", hold))
 		}
 	}
 	if s.KeepaliveTime != nil {
 		keep = s.KeepaliveTime.Duration
 	} else if s.HoldTime != nil {
 		keep = hold / 3
+	}
+	if keep < 0 {
+		errs = append(errs, fmt.Sprintf("spec.keepaliveTime %s is negative", keep))
 	}
 	if keep > hold {
 		errs = append(errs, fmt.Sprintf("spec.keepaliveTime %s is longer than spec.holdTime %s", keep, hold))

@@ -230,11 +230,18 @@ type allocator struct {
 	nodePorts PortRange
 	ips       map[netip.Addr]string // owner ("namespace/name") of every cluster IP
 	ports     map[int32]string      // owner of every node port (node ports are per number, not protocol)
+	owned     map[string][]owned    // what each owner holds, to release it
+}
+
+// owned is a cluster IP or a node port someone holds.
+type owned struct {
+	ip   netip.Addr
+	port int32
 }
 
 func newAllocator(cidrs []netip.Prefix, nodePorts PortRange) *allocator {
 	a := &allocator{ranges: map[v1.IPFamily]ipRange{}, nodePorts: nodePorts,
-		ips: map[netip.Addr]string{}, ports: map[int32]string{}}
+		ips: map[netip.Addr]string{}, ports: map[int32]string{}, owned: map[string][]owned{}}
 	for i, p := range cidrs {
 		f := familyOf(p.Addr())
 		if i == 0 {
@@ -368,10 +375,10 @@ func (a *allocator) reserve(svc *v1.Service, p *plan) error {
 		}
 	}
 	for _, ip := range ips {
-		a.ips[ip] = p.owner
+		a.takeIP(ip, p.owner)
 	}
 	for _, port := range ports {
-		a.ports[port] = p.owner
+		a.takePort(port, p.owner)
 	}
 	return nil
 }
@@ -431,7 +438,7 @@ func (a *allocator) allocate(svc *v1.Service, p *plan) (allocation, error) {
 					return out, fmt.Errorf("no free cluster IP left in %s", r.prefix)
 				}
 				addr = r.addr(i)
-				a.ips[addr] = p.owner
+				a.takeIP(addr, p.owner)
 			}
 			out.clusterIPs = append(out.clusterIPs, addr.String())
 		}
@@ -473,6 +480,29 @@ func (a *allocator) allocate(svc *v1.Service, p *plan) (allocation, error) {
 	return out, nil
 }
 
+func (a *allocator) takeIP(ip netip.Addr, owner string) {
+	a.ips[ip] = owner
+	a.owned[owner] = append(a.owned[owner], owned{ip: ip})
+}
+
+func (a *allocator) takePort(port int32, owner string) {
+	a.ports[port] = owner
+	a.owned[owner] = append(a.owned[owner], owned{port: port})
+}
+
+// release frees every value owner holds.
+func (a *allocator) release(owner string) {
+	for _, v := range a.owned[owner] {
+		if v.ip.IsValid() && a.ips[v.ip] == owner {
+			delete(a.ips, v.ip)
+		}
+		if v.port != 0 && a.ports[v.port] == owner {
+			delete(a.ports, v.port)
+		}
+	}
+	delete(a.owned, owner)
+}
+
 func (a *allocator) nodePort(owner, key string) (int32, error) {
 	size := uint64(a.nodePorts.Last) - uint64(a.nodePorts.First) + 1
 	i, ok := probe(key, size, bandOffset(size, 16, 128, 32), func(i uint64) bool {
@@ -483,6 +513,6 @@ func (a *allocator) nodePort(owner, key string) (int32, error) {
 		return 0, fmt.Errorf("no free node port left in %s", a.nodePorts)
 	}
 	port := int32(a.nodePorts.First) + int32(i)
-	a.ports[port] = owner
+	a.takePort(port, owner)
 	return port, nil
 }

@@ -25,7 +25,8 @@ const (
 // maxEndpointsPerSlice endpoints each, and an empty placeholder per family when no pod matches.
 //
 // There is no kubelet behind Pod manifests, so a pod with an IP and no Ready condition counts as
-// ready; a Ready condition with status False makes it not ready.
+// ready; a Ready condition with status False makes it not ready. A pod whose address may not be an
+// endpoint (loopback, link-local, unspecified) is left out.
 func endpointSlicesFor(svc *v1.Service, pods []*v1.Pod, nodes map[string]*v1.Node) []*discoveryv1.EndpointSlice {
 	families := svc.Spec.IPFamilies
 	if len(families) == 0 {
@@ -90,7 +91,9 @@ func podIP(pod *v1.Pod, f v1.IPFamily) (string, bool) {
 	}
 	for _, ip := range ips {
 		a, err := netip.ParseAddr(ip.IP)
-		if err == nil && familyOf(a) == f {
+		// An address the API server refuses in an EndpointSlice never reaches one: the
+		// controller's write of the slice would fail.
+		if err == nil && familyOf(a) == f && specialEndpointIP(a) == "" {
 			return a.Unmap().String(), true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -31,7 +32,7 @@ func newRecorder() *recorder { return &recorder{objs: map[Key]runtime.Object{}} 
 func (r *recorder) Upsert(obj runtime.Object) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.objs[objectKey(obj)] = obj
+	r.objs[keyOf(obj)] = obj
 	r.upserts++
 	r.lastUpsert = time.Now()
 }
@@ -39,8 +40,21 @@ func (r *recorder) Upsert(obj runtime.Object) {
 func (r *recorder) Delete(obj runtime.Object) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.objs, objectKey(obj))
+	delete(r.objs, keyOf(obj))
 	r.deletes++
+}
+
+// keyOf is objectKey for any kind: the kinds objectKey does not know (the MetalLB kinds) by their
+// type meta.
+func keyOf(obj runtime.Object) Key {
+	if k := objectKey(obj); k != (Key{}) {
+		return k
+	}
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return Key{}
+	}
+	return Key{GroupKind: obj.GetObjectKind().GroupVersionKind().GroupKind(), Namespace: m.GetNamespace(), Name: m.GetName()}
 }
 
 func (r *recorder) Synced() {

@@ -54,6 +54,11 @@ type Kube struct {
 	// New returns. A kind the server does not serve is skipped with a log line.
 	Dynamic dynamic.Interface
 	Extra   []ExtraKind
+	// Report, when set, is told about every object of an Extra kind that does not convert to its
+	// Go type (a field of the wrong type that the installed CRD let through) and is therefore not
+	// served, and about such an object becoming valid again or going away (Reason "resolved").
+	// It is called from informer goroutines. Invalid objects are logged either way.
+	Report func(Problem)
 }
 
 // ExtraKind is a CRD-served kind the Kube source watches through the dynamic client.
@@ -124,7 +129,7 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 
 	var synced []cache.InformerSynced
 	for i, inf := range infs {
-		reg, err := inf.AddEventHandler(handler(sink, filters[i], log))
+		reg, err := inf.AddEventHandler(handler(sink, filters[i], log, k.Report))
 		if err != nil {
 			return fmt.Errorf("kubernetes source: add event handler: %w", err)
 		}
@@ -179,7 +184,10 @@ func (k *Kube) serves(r schema.GroupVersionResource) bool {
 }
 
 // typedFrom converts the dynamic client's unstructured objects into typed ones before they are
-// cached, so the sink sees the same types as from the manifests source.
+// cached, so the sink sees the same types as from the manifests source. An object that does not
+// convert (a BGPPeer with holdTime "ninety", which a loose CRD accepts) is cached as an *invalid
+// rather than failing the transform: a failed transform fails the informer's whole list, and the
+// caches would never sync because of one bad object.
 func typedFrom(newObj func() runtime.Object) cache.TransformFunc {
 	return func(obj any) (any, error) {
 		u, ok := obj.(*unstructured.Unstructured)
@@ -189,22 +197,76 @@ func typedFrom(newObj func() runtime.Object) cache.TransformFunc {
 		u.SetManagedFields(nil)
 		typed := newObj()
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, typed); err != nil {
-			return nil, fmt.Errorf("convert %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+			return newInvalid(u, newObj(), err), nil
 		}
 		return typed, nil
 	}
+}
+
+// invalid stands, in an informer's cache, for an object that does not convert to its Go type. It
+// carries the object's identity (for the cache's keys and for deletes) and why it is invalid; it
+// is never delivered to a Sink.
+type invalid struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta
+	// stub is an object of the kind's Go type with only its identity set, delivered as a Delete
+	// when the invalid object goes away (the sink may still serve an earlier valid version).
+	stub   runtime.Object
+	reason string
+}
+
+// newInvalid makes the stand-in for u, which failed to convert with err; stub is a new, empty
+// object of the kind's Go type.
+func newInvalid(u *unstructured.Unstructured, stub runtime.Object, err error) *invalid {
+	if m, merr := meta.Accessor(stub); merr == nil {
+		m.SetNamespace(u.GetNamespace())
+		m.SetName(u.GetName())
+		m.SetUID(u.GetUID())
+	}
+	stub.GetObjectKind().SetGroupVersionKind(u.GroupVersionKind())
+	inv := &invalid{stub: stub, reason: oneLine(fmt.Sprintf("does not decode as a %s: %v", u.GetKind(), err))}
+	inv.SetGroupVersionKind(u.GroupVersionKind())
+	inv.Namespace, inv.Name, inv.UID, inv.ResourceVersion = u.GetNamespace(), u.GetName(), u.GetUID(), u.GetResourceVersion()
+	return inv
+}
+
+// DeepCopyObject implements runtime.Object.
+func (i *invalid) DeepCopyObject() runtime.Object {
+	c := *i
+	i.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.stub = i.stub.DeepCopyObject()
+	return &c
+}
+
+func (i *invalid) problem(reason string) Problem {
+	return Problem{Kind: i.Kind, Namespace: i.Namespace, Name: i.Name, Reason: reason}
 }
 
 // proxied reports whether kube-proxy would see an object with m's labels.
 func proxied(m metav1.Object) bool { return proxySelector.Matches(labels.Set(m.GetLabels())) }
 
 // handler turns informer callbacks into sink calls. An update that makes an object leave the
-// filter (a label added) is delivered as a delete, as a filtered watch would.
-func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger) cache.ResourceEventHandler {
+// filter (a label added) is delivered as a delete, as a filtered watch would. Invalid objects
+// (see typedFrom) are reported and not delivered: an invalid update leaves the last valid version
+// served, as the manifests source does.
+func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger, report func(Problem)) cache.ResourceEventHandler {
+	tell := func(p Problem, resolved bool) {
+		if resolved {
+			log.Info("invalid object resolved", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name)
+		} else {
+			log.Warn("invalid object; not served", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "reason", p.Reason)
+		}
+		if report != nil {
+			report(p)
+		}
+	}
 	accept := func(obj any) (runtime.Object, bool) {
 		o, ok := obj.(runtime.Object)
 		if !ok {
 			log.Warn("informer delivered an unexpected object", "type", fmt.Sprintf("%T", obj))
+			return nil, false
+		}
+		if _, bad := o.(*invalid); bad {
 			return nil, false
 		}
 		m, err := meta.Accessor(o)
@@ -215,11 +277,29 @@ func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger) cache.R
 	}
 	return cache.ResourceEventHandlerDetailedFuncs{
 		AddFunc: func(obj any, _ bool) {
+			if inv, bad := obj.(*invalid); bad {
+				tell(inv.problem(inv.reason+"; not served"), false)
+				return
+			}
 			if o, ok := accept(obj); ok {
 				sink.Upsert(o)
 			}
 		},
 		UpdateFunc: func(oldObj, newObj any) {
+			if inv, bad := newObj.(*invalid); bad {
+				if old, wasBad := oldObj.(*invalid); wasBad && old.ResourceVersion == inv.ResourceVersion {
+					return // a re-list: the same invalid version, reported already
+				}
+				reason := inv.reason + "; not served"
+				if _, wasBad := oldObj.(*invalid); !wasBad {
+					reason = inv.reason + "; serving its last valid version"
+				}
+				tell(inv.problem(reason), false)
+				return
+			}
+			if inv, wasBad := oldObj.(*invalid); wasBad {
+				tell(inv.problem("resolved"), true)
+			}
 			if o, ok := accept(newObj); ok {
 				sink.Upsert(o)
 			} else if o != nil {
@@ -232,6 +312,12 @@ func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger) cache.R
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				// The watch missed the delete; the tombstone holds the last state known.
 				obj = t.Obj
+			}
+			if inv, bad := obj.(*invalid); bad {
+				// An earlier valid version may still be served.
+				tell(inv.problem("resolved"), true)
+				sink.Delete(inv.stub)
+				return
 			}
 			if o, ok := accept(obj); ok {
 				sink.Delete(o)

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,11 +11,14 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+
+	"nodeagent/lb"
 )
 
 // normalized returns a copy of obj without what an API server adds or a source may leave out
@@ -201,7 +205,7 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 func TestKubeTombstone(t *testing.T) {
 	rec := newRecorder()
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "default"}}
-	h := handler(rec, proxied, quietLog)
+	h := handler(rec, proxied, quietLog, nil)
 	h.OnAdd(svc, true)
 	if rec.get(svcKey("default", "a")) == nil {
 		t.Fatal("add not delivered")
@@ -213,5 +217,30 @@ func TestKubeTombstone(t *testing.T) {
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/b", Obj: "garbage"})
 	if _, _, del := rec.counts(); del != 1 {
 		t.Error("a tombstone without an object was delivered")
+	}
+}
+
+// TestKubeInvalidObjectEvents: the handler's side of an object that does not convert — reported
+// once per version (a re-list of the same version is not reported again), never delivered, its
+// delete delivered as a delete of the kind's Go type.
+func TestKubeInvalidObjectEvents(t *testing.T) {
+	rec := newRecorder()
+	var reported []Problem
+	h := handler(rec, func(metav1.Object) bool { return true }, quietLog, func(p Problem) { reported = append(reported, p) })
+	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+		"metadata": map[string]any{"name": "bad", "namespace": "metallb-system", "resourceVersion": "7"},
+		"spec":     map[string]any{"holdTime": "ninety"}}}
+	bad, err := typedFrom(func() runtime.Object { return &lb.BGPPeer{} })(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.OnAdd(bad, true)
+	h.OnUpdate(bad, bad.(runtime.Object).DeepCopyObject())
+	if len(reported) != 1 || !strings.Contains(reported[0].Reason, `does not decode as a BGPPeer: time: invalid duration "ninety"`) || len(rec.snapshot()) != 0 {
+		t.Errorf("reported %v, delivered %v", reported, rec.snapshot())
+	}
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "metallb-system/bad", Obj: bad})
+	if _, _, del := rec.counts(); del != 1 {
+		t.Error("delete not delivered")
 	}
 }

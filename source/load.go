@@ -4,15 +4,18 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -35,6 +38,63 @@ func manifestFile(name string) bool {
 	return false
 }
 
+// MaxManifestSize is the largest manifest file read, 8 MiB: a larger file is a Problem (and its last
+// good version stays served), so that a runaway file cannot make every reload read and parse it.
+// Kubernetes stores objects of at most 1.5 MiB, and a ConfigMap holds at most 1 MiB.
+const MaxManifestSize = 8 << 20
+
+// errSkip marks a directory entry that is not a manifest after all (a directory named *.yaml).
+var errSkip = errors.New("not a file")
+
+// readManifest reads a manifest file, following symlinks. Only regular files of at most
+// MaxManifestSize bytes are read: a FIFO named *.yaml would block a plain open or read forever,
+// and a device or a huge file would be read without end. The file is opened non-blocking (a FIFO
+// swapped in after the Stat does not block the open) and checked again once open.
+func readManifest(path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if info.IsDir() {
+		return nil, errSkip
+	}
+	if err := checkRegular(info); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if err := checkRegular(info); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxManifestSize {
+		return nil, fmt.Errorf("larger than %d MiB; not read", MaxManifestSize>>20)
+	}
+	return data, nil
+}
+
+func checkRegular(info fs.FileInfo) error {
+	if info.IsDir() {
+		return errSkip
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s); not read", info.Mode().Type())
+	}
+	if info.Size() > MaxManifestSize {
+		return fmt.Errorf("%d bytes, larger than %d MiB; not read", info.Size(), MaxManifestSize>>20)
+	}
+	return nil
+}
+
 // fileState is what a loader remembers of one manifest file.
 type fileState struct {
 	sum  [sha256.Size]byte
@@ -53,6 +113,7 @@ type loader struct {
 	lastValid map[Key]*document
 	served    map[Key]servedService
 	generated map[Key]generatedSlices
+	last      *loaded // the last load's result; nil before the first
 }
 
 func newLoader(dir string, cidrs []netip.Prefix, nodePorts PortRange) *loader {
@@ -70,25 +131,22 @@ func (l *loader) load() (Objects, []Problem, error) {
 	var docs []*document
 	var problems []Problem
 	seen := map[string]bool{}
+	// A file that could not be read has no state to compare with: reload until it can be.
+	changed := l.last == nil || l.last.unread
+	unread := false
 	for _, e := range entries {
 		if !manifestFile(e.Name()) {
 			continue
 		}
 		path := filepath.Join(l.dir, e.Name())
-		info, err := os.Stat(path) // follows symlinks
-		if err == nil && info.IsDir() {
-			continue
-		}
-		var data []byte
-		if err == nil {
-			data, err = os.ReadFile(path)
-		}
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile, or a dangling link
+		data, err := readManifest(path)
+		if errors.Is(err, errSkip) || errors.Is(err, fs.ErrNotExist) {
+			continue // a directory; removed meanwhile, or a dangling link
 		}
 		fsState := l.files[path]
 		seen[path] = true
 		if err != nil {
+			changed, unread = true, true
 			problems = append(problems, Problem{File: path, Reason: err.Error()})
 			if fsState != nil && fsState.good != nil {
 				problems = append(problems, Problem{File: path, Reason: "serving its last good version"})
@@ -98,6 +156,7 @@ func (l *loader) load() (Objects, []Problem, error) {
 		}
 		sum := sha256.Sum256(data)
 		if fsState == nil || fsState.sum != sum {
+			changed = true
 			if fsState == nil {
 				fsState = &fileState{}
 				l.files[path] = fsState
@@ -123,10 +182,25 @@ func (l *loader) load() (Objects, []Problem, error) {
 	for path := range l.files {
 		if !seen[path] {
 			delete(l.files, path)
+			changed = true
 		}
 	}
+	if !changed {
+		// The same files with the same content: the same result (a periodic rescan costs reading
+		// and hashing, not combining).
+		return l.last.objs, l.last.problems, nil
+	}
 	objs, more := l.combine(docs)
-	return objs, append(problems, more...), nil
+	problems = append(problems, more...)
+	l.last = &loaded{objs: objs, problems: problems, unread: unread}
+	return objs, problems, nil
+}
+
+// loaded is the result of a load.
+type loaded struct {
+	objs     Objects
+	problems []Problem
+	unread   bool // some file could not be read
 }
 
 // combine validates the decoded documents (in file order), keeps the last of duplicates, applies
@@ -194,42 +268,24 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 		out[k] = d.object()
 	}
 
-	// Allocation, as the API server would have done it when each service was created: explicit
-	// values first (a later service claiming a taken value is rejected), then the missing ones.
-	alloc := newAllocator(l.cidrs, l.nodePorts)
-	plans := make([]*plan, len(services))
-	for i, d := range services {
-		svc := d.object().(*v1.Service)
-		p, err := alloc.planService(svc)
-		if err == nil {
-			err = alloc.reserve(svc, p)
-		}
-		if err != nil {
-			problems = append(problems, d.problem("%v", err))
-			continue
-		}
-		plans[i] = p
-	}
+	allocated, more := l.allocateServices(services)
+	problems = append(problems, more...)
 	served := make(map[Key]servedService, len(services))
 	generated := map[Key]generatedSlices{}
 	for i, d := range services {
-		if plans[i] == nil {
-			continue
-		}
-		svc := d.object().(*v1.Service)
-		a, err := alloc.allocate(svc, plans[i])
-		if err != nil {
-			problems = append(problems, d.problem("%v", err))
+		e := allocated[i]
+		if e.plan == nil {
 			continue
 		}
 		// The same document with the same allocation as at the last load: serve the same object,
 		// so that telling what changed costs a pointer comparison.
-		if prev, ok := l.served[d.key]; ok && prev.doc == d && prev.alloc.equal(a) {
+		var svc *v1.Service
+		if prev, ok := l.served[d.key]; ok && prev.doc == e.doc && prev.alloc.equal(e.alloc) {
 			svc = prev.obj
 		} else {
-			svc = a.apply(svc)
+			svc = e.alloc.apply(e.svc)
 		}
-		served[d.key] = servedService{doc: d, alloc: a, obj: svc}
+		served[d.key] = servedService{doc: e.doc, alloc: e.alloc, obj: svc}
 		out[d.key] = svc
 		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == v1.ServiceTypeExternalName ||
 			haveSlice[[2]string{svc.Namespace, svc.Name}] {
@@ -258,6 +314,120 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 	l.generated = generated
 	l.served = served
 	return Objects{m: out}, problems
+}
+
+// allocatedService is what allocateServices decided for one service.
+type allocatedService struct {
+	doc   *document   // the document served: the last served one when the current one is refused
+	svc   *v1.Service // its object, defaulted
+	plan  *plan       // nil: not served
+	alloc allocation
+}
+
+// allocateServices allocates cluster IPs and node ports as the API server would have when each
+// service was created: explicit values first (a later service claiming a taken value is
+// rejected), then the missing ones, derived from a hash of the name.
+//
+// It also remembers what the last load served, as the API server remembers what it stored:
+// edits are applied one by one (in key order) to what was served, so an edit that claims a value
+// another service holds, or needs a node port or cluster IP none is left of, is refused and the
+// edited service keeps its last served version, rather than taking the other service (or itself)
+// away. Values derived from a hash stay a function of the manifests, as before.
+func (l *loader) allocateServices(services []*document) ([]allocatedService, []Problem) {
+	incumbent := make([]bool, len(services))
+	for i, d := range services {
+		incumbent[i] = l.incumbent(d)
+	}
+	// Edits that fit their explicit values but not the derived ones: served as they were, on the
+	// next pass. A pass is linear; there is one more per such edit.
+	forced := map[int]error{}
+	for {
+		out, problems, i, err := l.allocateOnce(services, incumbent, forced)
+		if err == nil {
+			return out, problems
+		}
+		forced[i] = err
+	}
+}
+
+// allocateOnce is one pass of allocateServices. When an edited service's values cannot all be
+// derived it stops and returns the service's index and why.
+func (l *loader) allocateOnce(services []*document, incumbent []bool, forced map[int]error) ([]allocatedService, []Problem, int, error) {
+	var problems []Problem
+	alloc := newAllocator(l.cidrs, l.nodePorts)
+	out := make([]allocatedService, len(services))
+	// Every service served last time holds the explicit values of the version it served.
+	held := make([]bool, len(services))
+	for i, d := range services {
+		prev, ok := l.served[d.key]
+		if !ok {
+			continue
+		}
+		svc := prev.doc.object().(*v1.Service)
+		if p, err := alloc.planService(svc); err == nil && alloc.reserve(svc, p) == nil {
+			held[i] = true
+			out[i] = allocatedService{doc: prev.doc, svc: svc, plan: p}
+		}
+	}
+	// The edits and new services, one by one, against what the others hold.
+	for i, d := range services {
+		switch {
+		case incumbent[i] && held[i]:
+			out[i].doc, out[i].svc = d, d.object().(*v1.Service) // the same content
+			continue
+		case forced[i] != nil:
+			if held[i] {
+				problems = append(problems, d.problem("%v; serving its last valid version", forced[i]))
+			} else {
+				problems = append(problems, d.problem("%v", forced[i]))
+			}
+			continue
+		}
+		owner := d.key.Namespace + "/" + d.key.Name
+		if held[i] {
+			alloc.release(owner)
+		}
+		svc := d.object().(*v1.Service)
+		p, err := alloc.planService(svc)
+		if err == nil {
+			err = alloc.reserve(svc, p)
+		}
+		if err == nil {
+			out[i] = allocatedService{doc: d, svc: svc, plan: p}
+			continue
+		}
+		// Refused: what it held is free again, as only it could hold it.
+		if held[i] && alloc.reserve(out[i].svc, out[i].plan) == nil {
+			problems = append(problems, d.problem("%v; serving its last valid version", err))
+			continue
+		}
+		out[i] = allocatedService{}
+		problems = append(problems, d.problem("%v", err))
+	}
+	for i, d := range services {
+		e := &out[i]
+		if e.plan == nil {
+			continue
+		}
+		a, err := alloc.allocate(e.svc, e.plan)
+		if err == nil {
+			e.alloc = a
+			continue
+		}
+		if held[i] && e.doc == d && !incumbent[i] {
+			return nil, nil, i, err
+		}
+		*e = allocatedService{}
+		problems = append(problems, d.problem("%v", err))
+	}
+	return out, problems, 0, nil
+}
+
+// incumbent reports whether d is what the last load served for its key: the same document, or
+// one with the same content (a file re-read because another document in it changed).
+func (l *loader) incumbent(d *document) bool {
+	prev, ok := l.served[d.key]
+	return ok && (prev.doc == d || equality.Semantic.DeepEqual(prev.doc.obj, d.obj))
 }
 
 // generatedSlices are the EndpointSlices made for a service from its pods at the last load; they

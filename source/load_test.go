@@ -188,6 +188,52 @@ func TestExplicitValuesAreReservedFirst(t *testing.T) {
 	}
 }
 
+// sliceWith is an EndpointSlice "bad" of one endpoint at addr.
+func sliceWith(family, addr string) string {
+	return fmt.Sprintf("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: bad}\naddressType: %s\nendpoints: [{addresses: [%q]}]\n", family, addr)
+}
+
+// TestEndpointAddressesTheAPIServerAccepts: multicast beyond the link-local block and private,
+// shared and documentation ranges are accepted, as ValidateEndpointIP accepts them.
+func TestEndpointAddressesTheAPIServerAccepts(t *testing.T) {
+	for _, a := range []string{"10.0.0.1", "100.64.0.1", "239.1.1.1", "224.0.1.1", "192.0.2.1", "2001:db8::1", "ff05::1", "fd00::1"} {
+		family := "IPv4"
+		if strings.Contains(a, ":") {
+			family = "IPv6"
+		}
+		objs, problems := loadDir(t, Manifests{}, map[string]string{"a.yaml": sliceWith(family, a)})
+		if objs.Get(sliceKey("default", "bad")) == nil || len(problems) > 0 {
+			t.Errorf("%s refused: %v", a, problems)
+		}
+	}
+	// A pod whose address the API server would refuse in a slice is no endpoint of the slices made
+	// from pods.
+	objs, _ := loadDir(t, Manifests{}, map[string]string{"a.yaml": `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: good, labels: {app: web}}
+status: {podIP: 10.244.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sneaky, labels: {app: web}}
+status: {podIP: 169.254.169.254}
+`})
+	var addrs []string
+	for _, es := range objs.EndpointSlices() {
+		for _, ep := range es.Endpoints {
+			addrs = append(addrs, ep.Addresses...)
+		}
+	}
+	if len(addrs) != 1 || addrs[0] != "10.244.0.5" {
+		t.Errorf("endpoints made from pods: %v, want only 10.244.0.5", addrs)
+	}
+}
+
 func TestProblems(t *testing.T) {
 	const good = "apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {ports: [{port: 80}]}\n"
 	svc := func(name, spec string) string {
@@ -217,6 +263,15 @@ func TestProblems(t *testing.T) {
 		{"dual-stack required", svc("bad", "{ipFamilyPolicy: RequireDualStack, ports: [{port: 80}]}"), "RequireDualStack", svcKey("default", "bad")},
 		{"slice address", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: bad}\naddressType: IPv4\nendpoints: [{addresses: [fd00::1]}]\n",
 			"not an IPv4 address", sliceKey("default", "bad")},
+		{"slice loopback", sliceWith("IPv4", "127.0.0.1"), "loopback", sliceKey("default", "bad")},
+		{"slice loopback 127/8", sliceWith("IPv4", "127.1.2.3"), "loopback", sliceKey("default", "bad")},
+		{"slice IPv6 loopback", sliceWith("IPv6", "::1"), "loopback", sliceKey("default", "bad")},
+		{"slice unspecified", sliceWith("IPv4", "0.0.0.0"), "unspecified", sliceKey("default", "bad")},
+		{"slice IPv6 unspecified", sliceWith("IPv6", "::"), "unspecified", sliceKey("default", "bad")},
+		{"slice metadata service", sliceWith("IPv4", "169.254.169.254"), "link-local", sliceKey("default", "bad")},
+		{"slice IPv6 link-local", sliceWith("IPv6", "fe80::1"), "link-local", sliceKey("default", "bad")},
+		{"slice link-local multicast", sliceWith("IPv4", "224.0.0.5"), "link-local multicast", sliceKey("default", "bad")},
+		{"slice IPv6 link-local multicast", sliceWith("IPv6", "ff02::1"), "link-local multicast", sliceKey("default", "bad")},
 		{"pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nstatus: {podIP: nope}\n", "status.podIP", Key{GroupKind: podKind, Namespace: "default", Name: "bad"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -339,6 +339,10 @@ func validateEndpointSlice(es *discoveryv1.EndpointSlice) []string {
 				r.add("%s %s is not an IPv4 address", where, s)
 			case es.AddressType == discoveryv1.AddressTypeIPv6 && !a.Is6():
 				r.add("%s %s is not an IPv6 address", where, s)
+			default:
+				if why := specialEndpointIP(a); why != "" {
+					r.add("%s %s %s", where, s, why)
+				}
 			}
 		}
 		if ep.NodeName != nil {
@@ -372,6 +376,24 @@ func validateEndpointSlice(es *discoveryv1.EndpointSlice) []string {
 		r.check("label "+discoveryv1.LabelServiceName, s, validation.IsDNS1035Label(s))
 	}
 	return r
+}
+
+// specialEndpointIP says why a may not be an endpoint address ("" when it may), as the API server's
+// ValidateEndpointIP: an endpoint there would turn a service into a way to reach the node itself
+// (loopback), the cloud's metadata service (169.254.169.254) or nothing at all.
+func specialEndpointIP(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case a.IsUnspecified():
+		return "may not be unspecified"
+	case a.IsLoopback():
+		return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+	case a.IsLinkLocalUnicast():
+		return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+	case a.IsLinkLocalMulticast():
+		return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/16)"
+	}
+	return ""
 }
 
 func validateNode(n *v1.Node) []string {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"nodeagent/deploy"
 	"nodeagent/test/kube"
 )
 
@@ -38,7 +39,8 @@ func testKubernetesAPI(t *testing.T, m mode) {
 			t.Fatalf("apply %s: %v", f, err)
 		}
 	}
-	agentArgs := []string{"--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default"}
+	// The Lease in the default --leader-election-namespace: deploy/rbac.yaml grants no other.
+	agentArgs := []string{"--manifests=", "--kubeconfig", kubeconfig}
 	for _, n := range e.Nodes {
 		// The lab passes every agent its manifests directory; an empty one leaves the API server.
 		e.agents[n.Index] = e.StartAgentNoWait(n, agentArgs...)
@@ -180,7 +182,7 @@ func lbService(name string) *v1.Service {
 // leaseHolder returns the agent holding the Lease that elects the status writer.
 func leaseHolder(t *testing.T, cp *kube.ControlPlane) string {
 	t.Helper()
-	l, err := cp.Client.CoordinationV1().Leases("default").Get(t.Context(), "nodeagent-loadbalancer", metav1.GetOptions{})
+	l, err := cp.Client.CoordinationV1().Leases(deploy.Namespace).Get(t.Context(), deploy.Lease, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("leader lease: %v", err)
 	}
