@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/nodeagent
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy
+.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy fuzz fuzz-short
 
 all: build
 
@@ -26,7 +26,15 @@ vet:
 # Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
 test: build vet
 	$(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) fuzz-short
 	$(MAKE) test-vm
+
+# Every fuzz target for a bounded time: 10 s each in make test, FUZZTIME (default 5m) in make fuzz.
+FUZZTIME ?= 5m
+fuzz-short:
+	scripts/fuzz.sh 10s
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
 
 # The ipvs mode on a kernel that has IPVS (the host's has none): the ipvs package's kernel tests,
 # the lab's ipvs row and the ipvs-only lab tests, inside vm/run (Debian's kernel under qemu; see
