@@ -43,6 +43,10 @@ type Options struct {
 	// Conntrack, when set, is called after every successful Sync with the new state. Nil: no
 	// conntrack cleanup (the caller must pass one for UDP/SCTP services to fail over promptly).
 	Conntrack ConntrackCleaner
+
+	// Sysctl sets route_localnet when the state asks for localhost node ports
+	// (Config.LocalhostNodePorts). Nil: ProcSysctl{} (this network namespace).
+	Sysctl Sysctl
 }
 
 // Proxier programs a proxier.State into iptables. It is safe for concurrent use.
@@ -50,9 +54,12 @@ type Proxier struct {
 	log       *slog.Logger
 	exec      Exec
 	conntrack ConntrackCleaner
+	sysctl    Sysctl
 
 	mu   sync.Mutex
 	fams []*family
+	// localnetSet: route_localnet is known to be 1; localnetFailed: setting it failed (logged).
+	localnetSet, localnetFailed bool
 }
 
 var _ proxier.Proxier = (*Proxier)(nil)
@@ -83,6 +90,9 @@ func New(opts Options) (*Proxier, error) {
 	p := &Proxier{log: opts.Log, exec: opts.Exec, conntrack: opts.Conntrack}
 	if p.log == nil {
 		p.log = slog.Default()
+	}
+	if p.sysctl = opts.Sysctl; p.sysctl == nil {
+		p.sysctl = ProcSysctl{}
 	}
 	if p.exec == nil {
 		p.exec = CommandExec{}
@@ -153,6 +163,9 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 		return fp.rulesErr
 	}
 	r := newRenderer(st, fp.family, fp.randomFully)
+	if r.localhostNodePorts && !p.ensureRouteLocalnet(ch.Full || fp.needFull) {
+		r.localhostNodePorts = false
+	}
 	settings := r.settings()
 	// Cached renderings are only valid for the settings they were made with; a caller that
 	// changes node or config without Changes.Full still gets a full sync.
