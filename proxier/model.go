@@ -235,12 +235,10 @@ func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.P
 			if ep.NodeName != nil {
 				nodeName = *ep.NodeName
 			}
-			// Nil conditions mean "unknown" and are read as ready/serving, not terminating.
+			// Nil conditions mean "unknown": ready and serving, not terminating, each on its
+			// own, as kube-proxy reads them (a missing serving is not a copy of ready).
 			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			serving := ready
-			if ep.Conditions.Serving != nil {
-				serving = *ep.Conditions.Serving
-			}
+			serving := ep.Conditions.Serving == nil || *ep.Conditions.Serving
 			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
 			zoneHint, nodeHint := resolveHints(ep.Hints, node)
 			out = append(out, Endpoint{

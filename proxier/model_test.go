@@ -196,6 +196,27 @@ func TestServicePorts(t *testing.T) {
 			},
 		},
 		{
+			// kube-proxy (endpointslicecache.go) reads a missing serving condition as true, not as
+			// a copy of ready: a terminating endpoint that publishes only ready=false still drains.
+			name: "missing serving condition reads as serving",
+			slices: []*discovery.EndpointSlice{slice("web", "web-1", discovery.AddressTypeIPv4, "http", 8080,
+				ep{ip: "10.244.1.5", node: "node01", ready: ptr.To(false), terminating: ptr.To(true)},
+				ep{ip: "10.244.2.5", node: "node02", ready: ptr.To(false)},
+			)},
+			svc: svc("web", nil),
+			check: func(t *testing.T, sps []*ServicePort, _ []Problem) {
+				sp := sps[0]
+				for _, e := range sp.AllEndpoints {
+					if !e.Serving {
+						t.Errorf("%s: serving condition unset, read as not serving", e)
+					}
+				}
+				if got := addrsString(sp.ClusterEndpoints); got != "10.244.1.5:8080" {
+					t.Errorf("cluster endpoints %q, want the serving-terminating fallback 10.244.1.5:8080", got)
+				}
+			},
+		},
+		{
 			name: "named ports match by service port name, unnamed by empty name",
 			svc: svc("tomcat", func(s *v1.Service) {
 				s.Spec.Ports = []v1.ServicePort{{Name: "http", Port: 8080}, {Name: "ajp", Port: 8009}}

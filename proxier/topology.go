@@ -218,40 +218,66 @@ func (sp *ServicePort) verdict(path []Endpoint) Verdict {
 	return Reject
 }
 
-// applyNode records the zone label of a Node object. A change of this node's zone recomputes
-// every service, since hints are resolved against it. Called with t.mu held; it reports whether
-// anything changed.
+// applyNode records what the model reads of a Node object: its zone label, primary addresses and
+// pod CIDRs. A change of this node's zone recomputes every service, since hints are resolved
+// against it; a change of its addresses or pod CIDRs only makes the next Snapshot full (they
+// shape each mode's fixed rules, not the services). A Node without addresses or pod CIDRs (or
+// deleted) keeps the last ones seen: kube-proxy reads them once at start and keeps them. Called
+// with t.mu held; it reports whether anything changed.
 func (t *Tracker) applyNode(o *v1.Node, deleted bool) bool {
-	zone := ""
+	obj := t.nodeObjs[o.Name]
+	obj.zone = ""
 	if !deleted { // a deletion need carry no labels
-		zone = o.Labels[v1.LabelTopologyZone]
-	}
-	if zone == "" {
-		delete(t.zones, o.Name)
-	} else {
-		if t.zones == nil {
-			t.zones = map[string]string{}
+		obj.zone = o.Labels[v1.LabelTopologyZone]
+		if ips := primaryIPs(o); len(ips) > 0 {
+			obj.primaryIPs = ips
 		}
-		t.zones[o.Name] = zone
+		if cidrs := podCIDRs(o); len(cidrs) > 0 {
+			obj.podCIDRs = cidrs
+		}
 	}
-	if o.Name != t.node.Name || zone == t.node.Zone {
+	if obj.zone == "" && obj.primaryIPs == nil && obj.podCIDRs == nil {
+		delete(t.nodeObjs, o.Name)
+	} else {
+		if t.nodeObjs == nil {
+			t.nodeObjs = map[string]nodeObject{}
+		}
+		t.nodeObjs[o.Name] = obj
+	}
+	if o.Name != t.node.Name {
 		return false
 	}
-	t.node.Zone = zone
-	t.recomputeAll()
+	n := t.node
+	n.Zone, n.PrimaryIPs, n.PodCIDRs = obj.zone, obj.primaryIPs, obj.podCIDRs
+	if n.Equal(t.node) {
+		return false
+	}
+	zoneChanged := n.Zone != t.node.Zone
+	t.node = n
+	if zoneChanged {
+		t.recomputeAll()
+	} else {
+		t.full = true
+	}
 	return true
 }
 
-// withZone fills in n's zone, when n does not say, from the Node object of its name: the caller of
-// SetNode knows the host (name, addresses), the Node objects know the zone.
-func (t *Tracker) withZone(n Node) Node {
-	if n.Zone != "" {
-		return n
-	}
+// withNodeObject fills in what n does not say (zone, primary addresses, pod CIDRs) from the Node
+// object of its name: the caller of SetNode knows the host (name, addresses), the Node objects
+// know the rest.
+func (t *Tracker) withNodeObject(n Node) Node {
+	obj := t.nodeObjs[n.Name]
 	if n.Name == t.node.Name {
-		n.Zone = t.node.Zone
-	} else {
-		n.Zone = t.zones[n.Name]
+		obj = nodeObject{zone: t.node.Zone, primaryIPs: t.node.PrimaryIPs, podCIDRs: t.node.PodCIDRs}
+	}
+	if n.Zone == "" {
+		n.Zone = obj.zone
+	}
+	if n.PrimaryIPs == nil {
+		n.PrimaryIPs = obj.primaryIPs
+	}
+	if n.PodCIDRs == nil {
+		n.PodCIDRs = obj.podCIDRs
 	}
 	return n
 }

@@ -3,12 +3,14 @@ package proxier
 import (
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -36,8 +38,10 @@ type Tracker struct {
 	slices   map[types.NamespacedName]*discovery.EndpointSlice
 	bySvc    map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
-	zones    map[string]string // Node name → zone label, from Node objects (topology.go)
-	counts   changeCounts      // kube-proxy's change metrics and trigger times (counts.go)
+	counts   changeCounts          // kube-proxy's change metrics and trigger times (counts.go)
+	nodeObjs map[string]nodeObject // Node name → what the model reads of it (topology.go)
+	// serviceCIDRs are the CIDRs of each ServiceCIDR object, by name (nodeconfig.go).
+	serviceCIDRs map[string][]netip.Prefix
 
 	// Derived, kept between snapshots.
 	keys      []types.NamespacedName // services with ports, sorted
@@ -108,7 +112,7 @@ func (t *Tracker) Ready() bool {
 // empty n.Zone keeps the zone the Node objects gave.
 func (t *Tracker) SetNode(n Node) {
 	t.mu.Lock()
-	n = t.withZone(n)
+	n = t.withNodeObject(n)
 	same := n.Equal(t.node)
 	if !same {
 		t.node = n
@@ -183,6 +187,8 @@ func (t *Tracker) apply(obj runtime.Object, deleted bool) (changed bool) {
 		return true
 	case *v1.Node:
 		return t.applyNode(o, deleted)
+	case *networkingv1.ServiceCIDR:
+		return t.applyServiceCIDR(o, deleted)
 	}
 	// Other kinds (load-balancer objects) are not the proxy's concern.
 	return false
@@ -266,7 +272,8 @@ func (t *Tracker) snapshot() (*State, Changes, []conflictReport) {
 	clear(t.dirty)
 	t.full = false
 
-	st := &State{Node: t.node, Config: t.config, Services: t.flatten(ch.Services, ch.Full), EndpointCount: t.endpoints}
+	st := &State{Node: t.node, Config: t.config, Services: t.flatten(ch.Services, ch.Full), EndpointCount: t.endpoints,
+		ServiceCIDRs: t.serviceCIDRList()}
 	pk := map[types.NamespacedName]bool{}
 	for k := range t.problems {
 		pk[k] = true

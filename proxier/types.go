@@ -154,23 +154,73 @@ type Node struct {
 	// Zone is the topology.kubernetes.io/zone label of this node's Node object ("": none); the
 	// tracker keeps it from the Node objects it receives. Topology hints are read against it.
 	Zone string
+	// PrimaryIPs are the primary addresses of this node's Node object, at most one per family,
+	// picked as kube-proxy's GetNodeHostIPs does: the first of its status addresses (InternalIPs
+	// before ExternalIPs), then the first of the other family. The tracker keeps them from the
+	// Node objects; --nodeport-addresses primary reads them.
+	PrimaryIPs []netip.Addr
+	// PodCIDRs are the Node object's spec.podCIDRs; --detect-local-mode NodeCIDR reads them.
+	PodCIDRs []netip.Prefix
 }
 
 // Equal reports whether n and o are the same node identity.
 func (n Node) Equal(o Node) bool {
-	return n.Name == o.Name && n.Zone == o.Zone && slices.Equal(n.IPs, o.IPs)
+	return n.Name == o.Name && n.Zone == o.Zone && slices.Equal(n.IPs, o.IPs) &&
+		slices.Equal(n.PrimaryIPs, o.PrimaryIPs) && slices.Equal(n.PodCIDRs, o.PodCIDRs)
 }
 
 // Config is the part of the agent's configuration the model and proxiers need.
 type Config struct {
-	// ClusterCIDRs are the pod networks (--cluster-cidr); traffic from outside them to a cluster IP
-	// is masqueraded. Empty: no such masquerade (kube-proxy's behaviour without --cluster-cidr).
+	// ClusterCIDRs are the pod networks (--cluster-cidr). With LocalDetect's default mode
+	// (ClusterCIDR) the first of each family tells pod traffic from other traffic; without
+	// one, nothing does (kube-proxy's behaviour without --cluster-cidr).
 	ClusterCIDRs []netip.Prefix
 	// NodePortAddresses restricts node ports to local addresses in these prefixes
 	// (--nodeport-addresses); empty means every local address.
 	NodePortAddresses []netip.Prefix
+	// NodePortPrimary is --nodeport-addresses primary: node ports answer only on the Node's
+	// primary address of each family (Node.PrimaryIPs), and NodePortAddresses is not read. A
+	// family without a primary address gets every local address, as in kube-proxy, which
+	// falls back the same way while it does not know the node's addresses. kube-proxy v1.34
+	// defaults nodePortAddresses to primary in nftables mode only.
+	NodePortPrimary bool
 	// MasqueradeAll masquerades all traffic to cluster IPs (--masquerade-all).
 	MasqueradeAll bool
+	// LocalDetect is how traffic from pods is told from other traffic (--detect-local-mode).
+	LocalDetect LocalDetect
+	// MasqueradeMark is the packet mark bit that asks for masquerade: 1 << the masquerade bit
+	// (--iptables-masquerade-bit in iptables and ipvs modes, nftables.masqueradeBit in
+	// nftables mode). 0 means kube-proxy's default, bit 14 (0x4000). See MasqMark.
+	MasqueradeMark uint32
+	// ServiceCIDRs are the ranges cluster IPs are allocated from, as configured
+	// (--service-cluster-ip-range in manifests mode); State.ServiceCIDRsOf adds those of
+	// ServiceCIDR objects. nftables mode drops traffic to addresses in them no service holds.
+	ServiceCIDRs []netip.Prefix
+	// LocalhostNodePorts is --iptables-localhost-nodeports (kube-proxy's default: true): in
+	// iptables mode, IPv4 node ports answer on 127.0.0.1 too (the proxier sets route_localnet
+	// and drops martian traffic to 127.0.0.0/8 as kube-proxy does). Other modes and IPv6
+	// ignore it.
+	LocalhostNodePorts bool
+}
+
+// DefaultMasqueradeMark is kube-proxy's masquerade mark: bit 14.
+const DefaultMasqueradeMark uint32 = 1 << 14
+
+// MasqMark returns the masquerade mark in effect.
+func (c Config) MasqMark() uint32 {
+	if c.MasqueradeMark == 0 {
+		return DefaultMasqueradeMark
+	}
+	return c.MasqueradeMark
+}
+
+// MasqueradeMarkOfBit returns the mark of masquerade bit b (--iptables-masquerade-bit), which
+// kube-proxy takes in [0, 31].
+func MasqueradeMarkOfBit(b int) (uint32, error) {
+	if b < 0 || b > 31 {
+		return 0, fmt.Errorf("masquerade bit %d: must be within [0, 31]", b)
+	}
+	return 1 << b, nil
 }
 
 // ClusterCIDRsOf returns the cluster CIDRs of family f.
@@ -202,6 +252,9 @@ type State struct {
 	EndpointCount int
 	// Problems are objects left out, with the reason (invalid, or conflicting with another).
 	Problems []Problem
+	// ServiceCIDRs are the CIDRs of the cluster's ServiceCIDR objects (networking.k8s.io/v1),
+	// sorted; ServiceCIDRsOf adds Config.ServiceCIDRs.
+	ServiceCIDRs []netip.Prefix
 }
 
 // ForFamily returns the service ports of family f in state order.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -108,6 +109,14 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 		infs = append(infs, nodeFactory.Core().V1().Nodes().Informer())
 		filters = append(filters, func(m metav1.Object) bool { return m.GetName() == k.NodeName })
 		factories = append(factories, nodeFactory)
+	}
+	// ServiceCIDRs (networking.k8s.io/v1), as kube-proxy v1.34 watches them: the nftables mode
+	// rejects traffic to their addresses that no Service holds.
+	if k.serves(networkingv1.SchemeGroupVersion.WithResource("servicecidrs")) {
+		cidrFactory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip)
+		infs = append(infs, cidrFactory.Networking().V1().ServiceCIDRs().Informer())
+		filters = append(filters, func(metav1.Object) bool { return true })
+		factories = append(factories, cidrFactory)
 	}
 
 	var dynFactory dynamicinformer.DynamicSharedInformerFactory

@@ -35,14 +35,14 @@ type modeConfig struct {
 // accepted so that its files load, but nodeagent does not implement them (see ignoredSettings).
 type iptablesConfig struct {
 	modeConfig         `json:",inline"`
-	MasqueradeBit      json.RawMessage `json:"masqueradeBit,omitempty"`
-	LocalhostNodePorts json.RawMessage `json:"localhostNodePorts,omitempty"`
+	MasqueradeBit      *int32 `json:"masqueradeBit,omitempty"`
+	LocalhostNodePorts *bool  `json:"localhostNodePorts,omitempty"`
 }
 
 // nftablesConfig is the nftables: block.
 type nftablesConfig struct {
 	modeConfig    `json:",inline"`
-	MasqueradeBit json.RawMessage `json:"masqueradeBit,omitempty"`
+	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
 }
 
 // ipvsConfig is the ipvs: block of a KubeProxyConfiguration.
@@ -78,11 +78,18 @@ type kubeProxyOnly struct {
 	BindAddress                 json.RawMessage  `json:"bindAddress,omitempty"`
 	ShowHiddenMetricsForVersion json.RawMessage  `json:"showHiddenMetricsForVersion,omitempty"`
 	Winkernel                   json.RawMessage  `json:"winkernel,omitempty"`
-	DetectLocalMode             json.RawMessage  `json:"detectLocalMode,omitempty"`
-	DetectLocal                 json.RawMessage  `json:"detectLocal,omitempty"`
+	DetectLocalMode             string           `json:"detectLocalMode,omitempty"`
+	DetectLocal                 detectLocal      `json:"detectLocal,omitempty"`
 	ConfigSyncPeriod            json.RawMessage  `json:"configSyncPeriod,omitempty"`
 	PortRange                   json.RawMessage  `json:"portRange,omitempty"`
 	WindowsRunAsService         json.RawMessage  `json:"windowsRunAsService,omitempty"`
+}
+
+// detectLocal is the detectLocal: block, for detectLocalMode BridgeInterface and
+// InterfaceNamePrefix.
+type detectLocal struct {
+	BridgeInterface     string `json:"bridgeInterface,omitempty"`
+	InterfaceNamePrefix string `json:"interfaceNamePrefix,omitempty"`
 }
 
 // Config is the agent's configuration. Its YAML form is kube-proxy's KubeProxyConfiguration
@@ -129,9 +136,11 @@ type Config struct {
 	LeaderElectionNamespace string `json:"leaderElectionNamespace,omitempty"`
 
 	// Flattened from the mode blocks, or set by flags.
-	masqueradeAll bool
-	syncPeriod    time.Duration
-	minSyncPeriod time.Duration
+	masqueradeAll      bool
+	masqueradeBit      int
+	localhostNodePorts bool
+	syncPeriod         time.Duration
+	minSyncPeriod      time.Duration
 	// ignored lists the kube-proxy settings the config file sets that nodeagent does not
 	// implement, logged once the logger exists.
 	ignored []string
@@ -152,6 +161,8 @@ func defaultConfig() Config {
 		Layer2:                  true,
 		LeaderElectionNamespace: "kube-system",
 		syncPeriod:              30 * time.Second,
+		masqueradeBit:           14,
+		localhostNodePorts:      true,
 	}
 }
 
@@ -312,6 +323,16 @@ func (c *Config) applyModeBlock(explicit map[string]bool) {
 	if mc.MasqueradeAll != nil && !explicit["masquerade-all"] {
 		c.masqueradeAll = *mc.MasqueradeAll
 	}
+	bit := c.IPTables.MasqueradeBit // the ipvs mode reads the iptables block's, as kube-proxy
+	if c.Mode == "nftables" {
+		bit = c.NFTables.MasqueradeBit
+	}
+	if bit != nil && !explicit["iptables-masquerade-bit"] {
+		c.masqueradeBit = int(*bit)
+	}
+	if lnp := c.IPTables.LocalhostNodePorts; lnp != nil && !explicit["iptables-localhost-nodeports"] {
+		c.localhostNodePorts = *lnp
+	}
 	if mc.SyncPeriod.Duration > 0 && !explicit["sync-period"] && !explicit["ipvs-sync-period"] {
 		c.syncPeriod = mc.SyncPeriod.Duration
 	}
@@ -330,6 +351,11 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 		return nil
 	})
 	fs.BoolVar(&c.masqueradeAll, "masquerade-all", c.masqueradeAll, "SNAT all traffic sent via service cluster IPs")
+	fs.IntVar(&c.masqueradeBit, "iptables-masquerade-bit", c.masqueradeBit, "the bit of the fwmark space that marks packets needing SNAT, in [0, 31]")
+	fs.BoolVar(&c.localhostNodePorts, "iptables-localhost-nodeports", c.localhostNodePorts, "iptables mode, IPv4: node ports answer on 127.0.0.1 too (sets route_localnet)")
+	fs.StringVar(&c.DetectLocalMode, "detect-local-mode", c.DetectLocalMode, "how pod traffic is told from other traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix (default ClusterCIDR when --cluster-cidr is given)")
+	fs.StringVar(&c.DetectLocal.BridgeInterface, "pod-bridge-interface", c.DetectLocal.BridgeInterface, "the pods' bridge, for --detect-local-mode BridgeInterface")
+	fs.StringVar(&c.DetectLocal.InterfaceNamePrefix, "pod-interface-name-prefix", c.DetectLocal.InterfaceNamePrefix, "the prefix of pod interfaces, for --detect-local-mode InterfaceNamePrefix")
 	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "directory of Kubernetes manifests (YAML/JSON) to serve instead of an API server")
 	fs.StringVar(&c.ClientConnection.Kubeconfig, "kubeconfig", c.ClientConnection.Kubeconfig, "path to a kubeconfig file to watch a Kubernetes API server")
 	fs.StringVar(&c.ServiceClusterIPRange, "service-cluster-ip-range", c.ServiceClusterIPRange, "CIDRs (comma-separated, one per family) the manifests source allocates cluster IPs from")
@@ -395,9 +421,17 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 		}
 		mc.ClusterCIDRs = append(mc.ClusterCIDRs, p.Masked())
 	}
+	switch {
+	case len(c.NodePortAddresses) == 1 && c.NodePortAddresses[0] == "primary":
+		mc.NodePortPrimary = true
+	case len(c.NodePortAddresses) == 0 && c.Mode == "nftables":
+		mc.NodePortPrimary = true // kube-proxy v1.34's nftables default
+	}
 	for _, s := range c.NodePortAddresses {
 		if s == "primary" {
-			// kube-proxy's "primary": the node's primary addresses, taken as host prefixes later.
+			if len(c.NodePortAddresses) > 1 {
+				return mc, fmt.Errorf("--nodeport-addresses: primary must be alone")
+			}
 			continue
 		}
 		p, err := netip.ParsePrefix(s)
@@ -407,6 +441,27 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 		mc.NodePortAddresses = append(mc.NodePortAddresses, p.Masked())
 	}
 	mc.MasqueradeAll = c.masqueradeAll
+	mark, err := proxier.MasqueradeMarkOfBit(c.masqueradeBit)
+	if err != nil {
+		return mc, fmt.Errorf("--iptables-masquerade-bit: %w", err)
+	}
+	mc.MasqueradeMark = mark
+	mc.LocalhostNodePorts = c.localhostNodePorts
+	mc.LocalDetect = proxier.LocalDetect{Mode: proxier.LocalDetectMode(c.DetectLocalMode),
+		BridgeInterface: c.DetectLocal.BridgeInterface, InterfaceNamePrefix: c.DetectLocal.InterfaceNamePrefix}
+	if err := mc.LocalDetect.Validate(); err != nil {
+		return mc, err
+	}
+	if c.Manifests != "" {
+		// No API server, so no ServiceCIDR objects: the range the manifests allocate from is it.
+		for _, s := range splitList(c.ServiceClusterIPRange) {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return mc, fmt.Errorf("--service-cluster-ip-range %q: %w", s, err)
+			}
+			mc.ServiceCIDRs = append(mc.ServiceCIDRs, p.Masked())
+		}
+	}
 	return mc, nil
 }
 

@@ -128,8 +128,6 @@ func kubeProxyFlags(fs *flag.FlagSet, c *Config) {
 		{"ipvs-exclude-cidrs", false}, {"vmodule", false}, {"log-flush-frequency", false},
 		{"log-text-split-stream", true}, {"log-text-info-buffer-size", false},
 		{"log-json-split-stream", true}, {"log-json-info-buffer-size", false},
-		{"detect-local-mode", false}, {"pod-bridge-interface", false}, {"pod-interface-name-prefix", false},
-		{"iptables-masquerade-bit", false}, {"iptables-localhost-nodeports", true},
 	} {
 		if fs.Lookup(a.name) != nil {
 			continue

@@ -42,6 +42,12 @@ func newRecordedProxier(mode string, log *slog.Logger, rec proxier.Recorder) (pr
 		// New fails at once, naming the module, on a kernel without IPVS.
 		o := ipvsOptions(log)
 		o.Recorder = rec
+		ct, err := newConntrack(log)
+		if err != nil {
+			return nil, err
+		}
+		ct.Recorder = rec
+		o.Conntrack = ct
 		return ipvs.New(o)
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)

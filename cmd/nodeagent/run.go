@@ -18,6 +18,7 @@ import (
 
 	"nodeagent/health"
 	"nodeagent/proxier"
+	"nodeagent/proxier/cleanup"
 	"nodeagent/proxier/ipvs"
 	"nodeagent/runner"
 	"nodeagent/source"
@@ -59,6 +60,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	tracker := proxier.NewTracker(node, mc, log)
 	metrics := health.NewMetrics()
 	kubeProxy := metrics.AddKubeProxy(c.Mode, tracker.ChangeCounts)
+	// What a run in another mode left behind would act before (or instead of) this mode's
+	// rules: kube-proxy removes it at start too.
+	if err := cleanup.Others(ctx, c.Mode, log); err != nil {
+		log.Error("removing other modes' leftovers", "err", err)
+	}
 	px, err := newRecordedProxier(c.Mode, log, kubeProxy)
 	if err != nil {
 		return err

@@ -218,5 +218,6 @@ func (h *fakeHost) options() Options {
 		Families: []proxier.Family{proxier.IPv4, proxier.IPv6},
 		Exec:     h,
 		Rules:    func(f proxier.Family) (Rules, error) { return fakeRules{k: h.kernel(f)}, nil },
+		Sysctl:   &fakeSysctl{values: map[string]string{routeLocalnet: "0"}},
 	}
 }

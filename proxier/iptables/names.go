@@ -25,15 +25,13 @@ const (
 	markMasqChain         = "NA-MARK-MASQ"         // nat: mark a packet for masquerade
 	forwardChain          = "NA-FORWARD"           // filter: accept forwarded service traffic
 	firewallChain         = "NA-PROXY-FIREWALL"    // filter: drop LB traffic not allowed by source ranges
+	localnetFirewallChain = "NA-FIREWALL"          // filter: drop martian traffic to 127.0.0.0/8 (localhost node ports)
 
 	svcPrefix = "NA-SVC-" // endpoints for Cluster traffic policy
 	svlPrefix = "NA-SVL-" // endpoints for Local traffic policy
 	extPrefix = "NA-EXT-" // external destinations: masquerade / short-circuit, then SVC or SVL
 	fwPrefix  = "NA-FW-"  // loadBalancerSourceRanges
 	sepPrefix = "NA-SEP-" // one endpoint: hairpin masquerade, affinity, DNAT
-
-	// masqMark is the packet mark bit that asks NA-POSTROUTING to masquerade (kube-proxy's).
-	masqMark = "0x4000"
 
 	// jumpCommentPrefix starts the comment of every jump rule this mode puts in a built-in chain.
 	jumpCommentPrefix = "nodeagent "
@@ -104,6 +102,9 @@ var jumps = []jump{
 	{tableNAT, "OUTPUT", servicesChain, "nodeagent service portals", nil},
 	{tableNAT, "PREROUTING", servicesChain, "nodeagent service portals", nil},
 	{tableNAT, "POSTROUTING", postroutingChain, "nodeagent postrouting rules", nil},
+	// kube-proxy's KUBE-FIREWALL jumps carry no comment; ours need one, Cleanup finds them by it.
+	{tableFilter, "INPUT", localnetFirewallChain, "nodeagent localnet firewall", nil},
+	{tableFilter, "OUTPUT", localnetFirewallChain, "nodeagent localnet firewall", nil},
 }
 
 var ctNew = []string{"-m", "conntrack", "--ctstate", "NEW"}

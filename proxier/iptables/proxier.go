@@ -45,6 +45,10 @@ type Options struct {
 	Conntrack ConntrackCleaner
 	// Recorder receives restore failures and rule counts for metrics. Nil: none.
 	Recorder proxier.Recorder
+
+	// Sysctl sets route_localnet when the state asks for localhost node ports
+	// (Config.LocalhostNodePorts). Nil: ProcSysctl{} (this network namespace).
+	Sysctl Sysctl
 }
 
 // Proxier programs a proxier.State into iptables. It is safe for concurrent use.
@@ -53,9 +57,12 @@ type Proxier struct {
 	exec      Exec
 	conntrack ConntrackCleaner
 	rec       proxier.Recorder
+	sysctl    Sysctl
 
 	mu   sync.Mutex
 	fams []*family
+	// localnetSet: route_localnet is known to be 1; localnetFailed: setting it failed (logged).
+	localnetSet, localnetFailed bool
 }
 
 var _ proxier.Proxier = (*Proxier)(nil)
@@ -91,6 +98,9 @@ func New(opts Options) (*Proxier, error) {
 	}
 	if p.rec == nil {
 		p.rec = proxier.NopRecorder{}
+	}
+	if p.sysctl = opts.Sysctl; p.sysctl == nil {
+		p.sysctl = ProcSysctl{}
 	}
 	if p.exec == nil {
 		p.exec = CommandExec{}
@@ -161,6 +171,9 @@ func (p *Proxier) syncFamily(ctx context.Context, fp *family, st *proxier.State,
 		return fp.rulesErr
 	}
 	r := newRenderer(st, fp.family, fp.randomFully)
+	if r.localhostNodePorts && !p.ensureRouteLocalnet(ch.Full || fp.needFull) {
+		r.localhostNodePorts = false
+	}
 	settings := r.settings()
 	// Cached renderings are only valid for the settings they were made with; a caller that
 	// changes node or config without Changes.Full still gets a full sync.

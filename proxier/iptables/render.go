@@ -42,14 +42,18 @@ const (
 // renderer turns service ports of one family into rules.
 type renderer struct {
 	family proxier.Family
-	// clusterCIDR is the pod network used to tell pod traffic from off-cluster traffic; like
-	// kube-proxy's cluster-CIDR detector only one per family is used (the first).
-	clusterCIDR   netip.Prefix
+	// local tells pod traffic from other traffic (--detect-local-mode), as kube-proxy's local
+	// traffic detector.
+	local         proxier.LocalDetector
 	masqueradeAll bool
-	nodeIPs       []netip.Addr
+	// mark is the masquerade mark, as iptables prints it (0x4000).
+	mark    string
+	nodeIPs []netip.Addr
 	// nodePortAddrs restricts node ports to these node IPs; nil means every local address.
 	nodePortAddrs []netip.Addr
-	randomFully   bool
+	// localhostNodePorts: node ports answer on 127.0.0.0/8 too (IPv4, every local address).
+	localhostNodePorts bool
+	randomFully        bool
 	// largeCluster is kube-proxy's "large cluster mode": with more than largeClusterEndpoints
 	// endpoints in the family, the per-endpoint rules (SEP chains, and the SVC/SVL rules that
 	// pick an endpoint) go without their comment. That is most of the rules, and the comments
@@ -62,7 +66,8 @@ type renderer struct {
 const largeClusterEndpoints = 1000
 
 func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *renderer {
-	r := &renderer{family: f, masqueradeAll: st.Config.MasqueradeAll, nodeIPs: st.NodeIPsOf(f), randomFully: randomFully}
+	r := &renderer{family: f, local: st.LocalDetector(f), masqueradeAll: st.Config.MasqueradeAll,
+		mark: fmt.Sprintf("%#x", st.Config.MasqMark()), nodeIPs: st.NodeIPsOf(f), randomFully: randomFully}
 	endpoints := 0
 	for _, sp := range st.Services {
 		if sp.Name.Family == f {
@@ -70,33 +75,33 @@ func newRenderer(st *proxier.State, f proxier.Family, randomFully bool) *rendere
 		}
 	}
 	r.largeCluster = endpoints > largeClusterEndpoints
-	if cidrs := st.Config.ClusterCIDRsOf(f); len(cidrs) > 0 {
-		r.clusterCIDR = cidrs[0]
+	if ips, restricted := st.NodePortIPs(f); restricted {
+		r.nodePortAddrs = ips
 	}
-	// As kube-proxy's --nodeport-addresses: no prefix of this family, or a zero-length one,
-	// means every local address.
-	prefixes := st.Config.NodePortAddressesOf(f)
-	matchAll := len(prefixes) == 0
-	for _, p := range prefixes {
-		matchAll = matchAll || p.Bits() == 0
-	}
-	if !matchAll {
-		r.nodePortAddrs = []netip.Addr{}
-		for _, a := range r.nodeIPs {
-			for _, p := range prefixes {
-				if p.Contains(a) && !a.IsLoopback() {
-					r.nodePortAddrs = append(r.nodePortAddrs, a)
-					break
-				}
-			}
-		}
-	}
+	// As kube-proxy: only IPv4, and only when node ports answer on every local address (a
+	// --nodeport-addresses list never holds loopback here).
+	r.localhostNodePorts = st.Config.LocalhostNodePorts && f == proxier.IPv4 && r.nodePortAddrs == nil
 	return r
 }
 
+// ifLocal and ifNotLocal are the matches of traffic from pods and of other traffic
+// (kube-proxy's IfLocal / IfNotLocal); only called when r.local.Implemented().
+func (r *renderer) ifLocal() string {
+	switch {
+	case r.local.CIDR.IsValid():
+		return "-s " + r.local.CIDR.String()
+	case r.local.Prefix:
+		return "-i " + r.local.Interface + "+"
+	}
+	return "-i " + r.local.Interface
+}
+
+func (r *renderer) ifNotLocal() string { return "! " + r.ifLocal() }
+
 // settings summarises everything besides the service port that a rendering depends on.
 func (r *renderer) settings() string {
-	return fmt.Sprint(r.clusterCIDR, r.masqueradeAll, r.nodeIPs, r.nodePortAddrs == nil, r.nodePortAddrs, r.randomFully, r.largeCluster)
+	return fmt.Sprint(r.local, r.masqueradeAll, r.mark, r.nodeIPs, r.nodePortAddrs == nil, r.nodePortAddrs,
+		r.localhostNodePorts, r.randomFully, r.largeCluster)
 }
 
 // endpointComment is the comment of a per-endpoint rule, with a leading space, or nothing in
@@ -251,10 +256,10 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		switch {
 		case r.masqueradeAll:
 			own(internalChain, line("-A", internalChain, args, "-j", markMasqChain))
-		case r.clusterCIDR.IsValid():
+		case r.local.Implemented():
 			// Off-cluster clients reaching a cluster IP through this node (a static route to
 			// the service range) may be sent to another node: masquerade so replies return here.
-			own(internalChain, line("-A", internalChain, args, "!", "-s", r.clusterCIDR.String(), "-j", markMasqChain))
+			own(internalChain, line("-A", internalChain, args, r.ifNotLocal(), "-j", markMasqChain))
 		}
 	}
 
@@ -263,10 +268,10 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		if !sp.ExternalPolicyLocal {
 			own(extChain, line("-A", extChain, comment("masquerade traffic for "+name+" external destinations"), "-j", markMasqChain))
 		} else {
-			if r.clusterCIDR.IsValid() {
+			if r.local.Implemented() {
 				// Pods reaching an external address behave as if they went out to the load
 				// balancer and came back: no traffic policy applies.
-				own(extChain, line("-A", extChain, comment("pod traffic for "+name+" external destinations"), "-s", r.clusterCIDR.String(), "-j", svcChain))
+				own(extChain, line("-A", extChain, comment("pod traffic for "+name+" external destinations"), r.ifLocal(), "-j", svcChain))
 			}
 			// The node itself: its source would be the local VIP, so masquerade, and send it
 			// to any endpoint.
@@ -364,15 +369,24 @@ func (r *renderer) baseChains(services []*serviceRules) []chain {
 	// Node ports come last in NA-SERVICES, so a VIP that is also a local address is matched
 	// as a VIP first.
 	npComment := comment("nodeagent service nodeports; NOTE: this must be the last rule in this chain")
-	if r.nodePortAddrs == nil {
+	var localnet []string
+	switch {
+	case r.localhostNodePorts:
+		// Node ports on 127.0.0.1 too (kube-proxy's --iptables-localhost-nodeports, its
+		// default): the proxier sets route_localnet, which lets martian packets to 127.0.0.0/8
+		// in from outside; drop those unless DNAT-ed or answers, as kube-proxy's KUBE-FIREWALL.
+		dispatchNAT = append(dispatchNAT, line("-A", servicesChain, npComment, "-m addrtype --dst-type LOCAL", "-j", nodePortsChain))
+		localnet = []string{line("-A", localnetFirewallChain, comment("block incoming localnet connections"),
+			"-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")}
+	case r.nodePortAddrs == nil:
 		loopback := "127.0.0.0/8"
 		if r.family == proxier.IPv6 {
 			loopback = "::1/128"
 		}
-		// Node ports are not offered on loopback (kube-proxy's --iptables-localhost-nodeports=false;
-		// answering there needs route_localnet, which the agent does not set).
+		// Node ports are not offered on loopback: that needs route_localnet (IPv4 only,
+		// Config.LocalhostNodePorts).
 		dispatchNAT = append(dispatchNAT, line("-A", servicesChain, npComment, "-m addrtype --dst-type LOCAL", "!", "-d", loopback, "-j", nodePortsChain))
-	} else {
+	default:
 		for _, a := range r.nodePortAddrs {
 			dispatchNAT = append(dispatchNAT, line("-A", servicesChain, npComment, "-d", a.String(), "-j", nodePortsChain))
 		}
@@ -386,19 +400,20 @@ func (r *renderer) baseChains(services []*serviceRules) []chain {
 		{chainID{tableFilter, externalServicesChain}, collected[filterExternalServices]},
 		{chainID{tableFilter, forwardChain}, []string{
 			line("-A", forwardChain, "-m conntrack --ctstate INVALID -j DROP"),
-			line("-A", forwardChain, comment("nodeagent forwarding rules"), "-m mark --mark", masqMark+"/"+masqMark, "-j ACCEPT"),
+			line("-A", forwardChain, comment("nodeagent forwarding rules"), "-m mark --mark", r.mark+"/"+r.mark, "-j ACCEPT"),
 			line("-A", forwardChain, comment("nodeagent forwarding conntrack rule"), "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
 		}},
 		{chainID{tableFilter, nodePortsChain}, collected[filterNodePorts]},
 		{chainID{tableFilter, firewallChain}, collected[filterFirewall]},
+		{chainID{tableFilter, localnetFirewallChain}, localnet},
 		{chainID{tableNAT, servicesChain}, dispatchNAT},
 		{chainID{tableNAT, nodePortsChain}, collected[natNodePorts]},
 		{chainID{tableNAT, postroutingChain}, []string{
-			line("-A", postroutingChain, "-m mark ! --mark", masqMark+"/"+masqMark, "-j RETURN"),
+			line("-A", postroutingChain, "-m mark ! --mark", r.mark+"/"+r.mark, "-j RETURN"),
 			// Clear the mark so a packet re-entering the stack is not masqueraded twice.
-			line("-A", postroutingChain, "-j MARK --xor-mark", masqMark),
+			line("-A", postroutingChain, "-j MARK --xor-mark", r.mark),
 			masq,
 		}},
-		{chainID{tableNAT, markMasqChain}, []string{line("-A", markMasqChain, "-j MARK --or-mark", masqMark)}},
+		{chainID{tableNAT, markMasqChain}, []string{line("-A", markMasqChain, "-j MARK --or-mark", r.mark)}},
 	}
 }

@@ -175,6 +175,25 @@ func TestRenderGolden(t *testing.T) {
 	npAddrs.Config.NodePortAddresses = []netip.Prefix{prefix("10.0.0.0/24")}
 	noCIDR := labState(etpLocal)
 	noCIDR.Config.ClusterCIDRs = nil
+	// --nodeport-addresses primary: node01's Node object names 10.0.0.151 (IPv4 only); it also
+	// holds the external IP 10.0.0.200.
+	primary := labState(dualV4, dualV6)
+	primary.Node.IPs = []netip.Addr{addr("10.0.0.151"), addr("10.0.0.200"), addr("fd00:10::151")}
+	primary.Node.PrimaryIPs = []netip.Addr{addr("10.0.0.151")}
+	primary.Config.NodePortPrimary = true
+	// --detect-local-mode: the pod traffic matches of the cluster IP and the Local policy's
+	// short-circuit, per mode.
+	web := svc("default", "web", "http", v1.ProtocolTCP, "10.96.0.100", 80, ep("10.244.1.5:8080"), ep("10.244.2.7:8080"))
+	detect := func(d proxier.LocalDetect) *proxier.State {
+		st := labState(web, etpLocal)
+		st.Node.PodCIDRs = []netip.Prefix{prefix("10.244.1.0/24"), prefix("fd00:244:1::/64")}
+		st.Config.LocalDetect = d
+		return st
+	}
+	masqBit := labState(nodePort)
+	masqBit.Config.MasqueradeMark = 1 << 12
+	localhost := labState(dualV4, dualV6)
+	localhost.Config.LocalhostNodePorts = true
 
 	cases := []struct {
 		name string
@@ -196,6 +215,12 @@ func TestRenderGolden(t *testing.T) {
 		{"udp-sctp", v4, labState(dns, sctp)},
 		{"masquerade-all", v4, masqAll},
 		{"nodeport-addresses", v4, npAddrs},
+		{"nodeport-primary", both, primary},
+		{"detect-local-node-cidr", v4, detect(proxier.LocalDetect{Mode: proxier.DetectNodeCIDR})},
+		{"detect-local-bridge", v4, detect(proxier.LocalDetect{Mode: proxier.DetectBridgeInterface, BridgeInterface: "cni0"})},
+		{"detect-local-prefix", v4, detect(proxier.LocalDetect{Mode: proxier.DetectInterfaceNamePrefix, InterfaceNamePrefix: "veth"})},
+		{"masquerade-bit", v4, masqBit},
+		{"localhost-nodeports", both, localhost},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -110,18 +110,18 @@ func protoName(p uint8) string {
 }
 
 // nodePortAddrs are the node addresses of family f that get node-port virtual servers: all of
-// them, or those inside --nodeport-addresses.
+// them, or those --nodeport-addresses selects (primary: the Node's primary address).
 func nodePortAddrs(st *proxier.State, f proxier.Family) []netip.Addr {
-	prefixes := st.Config.NodePortAddressesOf(f)
+	if ips, restricted := st.NodePortIPs(f); restricted {
+		return ips
+	}
 	var out []netip.Addr
 	for _, a := range st.NodeIPsOf(f) {
 		a = a.Unmap()
 		if a.IsLoopback() || a.IsLinkLocalUnicast() {
 			continue
 		}
-		if len(prefixes) == 0 || slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
-			out = append(out, a)
-		}
+		out = append(out, a)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	gnft "github.com/google/nftables"
@@ -19,8 +20,9 @@ import (
 
 // The helper table: what IPVS cannot express. One table per family, owned entirely by the proxier.
 //
-//   - masquerade: traffic to cluster IPs from outside the cluster CIDRs (or all of it with
-//     --masquerade-all), traffic to external, load-balancer and node-port virtual servers of
+//   - masquerade: traffic to cluster IPs that does not come from pods (--detect-local-mode; all
+//     of it with --masquerade-all; without pod detection, the node's own traffic whose source
+//     is a cluster IP, as kube-proxy), traffic to external, load-balancer and node-port virtual servers of
 //     services with externalTrafficPolicy Cluster, and hairpin traffic (an endpoint reaching
 //     itself through a service). Packets are marked before IPVS sees them (nat prerouting and
 //     output run before IPVS's hooks) and masqueraded in postrouting, which IPVS-forwarded
@@ -54,9 +56,6 @@ const (
 	chainMarkMasq       = "mark-for-masquerade"
 	chainEndpointsCheck = "endpoints-check"
 	chainReject         = "reject-chain"
-
-	// masqMark is kube-proxy's masquerade bit (--iptables-masquerade-bit 14).
-	masqMark = 0x4000
 
 	// Registers: concatenations are loaded from the first 32-bit register on.
 	regConcat = 8 // NFT_REG32_00
@@ -308,6 +307,18 @@ func (f *family) matchVS(set string, vmap bool, extraSaddr bool) nftRule {
 	return nftRule{text: text, exprs: append(ex, l)}
 }
 
+// matchSourceVS is "ip saddr . meta l4proto . th dport @set": a packet sent from the address of
+// a virtual server to its port.
+func (f *family) matchSourceVS(set string) nftRule {
+	r := uint32(regConcat)
+	ex := []expr.Any{f.loadAddr(f.saddrOff, r)}
+	r += f.addrLen / 4
+	ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
+		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: regConcat, SetName: set})
+	return nftRule{text: f.name + " saddr . meta l4proto . th dport @" + set, exprs: ex}
+}
+
 func (f *family) matchPrefix(p netip.Prefix, src bool) nftRule {
 	off, dir := f.daddrOff, "daddr"
 	if src {
@@ -337,21 +348,57 @@ var (
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regWork},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: []byte{unix.IPPROTO_TCP}},
 	}}
-	ruleMarkSet = nftRule{text: fmt.Sprintf("meta mark set meta mark | 0x%x", masqMark), exprs: markOp(^uint32(masqMark), masqMark)}
-	// ruleMarkUnset returns when the masquerade bit is not set.
-	ruleMarkUnset = nftRule{text: fmt.Sprintf("meta mark & 0x%x == 0 return", masqMark), exprs: []expr.Any{
+	ruleMasq     = nftRule{text: "masquerade", exprs: []expr.Any{&expr.Masq{}}}
+	ruleTCPReset = nftRule{text: "reject with tcp reset", exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}}
+	ruleDrop     = verdict("drop", expr.VerdictDrop, "")
+	ruleReturn   = verdict("return", expr.VerdictReturn, "")
+)
+
+// ruleMarkSet sets the masquerade bit mark (Config.MasqMark: kube-proxy's 0x4000 unless
+// configured).
+func ruleMarkSet(mark uint32) nftRule {
+	return nftRule{text: fmt.Sprintf("meta mark set meta mark | 0x%x", mark), exprs: markOp(^mark, mark)}
+}
+
+// ruleMarkUnset returns when the masquerade bit is not set.
+func ruleMarkUnset(mark uint32) nftRule {
+	return nftRule{text: fmt.Sprintf("meta mark & 0x%x == 0 return", mark), exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: regWork},
 		&expr.Bitwise{SourceRegister: regWork, DestRegister: regWork, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+			Mask: binaryutil.NativeEndian.PutUint32(mark), Xor: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	}}
-	ruleMarkClear = nftRule{text: fmt.Sprintf("meta mark set meta mark xor 0x%x", masqMark), exprs: markOp(^uint32(0), masqMark)}
-	ruleMasq      = nftRule{text: "masquerade", exprs: []expr.Any{&expr.Masq{}}}
-	ruleTCPReset  = nftRule{text: "reject with tcp reset", exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}}
-	ruleDrop      = verdict("drop", expr.VerdictDrop, "")
-	ruleReturn    = verdict("return", expr.VerdictReturn, "")
-)
+}
+
+// ruleMarkClear clears the masquerade bit.
+func ruleMarkClear(mark uint32) nftRule {
+	return nftRule{text: fmt.Sprintf("meta mark set meta mark xor 0x%x", mark), exprs: markOp(^uint32(0), mark)}
+}
+
+// matchIif matches the input interface by name, or by name prefix (iifname "veth*"), as nft
+// compiles it: a whole name with its NUL padding to IFNAMSIZ, a prefix on its own bytes.
+func matchIif(name string, prefix bool) nftRule {
+	data := []byte(name)
+	text := name
+	if prefix {
+		text += "*"
+	} else {
+		data = append(data, make([]byte, 16-len(data))...)
+	}
+	return nftRule{text: "iifname " + strconv.Quote(text), exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: regWork},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: data},
+	}}
+}
+
+// matchLocal matches traffic from pods as the detector recognises it; d must be implemented.
+func (f *family) matchLocal(d proxier.LocalDetector) nftRule {
+	if d.CIDR.IsValid() {
+		return f.matchPrefix(d.CIDR, true)
+	}
+	return matchIif(d.Interface, d.Prefix)
+}
 
 // markOp sets mark = (mark & and) ^ xor.
 func markOp(and, xor uint32) []expr.Any {
@@ -411,25 +458,30 @@ func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
 		ruleCtNew.then(f.matchVS(mapFirewall, true, false)), ruleCtNew.then(jump(chainEndpointsCheck)))
 	base(chainNATPrerouting, gnft.ChainTypeNAT, gnft.ChainHookPrerouting, "prerouting", prioDstNAT, jump(chainServices))
 	base(chainNATOutput, gnft.ChainTypeNAT, gnft.ChainHookOutput, "output", prioDstNAT, jump(chainServices))
-	base(chainNATPostrouting, gnft.ChainTypeNAT, gnft.ChainHookPostrouting, "postrouting", prioSrcNAT,
-		f.matchVS(setHairpin, false, true).then(ruleMasq), ruleMarkUnset, ruleMarkClear, ruleMasq)
-
 	cfg := &st.Config
+	mark := cfg.MasqMark()
+	base(chainNATPostrouting, gnft.ChainTypeNAT, gnft.ChainHookPostrouting, "postrouting", prioSrcNAT,
+		f.matchVS(setHairpin, false, true).then(ruleMasq), ruleMarkUnset(mark), ruleMarkClear(mark), ruleMasq)
+
 	var services []nftRule
-	switch cidrs := cfg.ClusterCIDRsOf(pf); {
+	switch local := st.LocalDetector(pf); {
 	case cfg.MasqueradeAll:
 		services = append(services, f.matchVS(setClusterIPs, false, false).then(jump(chainMarkMasq)))
-	case len(cidrs) > 0:
+	case local.Implemented():
+		// Traffic to a cluster IP that does not come from a pod may come from outside through
+		// a route to the service range, and go on to another node: masquerade it.
 		services = append(services, f.matchVS(setClusterIPs, false, false).then(jump(chainMarkOffCluster)))
-		var rules []nftRule
-		for _, p := range cidrs {
-			rules = append(rules, f.matchPrefix(p, true).then(ruleReturn))
-		}
-		helper(chainMarkOffCluster, append(rules, ruleMarkSet)...)
+		helper(chainMarkOffCluster, f.matchLocal(local).then(ruleReturn), ruleMarkSet(mark))
+	default:
+		// Without pod detection, as kube-proxy's ipvs mode: the node's own connections to a
+		// cluster IP take that address (bound to the dummy interface) as their source, which
+		// an endpoint on another node cannot answer; masquerade what has a cluster IP and
+		// port as source ("src,dst" of KUBE-CLUSTER-IP).
+		services = append(services, f.matchSourceVS(setClusterIPs).then(jump(chainMarkMasq)))
 	}
 	services = append(services, f.matchVS(setMasquerade, false, false).then(jump(chainMarkMasq)))
 	helper(chainServices, services...)
-	helper(chainMarkMasq, ruleMarkSet)
+	helper(chainMarkMasq, ruleMarkSet(mark))
 	helper(chainEndpointsCheck,
 		f.matchVS(setLocalOnly, false, false).then(ruleDrop),
 		f.matchVS(setNoEndpoints, false, false).then(goTo(chainReject)))

@@ -69,6 +69,16 @@ type Options struct {
 	DrainInterval time.Duration
 	// Recorder receives failed helper-table updates for metrics. Nil: none.
 	Recorder proxier.Recorder
+	// Conntrack, when set, is called after every successful Sync to clear stale UDP and SCTP
+	// flows, as in the other modes and kube-proxy's ipvs mode: IPVS forwards through conntrack
+	// (net.ipv4.vs.conntrack=1), whose entry keeps a flow on a removed real server. The wiring
+	// passes conntrack.NewCleaner(...) for the same namespace.
+	Conntrack Cleaner
+}
+
+// Cleaner removes conntrack entries that a sync made stale; *conntrack.Cleaner is one.
+type Cleaner interface {
+	Clean(st *proxier.State, ch proxier.Changes) error
 }
 
 // Proxier is the IPVS proxy mode. It is safe for concurrent use.
@@ -292,6 +302,13 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	s.stats.Duration = time.Since(start)
 	s.stats.Draining = p.drainingCount()
 	p.stats = s.stats
+	if p.opts.Conntrack != nil {
+		// The virtual servers are in place; a failure is retried by the cleaner on its next
+		// call and must not fail the sync.
+		if err := p.opts.Conntrack.Clean(st, proxier.Changes{Full: full, Services: ch.Services}); err != nil {
+			p.log.Warn("clearing stale conntrack entries failed", "err", err)
+		}
+	}
 	return nil
 }
 

@@ -104,7 +104,7 @@ var verdictMaps = map[string]bool{mapServiceIPs: true, mapServiceNodePorts: true
 	mapNoEndpointNodePorts: true, mapFirewallIPs: true}
 
 // baseSets are the named sets and maps every table has.
-func baseSets(cfg *proxier.Config, f *family) []*set {
+func baseSets(st *proxier.State, f *family) []*set {
 	sets := []*set{
 		{name: setClusterIPs, kind: keyAddr, comment: "active cluster IPs"},
 		{name: setHairpin, kind: keyAddrAddr, comment: "local endpoint . itself, to masquerade hairpin traffic"},
@@ -117,7 +117,7 @@ func baseSets(cfg *proxier.Config, f *family) []*set {
 		{name: mapNodePortEndpoints, kind: keyProtoPortSlot, endpoints: true},
 		{name: setExternalIPs, kind: keyAddrProtoPort, comment: "external and load-balancer IPs picked through service-endpoints"},
 	}
-	if len(cfg.NodePortAddressesOf(f.pf)) > 0 {
+	if _, restricted := st.NodePortIPs(f.pf); restricted {
 		sets = append(sets, &set{name: setNodePortIPs, kind: keyAddr, comment: "node addresses that accept node ports"})
 	}
 	return sets
@@ -131,7 +131,10 @@ func baseSets(cfg *proxier.Config, f *family) []*set {
 // chain sends a packet to its count's chain: a few hash lookups however many services exist.
 func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 	cfg := &st.Config
-	fr := &fragment{sets: baseSets(cfg, f), counts: counts}
+	fr := &fragment{sets: baseSets(st, f), counts: counts}
+	local := st.LocalDetector(f.pf)
+	mark := cfg.MasqMark()
+	setMark := markOp{op: markSet, mark: mark}
 	base := func(name, typ string, hooknum uint32, prio int32, rules ...rule) {
 		fr.chains = append(fr.chains, &chain{name: name, hook: &hook{typ: typ, hooknum: hooknum, priority: prio}, rules: rules})
 	}
@@ -152,10 +155,12 @@ func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 	base(chainNATOutput, "nat", unix.NF_INET_LOCAL_OUT, prioDstNAT, rule{jumpChain(chainServices)})
 	base(chainNATPostrouting, "nat", unix.NF_INET_POST_ROUTING, prioSrcNAT, rule{jumpChain(chainMasquerading)})
 
-	// Node ports: on the configured addresses, else on every local address but loopback
-	// (route_localnet is not something a proxy should turn on).
+	// Node ports: on the configured addresses (--nodeport-addresses, primary by default as in
+	// kube-proxy's nftables mode), else on every local address but loopback (kube-proxy's
+	// nftables mode never offers localhost node ports).
+	nodePortIPs, restricted := st.NodePortIPs(f.pf)
 	var nodePortMatch rule
-	if len(cfg.NodePortAddressesOf(f.pf)) > 0 {
+	if restricted {
 		nodePortMatch = rule{addrInSet{set: setNodePortIPs}}
 	} else {
 		nodePortMatch = rule{fibLocal{}, addrMatch{neg: true, prefix: f.loopback}}
@@ -172,7 +177,7 @@ func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 	switch {
 	case cfg.MasqueradeAll:
 		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkForMasquerade)}
-	case len(cfg.ClusterCIDRsOf(f.pf)) > 0:
+	case local.Implemented():
 		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkOffCluster)}
 	}
 	for _, n := range counts {
@@ -193,32 +198,28 @@ func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 	helper(chainNodePorts, nodePorts...)
 	helper(chainServiceEndpointsCheck, rule{serviceVmap{set: mapNoEndpointServices}})
 	helper(chainNodePortEndpointsCheck, append(append(rule{}, nodePortMatch...), portVmap{set: mapNoEndpointNodePorts}))
-	helper(chainClusterIPsCheck, rule{addrInSet{set: setClusterIPs}, gotoChain(chainReject)})
+	// New connections that reach the filter hooks with a cluster IP as destination were not
+	// DNAT-ed: a port the service does not have is rejected, an address of the service CIDRs
+	// no service holds is dropped (kube-proxy's "drop traffic to unallocated ClusterIPs").
+	clusterIPsCheck := []rule{{addrInSet{set: setClusterIPs}, gotoChain(chainReject)}}
+	for _, p := range st.ServiceCIDRsOf(f.pf) {
+		clusterIPsCheck = append(clusterIPsCheck, rule{addrMatch{prefix: p}, verdictDrop})
+	}
+	helper(chainClusterIPsCheck, clusterIPsCheck...)
 	helper(chainReject, rule{l4proto{unix.IPPROTO_TCP}, reject{tcpReset: true}}, rule{reject{}})
-	helper(chainMarkForMasquerade, rule{markSet})
-	if cidrs := cfg.ClusterCIDRsOf(f.pf); len(cidrs) > 0 && !cfg.MasqueradeAll {
-		var rules []rule
-		for _, c := range cidrs {
-			rules = append(rules, rule{addrMatch{src: true, prefix: c}, verdictReturn})
-		}
-		helper(chainMarkOffCluster, append(rules, rule{markSet})...)
+	helper(chainMarkForMasquerade, rule{setMark})
+	if local.Implemented() && !cfg.MasqueradeAll {
+		helper(chainMarkOffCluster, rule{localMatch(local, false), verdictReturn}, rule{setMark})
 	}
 	helper(chainMasquerading,
-		rule{ctStatusDNAT{}, addrPairInSet{set: setHairpin}, markSet},
-		rule{markUnset, verdictReturn},
-		rule{markClear},
+		rule{ctStatusDNAT{}, addrPairInSet{set: setHairpin}, setMark},
+		rule{markOp{op: markUnset, mark: mark}, verdictReturn},
+		rule{markOp{op: markClear, mark: mark}},
 		rule{masquerade{}})
 
 	seen := map[elemID]bool{}
-	if prefixes := cfg.NodePortAddressesOf(f.pf); len(prefixes) > 0 {
-		for _, a := range st.NodeIPsOf(f.pf) {
-			for _, p := range prefixes {
-				if p.Contains(a) {
-					fr.addElem(seen, setNodePortIPs, elemKey{addr: a}, verdict{})
-					break
-				}
-			}
-		}
+	for _, a := range nodePortIPs {
+		fr.addElem(seen, setNodePortIPs, elemKey{addr: a}, verdict{})
 	}
 	return fr
 }
@@ -375,6 +376,7 @@ func firewall(fr *fragment, seen map[elemID]bool, f *family, sp *proxier.Service
 // them).
 func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
 	cfg := &st.Config
+	podTraffic := st.LocalDetector(f.pf)
 	fr := &fragment{}
 	seen := map[elemID]bool{}
 	base := nameBase(sp)
@@ -412,7 +414,7 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 	switch {
 	case cfg.MasqueradeAll:
 		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkForMasquerade)}
-	case len(cfg.ClusterCIDRsOf(f.pf)) > 0:
+	case podTraffic.Implemented():
 		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkOffCluster)}
 	}
 	dispatch := func(name string, eps []proxier.Endpoint, internal bool) {
@@ -448,8 +450,8 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 		} else {
 			// Local policy keeps the client address, but traffic from pods and from the node
 			// itself goes to any endpoint (masqueraded when from the node), as kube-proxy does.
-			for _, p := range cfg.ClusterCIDRsOf(f.pf) {
-				c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, gotoChain(svcChain)})
+			if podTraffic.Implemented() {
+				c.rules = append(c.rules, rule{localMatch(podTraffic, false), gotoChain(svcChain)})
 			}
 			c.rules = append(c.rules,
 				rule{fibLocal{src: true}, jumpChain(chainMarkForMasquerade)},

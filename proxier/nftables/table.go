@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"time"
@@ -212,17 +213,22 @@ func (m addrMatch) appendText(b []byte, f *family) []byte {
 }
 
 func (m addrMatch) exprs(f *family) []expr.Any {
-	// Like nft: load only the bytes the prefix covers, mask only a partial last byte.
+	// Like nft: a prefix of whole bytes loads only those bytes; any other, and /0 (a load of no
+	// bytes is invalid), loads the whole address and masks it (nft lists a masked partial load
+	// as a raw payload, not a prefix).
 	bits := m.prefix.Bits()
-	n := uint32((bits + 7) / 8)
-	addr := m.prefix.Addr().AsSlice()[:n]
+	masked := bits%8 != 0 || bits == 0
+	n := uint32(bits / 8)
+	if masked {
+		n = f.addrLen
+	}
+	addr := m.prefix.Masked().Addr().AsSlice()[:n]
 	out := []expr.Any{loadAddr(f, m.src, reg1, n)}
-	if bits%8 != 0 {
+	if masked {
 		mask := make([]byte, n)
-		for i := range mask {
-			mask[i] = 0xff
+		for i := range bits {
+			mask[i/8] |= 0x80 >> (i % 8)
 		}
-		mask[n-1] = byte(0xff << (8 - bits%8))
 		out = append(out, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: n, Mask: mask, Xor: make([]byte, n)})
 	}
 	op := expr.CmpOpEq
@@ -412,43 +418,91 @@ func (m l4proto) exprs(*family) []expr.Any {
 	}
 }
 
-// masqMark is the packet mark bit that asks the srcnat chain to masquerade, as kube-proxy's.
-const masqMark = 0x4000
+// markOp is one of the three operations of the masquerade protocol on the mark bit mark
+// (Config.MasqMark: kube-proxy's 0x4000 unless configured).
+type markOp struct {
+	op   markKind
+	mark uint32
+}
 
-// markOp is one of the three mark operations of the masquerade protocol.
-type markOp uint8
+type markKind uint8
 
 const (
-	markSet     markOp = iota // meta mark set meta mark or 0x4000
-	markClear                 // meta mark set meta mark xor 0x4000 (only after markUnset failed)
-	markUnset                 // meta mark & 0x4000 == 0
-	markTextFmt = "0x00004000"
+	markSet   markKind = iota // meta mark set meta mark or MARK
+	markClear                 // meta mark set meta mark xor MARK (only after markUnset failed)
+	markUnset                 // meta mark & MARK == 0
 )
 
 func (m markOp) appendText(b []byte, _ *family) []byte {
-	switch m {
+	hex := fmt.Sprintf("0x%08x", m.mark)
+	switch m.op {
 	case markSet:
-		return append(b, "meta mark set meta mark or "+markTextFmt...)
+		return append(b, "meta mark set meta mark or "+hex...)
 	case markClear:
-		return append(b, "meta mark set meta mark xor "+markTextFmt...)
+		return append(b, "meta mark set meta mark xor "+hex...)
 	}
-	return append(b, "meta mark & "+markTextFmt+" == 0x00000000"...)
+	return append(b, "meta mark & "+hex+" == 0x00000000"...)
 }
 
 func (m markOp) exprs(*family) []expr.Any {
 	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg1}
 	store := &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1}
-	switch m {
+	switch m.op {
 	case markSet:
 		return []expr.Any{load, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-			Mask: native32(^uint32(masqMark)), Xor: native32(masqMark)}, store}
+			Mask: native32(^m.mark), Xor: native32(m.mark)}, store}
 	case markClear:
 		return []expr.Any{load, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-			Mask: native32(0xffffffff), Xor: native32(masqMark)}, store}
+			Mask: native32(0xffffffff), Xor: native32(m.mark)}, store}
 	}
 	return []expr.Any{load,
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(masqMark), Xor: native32(0)},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(m.mark), Xor: native32(0)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(0)}}
+}
+
+// iifMatch matches the input interface by name, or by name prefix (iifname "veth*").
+type iifMatch struct {
+	name   string
+	prefix bool
+	neg    bool
+}
+
+func (m iifMatch) appendText(b []byte, _ *family) []byte {
+	b = append(b, "iifname "...)
+	if m.neg {
+		b = append(b, "!= "...)
+	}
+	name := m.name
+	if m.prefix {
+		name += "*"
+	}
+	return strconv.AppendQuote(b, name)
+}
+
+func (m iifMatch) exprs(*family) []expr.Any {
+	// As nft: a whole name is compared with its NUL padding to IFNAMSIZ, a prefix on its own
+	// bytes only.
+	data := []byte(m.name)
+	if !m.prefix {
+		data = append(data, make([]byte, 16-len(data))...)
+	}
+	op := expr.CmpOpEq
+	if m.neg {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: op, Register: reg1, Data: data},
+	}
+}
+
+// localMatch matches traffic from pods (neg: traffic that is not) as the detector recognises
+// it: by source CIDR or input interface. d must be implemented.
+func localMatch(d proxier.LocalDetector, neg bool) term {
+	if d.CIDR.IsValid() {
+		return addrMatch{src: true, neg: neg, prefix: d.CIDR}
+	}
+	return iifMatch{name: d.Interface, prefix: d.Prefix, neg: neg}
 }
 
 // appendText writes a verdict.

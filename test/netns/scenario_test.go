@@ -118,6 +118,13 @@ var scenarios = []scenario{
 	{"LoadBalancerPools", testLoadBalancerPools},
 	{"BGPLocalAndServiceIPs", testBGPLocalAndServiceIPs},
 	{"TopologyAwareRouting", testTopologyAwareRouting},
+	{"NodePortPrimary", testNodePortPrimary},
+	{"LocalhostNodePorts", testLocalhostNodePorts},
+	{"DetectLocalMode", testDetectLocalMode},
+	{"MasqueradeBit", testMasqueradeBit},
+	{"UnallocatedServiceIP", testUnallocatedServiceIP},
+	{"ModeSwitch", testModeSwitch},
+	{"TerminatingWithoutServing", testTerminatingWithoutServing},
 }
 
 // TestScenarios runs every scenario against every mode, each in its own lab.
