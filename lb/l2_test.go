@@ -281,3 +281,19 @@ func TestNodeUnusableReason(t *testing.T) {
 		}
 	}
 }
+
+// MetalLB's exclusion (both protocols) is the label and NetworkUnavailable, not Ready; a node
+// without a Node object is neither excluded nor unusable.
+func TestNodeExcludedReason(t *testing.T) {
+	notReady := &v1.Node{Status: v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionFalse}}}}
+	if why := NodeExcludedReason(notReady); why != "" {
+		t.Errorf("NotReady node excluded: %q", why)
+	}
+	if NodeExcludedReason(nil) != "" || NodeUnusableReason(nil) != "" {
+		t.Error("an unknown node is excluded")
+	}
+	labelled := &v1.Node{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelExcludeFromExternalLB: ""}}}
+	if !strings.Contains(NodeExcludedReason(labelled), LabelExcludeFromExternalLB) {
+		t.Errorf("labelled node: %q", NodeExcludedReason(labelled))
+	}
+}

@@ -20,8 +20,11 @@ import (
 
 // BGPInput is everything this node's BGP plan depends on.
 type BGPInput struct {
-	Node           string
-	NodeLabels     labels.Set
+	Node       string
+	NodeLabels labels.Set
+	// Excluded, when set, says why this node must not advertise load-balancer (or external)
+	// addresses (lb.NodeExcludedReason): its sessions stay up, its routes are withdrawn.
+	Excluded       string
 	Assignments    map[types.NamespacedName]lb.Assignment
 	Services       map[types.NamespacedName]*v1.Service
 	EndpointSlices []*discovery.EndpointSlice
@@ -38,7 +41,7 @@ type BGPInput struct {
 // routes, as MetalLB's speaker does: peers whose nodeSelectors match this node; for every assigned
 // address in a pool a BGPAdvertisement selects (and whose nodeSelectors match this node), a route
 // when the service has a ready endpoint — on this node for externalTrafficPolicy Local, anywhere
-// otherwise. Problems are invalid objects, left out.
+// otherwise — and the node is not excluded (in.Excluded). Problems are invalid objects, left out.
 func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 	var problems []string
 	var peers []bgp.Peer
@@ -70,7 +73,7 @@ func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 	}) {
 		as := in.Assignments[name]
 		svc := in.Services[name]
-		if svc == nil || !eligible(svc, ready[name], in.Node) {
+		if svc == nil || in.Excluded != "" || !eligible(svc, ready[name], in.Node) {
 			continue
 		}
 		for _, ad := range sortedAds(in.Advertisements) {
@@ -131,7 +134,7 @@ func serviceIPRoutes(in BGPInput, ready map[types.NamespacedName]map[string]bool
 				}
 			}
 		}
-		if in.ExternalIPs && eligible(svc, readyOn, in.Node) {
+		if in.ExternalIPs && in.Excluded == "" && eligible(svc, readyOn, in.Node) {
 			for _, ip := range svc.Spec.ExternalIPs {
 				route(ip)
 			}

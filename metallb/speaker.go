@@ -75,6 +75,7 @@ type Speaker struct {
 	sent     map[types.NamespacedName]*v1.Service // as handed to Next
 	slices   map[types.NamespacedName]*discovery.EndpointSlice
 	nodes    map[string]*v1.Node
+	spaces   map[string]*v1.Namespace
 	pools    map[types.NamespacedName]*lb.IPAddressPool
 	l2ads    map[types.NamespacedName]*lb.L2Advertisement
 	bgpPeers map[types.NamespacedName]*lb.BGPPeer
@@ -83,6 +84,8 @@ type Speaker struct {
 	bgpPlan  *bgpPlan
 	bgpNext  *bgpPlan // the newest plan not handed to Options.BGP yet
 	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
+	// bgpExcluded is why this node's Node keeps it from advertising over BGP ("": it does not).
+	bgpExcluded string
 	// invalid are the BGP objects whose latest version is invalid while their previous valid
 	// version stays in force, with the reason.
 	invalid  map[objectKey]string
@@ -102,7 +105,8 @@ func New(o Options) *Speaker {
 	return &Speaker{o: o, log: log,
 		services: map[types.NamespacedName]*v1.Service{}, sent: map[types.NamespacedName]*v1.Service{},
 		slices: map[types.NamespacedName]*discovery.EndpointSlice{}, nodes: map[string]*v1.Node{},
-		pools: map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
+		spaces: map[string]*v1.Namespace{},
+		pools:  map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
 		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[objectKey]string{},
 		result: &lb.Result{}, problems: map[string]bool{},
@@ -226,13 +230,36 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 		}
 		return
 	case *v1.Node:
+		old := s.nodes[o.Name]
 		if deleted {
 			delete(s.nodes, o.Name)
-			s.o.Next.Delete(o)
 		} else {
 			s.nodes[o.Name] = o
-			s.o.Next.Upsert(o)
 		}
+		// The proxy needs this node's Node only: another node's heartbeat must not reach it.
+		if o.Name == s.o.Node || s.o.Node == "" {
+			if deleted {
+				s.o.Next.Delete(o)
+			} else {
+				s.o.Next.Upsert(o)
+			}
+		}
+		if !deleted && old != nil && !nodeChanged(old, o) {
+			return // status heartbeats: nothing an announcement depends on
+		}
+	case *v1.Namespace:
+		old := s.spaces[o.Name]
+		if deleted {
+			delete(s.spaces, o.Name)
+		} else {
+			s.spaces[o.Name] = o
+		}
+		// Only labels matter (serviceAllocation.namespaceSelectors).
+		if s.synced && (old == nil || deleted || !maps.Equal(old.Labels, o.Labels)) {
+			s.reassign()
+			s.replan()
+		}
+		return
 	case *lb.IPAddressPool:
 		if deleted {
 			delete(s.pools, key(o.Namespace, o.Name))
@@ -267,6 +294,12 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	if s.synced {
 		s.replan()
 	}
+}
+
+// nodeChanged reports whether an update of a Node changes anything announcements depend on: its
+// labels (nodeSelectors, the exclude label) or whether it may announce (conditions).
+func nodeChanged(old, cur *v1.Node) bool {
+	return !maps.Equal(old.Labels, cur.Labels) || lb.NodeUnusableReason(old) != lb.NodeUnusableReason(cur)
 }
 
 // objectKey names an object of a kind.
@@ -360,6 +393,9 @@ func (s *Speaker) reassign() {
 	in := lb.Input{Class: s.o.Class}
 	for _, p := range s.pools {
 		in.Pools = append(in.Pools, p)
+	}
+	for _, ns := range s.spaces {
+		in.Namespaces = append(in.Namespaces, ns)
 	}
 	for _, svc := range s.services {
 		if lb.Serves(svc, s.o.Class) {
@@ -543,6 +579,15 @@ func (s *Speaker) replanBGP() {
 		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
 	if n := s.nodes[s.o.Node]; n != nil {
 		in.NodeLabels = n.Labels
+	}
+	in.Excluded = lb.NodeExcludedReason(s.nodes[s.o.Node])
+	if in.Excluded != s.bgpExcluded {
+		if in.Excluded != "" {
+			s.log.Warn("this node advertises no load-balancer address over BGP", "reason", in.Excluded)
+		} else {
+			s.log.Info("this node advertises load-balancer addresses over BGP again")
+		}
+		s.bgpExcluded = in.Excluded
 	}
 	for _, sl := range s.slices {
 		if s.advertisesServiceIPs() || s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {

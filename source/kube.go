@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -39,14 +38,15 @@ var proxySelector = func() labels.Selector {
 	return labels.NewSelector().Add(*a, *b)
 }()
 
-// Kube serves Services, EndpointSlices and this node's Node from a Kubernetes API server through
+// Kube serves Services, EndpointSlices, Nodes and Namespaces from a Kubernetes API server through
 // client-go shared informers, filtered as kube-proxy filters them: objects labelled
 // service.kubernetes.io/service-proxy-name (another proxy's) or service.kubernetes.io/headless
 // are not delivered. Informers have no periodic resync: the sink sees real changes only.
 type Kube struct {
 	// Client is the API client.
 	Client kubernetes.Interface
-	// NodeName is this node's name; its Node object is watched. Empty: no Node is watched.
+	// NodeName is this node's name. Set: every Node and Namespace is watched too (the sink picks
+	// this node's Node out). Empty: neither is watched.
 	NodeName string
 	// Log receives informer problems; nil: slog.Default().
 	Log *slog.Logger
@@ -102,13 +102,14 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 	filters := []func(metav1.Object) bool{proxied, proxied}
 	factories := []informers.SharedInformerFactory{factory}
 	if k.NodeName != "" {
-		nodeFactory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip,
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.NodeName).String()
-			}))
-		infs = append(infs, nodeFactory.Core().V1().Nodes().Informer())
-		filters = append(filters, func(m metav1.Object) bool { return m.GetName() == k.NodeName })
-		factories = append(factories, nodeFactory)
+		// Every Node and Namespace, unfiltered: MetalLB's decisions (nodeSelectors, the
+		// exclude-from-external-load-balancers label, node conditions, namespaceSelectors) must be
+		// taken from the same view on every node, as MetalLB's speakers watch every Node.
+		all := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip)
+		infs = append(infs, all.Core().V1().Nodes().Informer(), all.Core().V1().Namespaces().Informer())
+		every := func(metav1.Object) bool { return true }
+		filters = append(filters, every, every)
+		factories = append(factories, all)
 	}
 	// ServiceCIDRs (networking.k8s.io/v1), as kube-proxy v1.34 watches them: the nftables mode
 	// rejects traffic to their addresses that no Service holds.

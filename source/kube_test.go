@@ -128,11 +128,11 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 	eventually(t, "caches synced", func() bool { s, _, _ := fromAPI.counts(); return s == 1 })
 
 	// What kube-proxy sees of the manifests: no Pods, no objects labelled for another proxy or
-	// headless, and only this node.
+	// headless; every node (MetalLB's decisions need them all).
 	want := map[Key]runtime.Object{}
 	for k, o := range fromFiles.snapshot() {
 		m := o.(metav1.Object)
-		if k.GroupKind == nodeKind && k.Name != "node01" || !proxied(m) && k.GroupKind != nodeKind {
+		if !proxied(m) && k.GroupKind != nodeKind {
 			continue
 		}
 		want[k] = o
@@ -184,7 +184,7 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 	}
 	eventually(t, "relabelled service gone", func() bool { return fromAPI.get(svcKey("default", "redis")) == nil })
 
-	// Another node is not this node's business.
+	// Another node is delivered too.
 	if _, err := client.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node03"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -197,9 +197,7 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 		n, _ := fromAPI.get(Key{GroupKind: nodeKind, Name: "node01"}).(*v1.Node)
 		return n != nil && n.Labels["changed"] == "yes"
 	})
-	if fromAPI.get(Key{GroupKind: nodeKind, Name: "node03"}) != nil {
-		t.Error("another node was delivered")
-	}
+	eventually(t, "node03 delivered", func() bool { return fromAPI.get(Key{GroupKind: nodeKind, Name: "node03"}) != nil })
 }
 
 func TestKubeTombstone(t *testing.T) {
@@ -242,5 +240,45 @@ func TestKubeInvalidObjectEvents(t *testing.T) {
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "metallb-system/bad", Obj: bad})
 	if _, _, del := rec.counts(); del != 1 {
 		t.Error("delete not delivered")
+	}
+}
+
+// nsSink records the Namespaces and Nodes a source delivers.
+type nsSink struct {
+	mu    sync.Mutex
+	names map[string]bool
+}
+
+func (s *nsSink) Upsert(obj runtime.Object) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch o := obj.(type) {
+	case *v1.Namespace:
+		s.names["namespace/"+o.Name+"/"+o.Labels["team"]] = true
+	case *v1.Node:
+		s.names["node/"+o.Name] = true
+	}
+}
+func (s *nsSink) Delete(runtime.Object) {}
+func (s *nsSink) Synced()               {}
+func (s *nsSink) has(k string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.names[k]
+}
+
+// Every Node and every Namespace (with its labels) reaches the sink: MetalLB's nodeSelectors and
+// namespaceSelectors are decided from the same view on every agent.
+func TestKubeDeliversEveryNodeAndNamespace(t *testing.T) {
+	client := fake.NewClientset(
+		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node01"}},
+		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node02"}},
+		&v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a", Labels: map[string]string{"team": "a"}}})
+	sink := &nsSink{names: map[string]bool{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = (&Kube{Client: client, NodeName: "node01", Log: quietLog}).Run(ctx, sink) }()
+	for _, k := range []string{"node/node01", "node/node02", "namespace/team-a/a"} {
+		eventually(t, k, func() bool { return sink.has(k) })
 	}
 }

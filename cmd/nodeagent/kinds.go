@@ -1,12 +1,16 @@
 package main
 
 import (
+	v1 "k8s.io/api/core/v1"
+
 	"nodeagent/lb"
 	"nodeagent/source"
 )
 
-// The MetalLB kinds the manifests source reads, so the seed's metallb.yaml works verbatim.
+// The MetalLB kinds the manifests source reads, so the seed's metallb.yaml works verbatim; and
+// Namespaces, whose labels serviceAllocation.namespaceSelectors of address pools match.
 func init() {
+	source.Register[v1.Namespace]("v1", "Namespace", source.ClusterScoped, nil)
 	source.Register[lb.IPAddressPool]("metallb.io/v1beta1", "IPAddressPool", source.Namespaced, lb.ValidateIPAddressPool)
 	source.Register[lb.L2Advertisement]("metallb.io/v1beta1", "L2Advertisement", source.Namespaced, lb.ValidateL2Advertisement)
 	source.Register[lb.BGPAdvertisement]("metallb.io/v1beta1", "BGPAdvertisement", source.Namespaced, lb.ValidateBGPAdvertisement)
