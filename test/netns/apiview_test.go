@@ -1,0 +1,161 @@
+package lab
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"nodeagent/test/kube"
+)
+
+// oneViewMetalLB is the seed's pool with an L2Advertisement that only nodes labelled lb=yes may
+// announce from.
+const oneViewMetalLB = `apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: localip-pool, namespace: metallb-system}
+spec:
+  addresses: [10.0.0.51-10.0.0.80]
+  avoidBuggyIPs: true
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: selected-nodes, namespace: metallb-system}
+spec:
+  ipAddressPools: [localip-pool]
+  interfaces: [ens33]
+  nodeSelectors:
+  - matchLabels: {lb: "yes"}
+`
+
+// TestLayer2OneViewAPI: three agents reading a real API server (with memberlist among them) agree
+// on one owner of a load-balancer address whose L2Advertisement selects nodes by label — every
+// agent sees every Node, so the two selected nodes do not both answer ARP — and when the owner gets
+// the exclude-from-external-load-balancers label its address moves to the other selected node:
+// none orphaned, none announced twice. The decision does not depend on the proxy mode, so one
+// mode runs it.
+func TestLayer2OneViewAPI(t *testing.T) {
+	RequireRoot(t)
+	e := newEnv(t, nftablesMode, setup{pods: demoappPods, agents: []int{}})
+	cp := kube.StartTest(t, kube.Options{NetNS: e.Router, Address: RouterAddr, StartTimeout: Scaled(2 * time.Minute)})
+	ctx := t.Context()
+	_, kubeconfig, err := cp.AgentConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.InstallCRDs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Apply(ctx, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range e.Nodes {
+		labels := map[string]string{"kubernetes.io/hostname": n.Name}
+		if n.Index != 3 {
+			labels["lb"] = "yes"
+		}
+		node, err := cp.Client.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.Status.Conditions = []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "KubeletReady"}}
+		node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP.String()}}
+		if _, err := cp.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"demoapp.yaml", "demoapp-endpoints.yaml"} {
+		if _, err := cp.Apply(ctx, []byte(seed(t, f))); err != nil {
+			t.Fatalf("apply %s: %v", f, err)
+		}
+	}
+	if _, err := cp.Apply(ctx, []byte(oneViewMetalLB)); err != nil {
+		t.Fatal(err)
+	}
+	var join []string
+	for _, n := range e.Nodes {
+		join = append(join, n.IP.String())
+	}
+	for _, n := range e.Nodes {
+		e.agents[n.Index] = e.StartAgentNoWait(n, "--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default",
+			"--memberlist-bind", n.IP.String(), "--memberlist-join", strings.Join(join, ","))
+	}
+	for i, a := range e.agents {
+		if err := a.WaitReady(Scaled(30 * time.Second)); err != nil {
+			t.Fatalf("agent on node%02d: %v\n%s", i, err, a.LogTail(30))
+		}
+	}
+	addr := hostPort(lbAddr, 80)
+	e.waitAnswer(e.Client, "tcp", addr)
+	macs := e.macs()
+
+	// announcers returns the nodes whose agents announce an address, by their metrics.
+	announcers := func() []int {
+		var out []int
+		for _, n := range e.Nodes {
+			if scrapeMetrics(t, n.NS)["nodeagent_layer2_announced"] > 0 {
+				out = append(out, n.Index)
+			}
+		}
+		return out
+	}
+	// settle waits until exactly one node announces 10.0.0.51 and it is one of want, then checks
+	// that only that node answers ARP and that the client reaches the service through it.
+	settle := func(when string, want ...int) int {
+		t.Helper()
+		var got []int
+		if !Eventually(Scaled(20*time.Second), 100*time.Millisecond, func() bool {
+			got = announcers()
+			if len(got) != 1 {
+				return false
+			}
+			for _, w := range want {
+				if got[0] == w {
+					return true
+				}
+			}
+			return false
+		}) {
+			t.Fatalf("%s: nodes %v announce %s, want exactly one of %v", when, got, lbAddr, want)
+		}
+		owner := got[0]
+		out, _ := Exec(e.Client, "arping", "-c", "3", "-w", "3", "-I", "eth0", lbAddr.String())
+		replies := arpingReply.FindAllStringSubmatch(out, -1)
+		if len(replies) == 0 {
+			t.Fatalf("%s: no ARP reply for %s:\n%s", when, lbAddr, out)
+		}
+		for _, rep := range replies {
+			if macs[strings.ToLower(rep[1])] != owner {
+				t.Errorf("%s: ARP reply from %s, not from the owner node%02d:\n%s", when, rep[1], owner, out)
+			}
+		}
+		if !Eventually(Scaled(10*time.Second), 50*time.Millisecond, func() bool {
+			_, err := Ask(e.Client, "tcp", addr)
+			return err == nil
+		}) {
+			t.Errorf("%s: %s does not answer through node%02d", when, addr, owner)
+		}
+		return owner
+	}
+	owner := settle("two nodes selected", 1, 2)
+	other := map[int]int{1: 2, 2: 1}[owner]
+
+	node, err := cp.Client.CoreV1().Nodes().Get(ctx, e.Node(owner).Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+	if _, err := cp.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	moved := settle(fmt.Sprintf("node%02d excluded", owner), other)
+	fmt.Printf("one view (API mode): 10.0.0.51 owned by node%02d of the two selected nodes; node%02d excluded → node%02d\n", owner, owner, moved)
+	for i, a := range e.agents {
+		if exited, err := a.Exited(); exited {
+			t.Errorf("agent on node%02d exited: %v\n%s", i, err, a.LogTail(20))
+		}
+	}
+}
