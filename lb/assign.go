@@ -20,6 +20,11 @@ const (
 	AnnotationAddressPoolLegacy     = "metallb.universe.tf/address-pool"
 	AnnotationAllowSharedIP         = "metallb.io/allow-shared-ip"
 	AnnotationAllowSharedIPLegacy   = "metallb.universe.tf/allow-shared-ip"
+	// AnnotationAllocatedFromPool names the pool a Service's addresses came from. MetalLB v0.14.8's
+	// controller writes the metallb.universe.tf spelling, v0.14.9 and later the metallb.io one;
+	// either marks the service's status.loadBalancer.ingress as MetalLB's (or nodeagent's).
+	AnnotationAllocatedFromPool       = "metallb.io/ip-allocated-from-pool"
+	AnnotationAllocatedFromPoolLegacy = "metallb.universe.tf/ip-allocated-from-pool"
 )
 
 // Input is everything address allocation depends on.
@@ -29,9 +34,12 @@ type Input struct {
 	// Namespaces give the labels serviceAllocation.namespaceSelectors match; a namespace that is
 	// not listed has no labels.
 	Namespaces []*v1.Namespace
-	// Class is the spec.loadBalancerClass served besides services without a class ("" serves
-	// only those, MetalLB's default).
+	// Class is the spec.loadBalancerClass served (MetalLB's --lb-class): set, only services of
+	// that class; "", only services without a class (MetalLB's default).
 	Class string
+	// Off turns allocation off (a cloud controller owns load-balancer status): no service is
+	// served, every status is left as it is.
+	Off bool
 }
 
 // Assignment is the addresses one Service gets.
@@ -57,23 +65,36 @@ type Result struct {
 	Assignments map[types.NamespacedName]Assignment
 	// Problems lists served Services that got no address, and pools left out, in a stable order.
 	Problems []Problem
-	class    string
+	// Foreign are served Services whose status.loadBalancer.ingress someone else wrote (see
+	// Assign): their status is left as it is.
+	Foreign map[types.NamespacedName]bool
+	class   string
+	off     bool
 }
 
 // Serves reports whether the allocator is in charge of svc: a LoadBalancer Service whose
-// loadBalancerClass is unset or is class.
+// loadBalancerClass is class, or unset when class is "" — MetalLB's rule: with --lb-class set,
+// services without a class are not served.
 func Serves(svc *v1.Service, class string) bool {
 	if svc.Spec.Type != v1.ServiceTypeLoadBalancer {
 		return false
 	}
-	return svc.Spec.LoadBalancerClass == nil || *svc.Spec.LoadBalancerClass == "" ||
-		(class != "" && *svc.Spec.LoadBalancerClass == class)
+	if svc.Spec.LoadBalancerClass == nil || *svc.Spec.LoadBalancerClass == "" {
+		return class == ""
+	}
+	return *svc.Spec.LoadBalancerClass == class
+}
+
+// Serves reports whether this result is in charge of svc's status: Serves(svc, class) with
+// allocation on, and svc's status not written by someone else.
+func (r *Result) Serves(svc *v1.Service) bool {
+	return !r.off && Serves(svc, r.class) && !r.Foreign[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}]
 }
 
 // Ingress returns the status.loadBalancer.ingress svc should have, and whether the allocator is in
 // charge of svc at all (when it is not, its status belongs to someone else).
 func (r *Result) Ingress(svc *v1.Service) ([]v1.LoadBalancerIngress, bool) {
-	if !Serves(svc, r.class) {
+	if !r.Serves(svc) {
 		return nil, false
 	}
 	a, ok := r.Assignments[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}]
@@ -178,8 +199,18 @@ type lowKey struct {
 // A dual-stack service gets both addresses from the same pool. Services may share an address as
 // MetalLB allows: the same allow-shared-ip key, no port used twice, and with
 // externalTrafficPolicy Local only services with the same selector.
+//
+// A service whose status.loadBalancer.ingress someone else wrote is left alone (Result.Foreign,
+// and a Problem says so): an entry that is a hostname, or an address no pool holds, on a service
+// without the ip-allocated-from-pool annotation. MetalLB clears such a status and allocates
+// anew; nodeagent never rewrites an ingress entry it did not assign (a cloud controller's, say),
+// while a status it wrote, annotated, is cleared when its pool goes away, as MetalLB does.
 func Assign(in Input) *Result {
-	res := &Result{Assignments: map[types.NamespacedName]Assignment{}, class: in.Class}
+	res := &Result{Assignments: map[types.NamespacedName]Assignment{}, Foreign: map[types.NamespacedName]bool{},
+		class: in.Class, off: in.Off}
+	if in.Off {
+		return res
+	}
 	a := &allocator{byName: map[string]*pool{}, used: map[netip.Addr]*use{}, low: map[lowKey]netip.Addr{}}
 	a.setPools(in.Pools, res)
 
@@ -198,6 +229,11 @@ func Assign(in Input) *Result {
 			continue
 		}
 		seen[name] = true
+		if why := a.foreign(svc); why != "" {
+			res.Foreign[name] = true
+			res.problem(name, why)
+			continue
+		}
 		req, err := parseRequest(svc)
 		if err != nil {
 			res.problem(name, err.Error())
@@ -244,6 +280,31 @@ func Assign(in Input) *Result {
 		a.claim(req, p, ips, res)
 	}
 	return res
+}
+
+// foreign returns why svc's status.loadBalancer.ingress was written by someone else ("": it was
+// not, or it is empty).
+func (a *allocator) foreign(svc *v1.Service) string {
+	if svc.Annotations[AnnotationAllocatedFromPool] != "" || svc.Annotations[AnnotationAllocatedFromPoolLegacy] != "" {
+		return ""
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" && ing.Hostname == "" {
+			continue
+		}
+		what := ing.Hostname
+		if ip, err := parseAddr(ing.IP); err == nil {
+			if a.poolFor(ip) != nil {
+				continue
+			}
+			what = ip.String()
+		} else if ing.IP != "" {
+			what = ing.IP
+		}
+		return fmt.Sprintf("status.loadBalancer.ingress holds %s, which no IPAddressPool has and which was not allocated here (no annotation %s): left as it is",
+			what, AnnotationAllocatedFromPool)
+	}
+	return ""
 }
 
 func (r *Result) problem(name types.NamespacedName, reason string) {

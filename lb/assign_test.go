@@ -177,14 +177,32 @@ func TestAssign(t *testing.T) {
 			want:     map[string]string{"default/kept": "10.0.0.51@localip-pool", "default/old": "10.0.0.52@localip-pool"},
 		},
 		{
-			name:  "status outside every pool, or in a hostname, is replaced",
+			name:  "our status outside every pool (its pool gone), or a hostname, is replaced",
 			pools: []*IPAddressPool{seedPool},
-			services: []*v1.Service{svc("a", created(1), status("192.168.1.1")), svc("b", created(2), status("garbage")),
-				svc("c", created(3), func(s *v1.Service) {
+			services: []*v1.Service{svc("a", created(1), status("192.168.1.1"), ann(AnnotationAllocatedFromPool, "gone")),
+				svc("b", created(2), status("garbage"), ann(AnnotationAllocatedFromPoolLegacy, "gone")),
+				svc("c", created(3), ann(AnnotationAllocatedFromPool, "gone"), func(s *v1.Service) {
 					s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{Hostname: "lb.example"}}
 				})},
 			want: map[string]string{"default/a": "10.0.0.51@localip-pool", "default/b": "10.0.0.52@localip-pool",
 				"default/c": "10.0.0.53@localip-pool"},
+		},
+		{
+			name:  "someone else's status (no annotation, outside every pool) is left alone",
+			pools: []*IPAddressPool{seedPool},
+			services: []*v1.Service{svc("cloud", created(1), status("192.168.1.1")),
+				svc("aws", created(2), func(s *v1.Service) {
+					s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{Hostname: "lb.example"}}
+				}),
+				svc("mixed", created(3), status("10.0.0.60", "fd00::1")),
+				svc("pooled", created(4), status("10.0.0.70")), svc("empty", created(5), status(""))},
+			want: map[string]string{
+				"Service:default/cloud": "!status.loadBalancer.ingress holds 192.168.1.1, which no IPAddressPool has and which was not allocated here (no annotation metallb.io/ip-allocated-from-pool): left as it is",
+				"Service:default/aws":   "!status.loadBalancer.ingress holds lb.example, which no IPAddressPool has and which was not allocated here (no annotation metallb.io/ip-allocated-from-pool): left as it is",
+				"Service:default/mixed": "!status.loadBalancer.ingress holds fd00::1, which no IPAddressPool has and which was not allocated here (no annotation metallb.io/ip-allocated-from-pool): left as it is",
+				// An address of a pool is taken as ours, annotated or not (written before the
+				// annotation was, or by hand).
+				"default/pooled": "10.0.0.70@localip-pool", "default/empty": "10.0.0.51@localip-pool"},
 		},
 		{
 			name:     "two services claiming one status address: the older keeps it",
@@ -418,7 +436,8 @@ func TestAssign(t *testing.T) {
 				svc("clusterip", created(4), typ(v1.ServiceTypeClusterIP), lbIP("10.9.9.9")),
 				svc("nodeport", created(5), typ(v1.ServiceTypeNodePort)),
 			},
-			want: map[string]string{"default/ours": "10.0.0.51@localip-pool", "default/unset": "10.0.0.52@localip-pool"},
+			// MetalLB (#1417): with --lb-class set, a service without a class is not served.
+			want: map[string]string{"default/ours": "10.0.0.51@localip-pool"},
 		},
 		{
 			name:     "without a class configured, classed services are someone else's",
@@ -520,8 +539,8 @@ func TestAssignStableAcrossChanges(t *testing.T) {
 
 func TestApply(t *testing.T) {
 	res := Assign(Input{Pools: []*IPAddressPool{mkpool("p", "10.1.0.1/32")},
-		Services: []*v1.Service{svc("a", created(1)), svc("b", created(2))}, Class: "x"})
-	a := svc("a", created(1))
+		Services: []*v1.Service{svc("a", created(1), class("x")), svc("b", created(2), class("x"))}, Class: "x"})
+	a := svc("a", created(1), class("x"))
 	got := res.Apply(a)
 	if got == a {
 		t.Fatal("Apply returned the input although the status changes")
@@ -537,17 +556,18 @@ func TestApply(t *testing.T) {
 		t.Error("Apply copied a service whose status is already right")
 	}
 	// An unset ipMode counts as VIP.
-	noMode := svc("a", created(1), status("10.1.0.1"))
+	noMode := svc("a", created(1), class("x"), status("10.1.0.1"))
 	if res.Apply(noMode) != noMode {
 		t.Error("an unset ipMode is taken as different from VIP")
 	}
 	// b is served but got nothing (pool full): its stale status is cleared.
-	b := svc("b", created(2), status("10.1.0.1"))
+	b := svc("b", created(2), class("x"), status("10.1.0.1"))
 	if got := res.Apply(b); len(got.Status.LoadBalancer.Ingress) != 0 {
 		t.Errorf("b keeps ingress %+v", got.Status.LoadBalancer.Ingress)
 	}
 	// Services that are not ours are returned untouched, status and all.
-	for _, s := range []*v1.Service{svc("c", class("y"), status("1.2.3.4")), svc("d", typ(v1.ServiceTypeNodePort), status("1.2.3.4"))} {
+	for _, s := range []*v1.Service{svc("c", class("y"), status("1.2.3.4")), svc("d", typ(v1.ServiceTypeNodePort), status("1.2.3.4")),
+		svc("unclassed", status("1.2.3.4"))} {
 		if res.Apply(s) != s {
 			t.Errorf("%s: Apply changed a service it does not serve", s.Name)
 		}
@@ -574,4 +594,33 @@ func TestAssignLargePoolIsFast(t *testing.T) {
 		t.Errorf("s0255 got %s, want 10.0.1.2 (after skipping .0 and .255)", got)
 	}
 	t.Logf("2000 services in a /16: %v", time.Since(start))
+}
+
+// A status someone else wrote, and every status when allocation is off, passes through Apply
+// untouched and is not ours to write.
+func TestForeignAndOffLeaveStatus(t *testing.T) {
+	cloud := svc("cloud", created(1), status("192.168.1.1"))
+	plain := svc("plain", created(2))
+	res := Assign(Input{Pools: []*IPAddressPool{seedPool}, Services: []*v1.Service{cloud, plain}})
+	if !res.Foreign[types.NamespacedName{Namespace: "default", Name: "cloud"}] || res.Serves(cloud) {
+		t.Error("a cloud-assigned status is taken as ours")
+	}
+	if res.Apply(cloud) != cloud {
+		t.Error("Apply rewrote a cloud-assigned status")
+	}
+	if _, served := res.Ingress(cloud); served {
+		t.Error("Ingress claims a cloud-assigned status")
+	}
+	if got := res.Apply(plain); len(got.Status.LoadBalancer.Ingress) != 1 {
+		t.Errorf("plain got %+v", got.Status.LoadBalancer.Ingress)
+	}
+	off := Assign(Input{Pools: []*IPAddressPool{seedPool}, Services: []*v1.Service{cloud, plain}, Off: true})
+	if len(off.Assignments) != 0 || len(off.Problems) != 0 {
+		t.Errorf("allocation off assigned %v, problems %v", off.Assignments, off.Problems)
+	}
+	for _, s := range []*v1.Service{cloud, plain, svc("stale", status("10.0.0.51"))} {
+		if off.Apply(s) != s || off.Serves(s) {
+			t.Errorf("%s: allocation off touched the status", s.Name)
+		}
+	}
 }

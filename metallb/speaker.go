@@ -34,8 +34,12 @@ type Sink interface {
 type Options struct {
 	// Node is this node's name.
 	Node string
-	// Class is the spec.loadBalancerClass served besides services without one (--lb-class).
+	// Class is the spec.loadBalancerClass served (--lb-class); "": services without a class.
 	Class string
+	// AllocationOff leaves every Service's load-balancer status to someone else (a cloud
+	// controller): no address is assigned or announced, services pass through as they are
+	// (--lb-allocation=false).
+	AllocationOff bool
 	// Next receives every object, Services with their assigned addresses.
 	Next Sink
 	// Announce, when set, receives the whole set of addresses this node must answer ARP/NDP for,
@@ -46,9 +50,9 @@ type Options struct {
 	// manifests then computes the same owner.
 	Alive func() []string
 	// WriteStatus, when set (API mode), is called from a separate goroutine with each served
-	// service whose status.loadBalancer.ingress differs from its assignment; it writes the status
-	// (or does nothing when this agent is not the leader).
-	WriteStatus func(svc types.NamespacedName, ingress []v1.LoadBalancerIngress)
+	// service whose status.loadBalancer.ingress or ip-allocated-from-pool annotation differs from
+	// its assignment; it writes them (or does nothing when this agent is not the leader).
+	WriteStatus func(Status)
 	// Problem, when set, is told once about each new reason a served Service got no address or a
 	// pool was left out (API mode records it as a Warning Event). Called under the speaker's
 	// lock: it must not block.
@@ -92,7 +96,7 @@ type Speaker struct {
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
-	pending  map[types.NamespacedName][]v1.LoadBalancerIngress // status writes to do
+	pending  map[types.NamespacedName]Status // status writes to do
 	kick     chan struct{}
 }
 
@@ -110,7 +114,7 @@ func New(o Options) *Speaker {
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
 		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[objectKey]string{},
 		result: &lb.Result{}, problems: map[string]bool{},
-		pending: map[types.NamespacedName][]v1.LoadBalancerIngress{}, kick: make(chan struct{}, 1)}
+		pending: map[types.NamespacedName]Status{}, kick: make(chan struct{}, 1)}
 }
 
 // WriteStatuses runs until done, calling Options.WriteStatus for every status that differs from
@@ -124,10 +128,10 @@ func (s *Speaker) WriteStatuses(done <-chan struct{}) {
 		}
 		s.mu.Lock()
 		batch := s.pending
-		s.pending = map[types.NamespacedName][]v1.LoadBalancerIngress{}
+		s.pending = map[types.NamespacedName]Status{}
 		s.mu.Unlock()
-		for k, ing := range batch {
-			s.o.WriteStatus(k, ing)
+		for _, st := range batch {
+			s.o.WriteStatus(st)
 		}
 	}
 }
@@ -142,16 +146,51 @@ func (s *Speaker) RewriteStatuses() {
 	}
 }
 
+// Status is the load-balancer state of a Service as the allocator wants it written: its
+// status.loadBalancer.ingress and its ip-allocated-from-pool annotation.
+type Status struct {
+	Service types.NamespacedName
+	UID     types.UID
+	// ResourceVersion is the version the decision was made from: a write must not overwrite a
+	// newer version (another controller's status, say), which will come with its own decision.
+	ResourceVersion string
+	// Ingress is the status to write (empty: the service got no address).
+	Ingress []v1.LoadBalancerIngress
+	// Pool is the pool the addresses come from ("": none, the annotation goes).
+	Pool string
+	// Was is the ingress the service has now.
+	Was []v1.LoadBalancerIngress
+	// IngressChanged says whether Ingress differs from Was; PoolAnnotated whether the service
+	// already carries the ip-allocated-from-pool annotation Pool asks for.
+	IngressChanged, PoolAnnotated bool
+}
+
+// statusFor returns the write svc needs, if any.
+func (s *Speaker) statusFor(k types.NamespacedName, svc *v1.Service) (Status, bool) {
+	ing, served := s.result.Ingress(svc)
+	if !served {
+		return Status{}, false
+	}
+	pool := s.result.Assignments[k].Pool
+	changed := s.result.Apply(svc) != svc
+	annotated := svc.Annotations[lb.AnnotationAllocatedFromPool] == pool && svc.Annotations[lb.AnnotationAllocatedFromPoolLegacy] == pool
+	if !changed && annotated {
+		return Status{}, false
+	}
+	return Status{Service: k, UID: svc.UID, ResourceVersion: svc.ResourceVersion, Ingress: ing, Pool: pool,
+		Was: svc.Status.LoadBalancer.Ingress, IngressChanged: changed, PoolAnnotated: annotated}, true
+}
+
 // queueStatus queues the status write svc needs, if any.
 func (s *Speaker) queueStatus(k types.NamespacedName, svc *v1.Service) {
 	if s.o.WriteStatus == nil {
 		return
 	}
-	ing, served := s.result.Ingress(svc)
-	if !served || s.result.Apply(svc) == svc {
+	st, ok := s.statusFor(k, svc)
+	if !ok {
 		return
 	}
-	s.pending[k] = ing
+	s.pending[k] = st
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -206,7 +245,7 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 		}
 		// Only load-balancer services (and, when advertised, every service's IPs) change a plan;
 		// replanning walks every slice, which a bulk load of plain services must not pay each time.
-		lbRelevant := lb.Serves(o, s.o.Class) || s.holds(s.result, k)
+		lbRelevant := s.serves(o) || s.holds(s.result, k)
 		if lbRelevant {
 			s.reassign()
 		} else if !deleted {
@@ -369,6 +408,11 @@ func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, del
 	m[k] = v
 }
 
+// serves reports whether svc's load-balancer addresses are this speaker's to assign.
+func (s *Speaker) serves(svc *v1.Service) bool {
+	return !s.o.AllocationOff && lb.Serves(svc, s.o.Class)
+}
+
 func (s *Speaker) holds(r *lb.Result, k types.NamespacedName) bool {
 	_, ok := r.Assignments[k]
 	return ok
@@ -390,7 +434,7 @@ func (s *Speaker) send(k types.NamespacedName, svc *v1.Service) {
 // reassign runs the allocation over every LoadBalancer service and passes on the services whose
 // addresses changed. Allocation is deterministic, so every agent computes the same result.
 func (s *Speaker) reassign() {
-	in := lb.Input{Class: s.o.Class}
+	in := lb.Input{Class: s.o.Class, Off: s.o.AllocationOff}
 	for _, p := range s.pools {
 		in.Pools = append(in.Pools, p)
 	}
@@ -398,7 +442,7 @@ func (s *Speaker) reassign() {
 		in.Namespaces = append(in.Namespaces, ns)
 	}
 	for _, svc := range s.services {
-		if lb.Serves(svc, s.o.Class) {
+		if s.serves(svc) {
 			in.Services = append(in.Services, svc)
 		}
 	}

@@ -63,7 +63,7 @@ func TestSeedAssignmentAndOwner(t *testing.T) {
 		rec := &recorder{services: map[string]*v1.Service{}}
 		var owned map[netip.Addr][]string
 		s := New(Options{Node: node, Next: rec, Announce: func(o map[netip.Addr][]string) { owned = o },
-			WriteStatus: func(k types.NamespacedName, _ []v1.LoadBalancerIngress) { writes = append(writes, k) }})
+			WriteStatus: func(st Status) { writes = append(writes, st.Service) }})
 		objs.Deliver(s)
 		if !rec.synced {
 			t.Fatal("Synced not passed on")

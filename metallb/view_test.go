@@ -283,3 +283,30 @@ func TestBGPExcludedNodeWithdraws(t *testing.T) {
 	s.Upsert(readyNode("node01", nil))
 	poll(t, "the route back", func() bool { p, a := state(); return p == 1 && a == 1 })
 }
+
+// With allocation off nothing is assigned, queued for writing or announced, and services reach
+// the proxy exactly as they came, a stale status included.
+func TestAllocationOffQueuesNothing(t *testing.T) {
+	rec := &recorder{services: map[string]*v1.Service{}}
+	var owned map[netip.Addr][]string
+	s := New(Options{Node: "node01", Next: rec, Log: quiet, AllocationOff: true, WriteStatus: func(Status) {},
+		Announce: func(o map[netip.Addr][]string) { owned = o }})
+	s.Upsert(testPool("pool", "10.0.0.51-10.0.0.60"))
+	s.Upsert(&lb.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "all"}})
+	stale := lbSvc("default", "stale")
+	stale.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "10.0.0.55"}}
+	s.Upsert(stale)
+	s.Upsert(lbSvc("default", "fresh"))
+	s.Upsert(readySlice("default", "fresh", "node01"))
+	s.Synced()
+	s.RewriteStatuses()
+	if len(s.pending) != 0 {
+		t.Errorf("status writes queued: %v", s.pending)
+	}
+	if rec.services["stale"] != stale || ingress(rec.services["fresh"]) != "" {
+		t.Errorf("services changed on their way to the proxy: stale %v, fresh %q", rec.services["stale"] == stale, ingress(rec.services["fresh"]))
+	}
+	if len(owned) != 0 {
+		t.Errorf("announcing %v", owned)
+	}
+}

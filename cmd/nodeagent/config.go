@@ -134,6 +134,9 @@ type Config struct {
 	Layer2Refresh metav1.Duration `json:"layer2RefreshInterval,omitempty"`
 	// LeaderElectionNamespace holds the Lease that picks the agent writing LB status (API mode).
 	LeaderElectionNamespace string `json:"leaderElectionNamespace,omitempty"`
+	// LBAllocation assigns load-balancer addresses from IPAddressPools (default true); false
+	// leaves status.loadBalancer.ingress to another controller (a cloud's) and only proxies.
+	LBAllocation bool `json:"lbAllocation"`
 
 	// Flattened from the mode blocks, or set by flags.
 	masqueradeAll      bool
@@ -159,6 +162,7 @@ func defaultConfig() Config {
 		ServiceNodePortRange:    "30000-32767",
 		LogLevel:                "info",
 		Layer2:                  true,
+		LBAllocation:            true,
 		LeaderElectionNamespace: "kube-system",
 		syncPeriod:              30 * time.Second,
 		masqueradeBit:           14,
@@ -361,7 +365,8 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.ServiceClusterIPRange, "service-cluster-ip-range", c.ServiceClusterIPRange, "CIDRs (comma-separated, one per family) the manifests source allocates cluster IPs from")
 	fs.StringVar(&c.ServiceNodePortRange, "service-node-port-range", c.ServiceNodePortRange, "port range the manifests source allocates node ports from")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served besides services without a class (MetalLB's --lb-class)")
+	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served, alone: services without a class are then not served (MetalLB's --lb-class)")
+	fs.BoolVar(&c.LBAllocation, "lb-allocation", c.LBAllocation, "assign load-balancer addresses from IPAddressPools and announce them; false leaves status.loadBalancer.ingress to another controller (a cloud's) and only proxies")
 	ipvsFlags(fs, c)
 }
 

@@ -32,7 +32,7 @@ type loadBalancing struct {
 // records next's frontend conflicts as Events.
 func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
-	opts := metallb.Options{Node: node, Class: c.LBClass, Next: next, Log: log.With("component", "metallb"),
+	opts := metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: next, Log: log.With("component", "metallb"),
 		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP}
 	var writer *statusWriter
 	if kube, _ := c.useKube(); kube {

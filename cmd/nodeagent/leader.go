@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -16,6 +17,9 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+
+	"nodeagent/lb"
+	"nodeagent/metallb"
 )
 
 // statusWriter writes load-balancer addresses into Services' status when this agent leads: in API
@@ -25,6 +29,8 @@ type statusWriter struct {
 	log    *slog.Logger
 	leader atomic.Bool
 	events record.EventRecorder
+	// forbidden is set once a write was refused for lack of permission (logged once).
+	forbidden atomic.Bool
 }
 
 // newStatusWriter returns a statusWriter whose Events are recorded as component "nodeagent" from
@@ -59,25 +65,72 @@ func (w *statusWriter) frontendConflict(svc v1.ObjectReference, reason string) {
 	w.events.Event(&svc, v1.EventTypeWarning, "FrontendConflict", reason)
 }
 
-// write patches svc's status.loadBalancer.ingress, if this agent is the leader.
-func (w *statusWriter) write(svc types.NamespacedName, ingress []v1.LoadBalancerIngress) {
+// write records st if this agent is the leader: status.loadBalancer.ingress (status
+// subresource), then the ip-allocated-from-pool annotation under both of MetalLB's spellings, each
+// only over the version st was decided from (a newer one, another controller's write say, comes
+// with a decision of its own); and an Event IPAllocated, as MetalLB's controller records, when
+// addresses were assigned.
+func (w *statusWriter) write(st metallb.Status) {
 	if !w.leader.Load() {
 		return
 	}
-	if ingress == nil {
-		ingress = []v1.LoadBalancerIngress{}
+	svc := st.Service
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	services := w.client.CoreV1().Services(svc.Namespace)
+	rv := st.ResourceVersion
+	if st.IngressChanged {
+		ingress := st.Ingress
+		if ingress == nil {
+			ingress = []v1.LoadBalancerIngress{}
+		}
+		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": rv},
+			"status": map[string]any{"loadBalancer": map[string]any{"ingress": ingress}}})
+		if err != nil {
+			return
+		}
+		out, err := services.Patch(ctx, svc.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+		if err != nil {
+			w.writeFailed("write load-balancer status", svc, err)
+			return
+		}
+		rv = out.ResourceVersion
+		w.log.Info("load-balancer status written", "service", svc.String(), "ingress", ingressIPs(ingress))
+		if len(st.Ingress) > 0 {
+			ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name, UID: st.UID}
+			w.events.Eventf(ref, v1.EventTypeNormal, "IPAllocated", "Assigned IP %q", ingressIPs(st.Ingress))
+		}
 	}
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"loadBalancer": map[string]any{"ingress": ingress}}})
+	if st.PoolAnnotated {
+		return
+	}
+	var pool any // null removes the annotation
+	if st.Pool != "" {
+		pool = st.Pool
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": rv,
+		"annotations": map[string]any{lb.AnnotationAllocatedFromPool: pool, lb.AnnotationAllocatedFromPoolLegacy: pool}}})
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := w.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
-		w.log.Error("write load-balancer status", "service", svc.String(), "err", err)
-		return
+	if _, err := services.Patch(ctx, svc.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		w.writeFailed("annotate load-balancer pool", svc, err)
 	}
-	w.log.Info("load-balancer status written", "service", svc.String(), "ingress", ingressIPs(ingress))
+}
+
+// writeFailed logs a failed write. A conflict is expected (the service changed meanwhile; its
+// new version brings a new decision); a refusal for lack of permission is logged once.
+func (w *statusWriter) writeFailed(what string, svc types.NamespacedName, err error) {
+	switch {
+	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
+		w.log.Debug(what+": the service changed meanwhile", "service", svc.String(), "err", err)
+	case apierrors.IsForbidden(err):
+		if w.forbidden.CompareAndSwap(false, true) {
+			w.log.Error(what+": forbidden; see deploy/rbac.yaml", "service", svc.String(), "err", err)
+		}
+	default:
+		w.log.Error(what, "service", svc.String(), "err", err)
+	}
 }
 
 func ingressIPs(ing []v1.LoadBalancerIngress) []string {

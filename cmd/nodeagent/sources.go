@@ -135,7 +135,7 @@ func loadObjects(ctx context.Context, c *Config, node string, log *slog.Logger) 
 		return nil, err
 	}
 	rec := &recorder{synced: make(chan struct{})}
-	sink := metallb.New(metallb.Options{Node: node, Class: c.LBClass, Next: rec, Log: log})
+	sink := metallb.New(metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: rec, Log: log})
 	if m, ok := src.(*source.Manifests); ok {
 		objs, problems, err := m.Load()
 		if err != nil {
