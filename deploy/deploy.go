@@ -20,6 +20,12 @@ var RBAC []byte
 //go:embed crds.yaml
 var CRDs []byte
 
+// StatusCRDs is crds-status.yaml: the CustomResourceDefinition of MetalLB's ServiceL2Status, the
+// kind nodeagent writes (one object per announced service, by the announcing node).
+//
+//go:embed crds-status.yaml
+var StatusCRDs []byte
+
 // Names of the objects in RBAC, for code that binds other subjects to the same role or
 // impersonates the agent.
 const (

@@ -18,7 +18,8 @@ import (
 const GroupName = "metallb.io"
 
 var (
-	// GroupVersion is metallb.io/v1beta1: IPAddressPool, L2Advertisement, BGPAdvertisement, Community.
+	// GroupVersion is metallb.io/v1beta1: IPAddressPool, L2Advertisement, BGPAdvertisement,
+	// Community, ServiceL2Status.
 	GroupVersion = schema.GroupVersion{Group: GroupName, Version: "v1beta1"}
 	// GroupVersionV1beta2 is metallb.io/v1beta2: BGPPeer.
 	GroupVersionV1beta2 = schema.GroupVersion{Group: GroupName, Version: "v1beta2"}
@@ -35,6 +36,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&L2Advertisement{}, &L2AdvertisementList{},
 		&BGPAdvertisement{}, &BGPAdvertisementList{},
 		&Community{}, &CommunityList{},
+		&ServiceL2Status{}, &ServiceL2StatusList{},
 	)
 	s.AddKnownTypes(GroupVersionV1beta2, &BGPPeer{}, &BGPPeerList{})
 	metav1.AddToGroupVersion(s, GroupVersion)

@@ -45,6 +45,10 @@ type Options struct {
 	// Announce, when set, receives the whole set of addresses this node must answer ARP/NDP for,
 	// each with its interfaces (nil: all), whenever it changes.
 	Announce func(owned map[netip.Addr][]string)
+	// Layer2Services, when set with Announce, receives the whole set of services whose addresses
+	// this node answers ARP/NDP for, sorted, whenever it changes. Called under the speaker's
+	// lock: it must not block.
+	Layer2Services func([]L2Service)
 	// Alive, when set, returns the nodes whose agents are up (memberlist). Unset: the nodes
 	// known from Node objects and endpoints, plus this one — every agent reading the same
 	// manifests then computes the same owner.
@@ -96,6 +100,7 @@ type Speaker struct {
 	result   *lb.Result
 	problems map[string]bool
 	owned    map[netip.Addr][]string
+	l2svcs   []L2Service
 	pending  map[types.NamespacedName]Status // status writes to do
 	kick     chan struct{}
 }
@@ -555,7 +560,9 @@ func (s *Speaker) replan() {
 		in.Nodes = append(in.Nodes, n)
 	}
 	in.Alive = s.alive()
-	owned := lb.Owned(lb.PlanL2(in), s.o.Node)
+	plan := lb.PlanL2(in)
+	s.tellL2Services(plan)
+	owned := lb.Owned(plan, s.o.Node)
 	if maps.EqualFunc(owned, s.owned, slices.Equal[[]string]) && s.owned != nil {
 		return
 	}
@@ -571,6 +578,52 @@ func (s *Speaker) replan() {
 	}
 	s.owned = owned
 	s.o.Announce(owned)
+}
+
+// L2Service is a service whose addresses this node answers ARP/NDP for.
+type L2Service struct {
+	Service types.NamespacedName
+	UID     types.UID
+	// Interfaces are where this node answers (those of the service's lowest address this node
+	// owns); nil means every usable interface.
+	Interfaces []string
+}
+
+// tellL2Services passes the services this node announces by plan to Options.Layer2Services, when
+// they changed.
+func (s *Speaker) tellL2Services(plan []lb.L2Announcement) {
+	if s.o.Layer2Services == nil {
+		return
+	}
+	byName := map[types.NamespacedName]L2Service{}
+	for _, a := range plan { // sorted by address
+		if a.Owner != s.o.Node || s.o.Node == "" {
+			continue
+		}
+		for _, k := range a.Services {
+			if _, seen := byName[k]; seen {
+				continue
+			}
+			l := L2Service{Service: k, Interfaces: a.Interfaces}
+			if svc := s.services[k]; svc != nil {
+				l.UID = svc.UID
+			}
+			byName[k] = l
+		}
+	}
+	out := slices.SortedFunc(maps.Values(byName), func(a, b L2Service) int {
+		return compare(a.Service.String(), b.Service.String())
+	})
+	if s.l2svcs != nil && slices.EqualFunc(out, s.l2svcs, func(a, b L2Service) bool {
+		return a.Service == b.Service && a.UID == b.UID && slices.Equal(a.Interfaces, b.Interfaces)
+	}) {
+		return
+	}
+	if out == nil {
+		out = []L2Service{}
+	}
+	s.l2svcs = out
+	s.o.Layer2Services(out)
 }
 
 // alive is the membership view: memberlist's when there is one, else every node the objects name.

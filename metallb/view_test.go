@@ -310,3 +310,30 @@ func TestAllocationOffQueuesNothing(t *testing.T) {
 		t.Errorf("announcing %v", owned)
 	}
 }
+
+// Layer2Services follows what this node announces: a service while it owns the address, none
+// once the node is excluded.
+func TestLayer2ServicesFollowOwnership(t *testing.T) {
+	rec := &recorder{services: map[string]*v1.Service{}}
+	var got [][]L2Service
+	s := New(Options{Node: "node01", Next: rec, Log: quiet, Alive: func() []string { return []string{"node01"} },
+		Announce: func(map[netip.Addr][]string) {}, Layer2Services: func(l []L2Service) { got = append(got, l) }})
+	s.Upsert(testPool("pool", "10.0.0.51/32"))
+	ad := &lb.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "all"}}
+	ad.Spec.Interfaces = []string{"ens33"}
+	s.Upsert(ad)
+	svc := lbSvc("default", "web")
+	svc.UID = "uid-web"
+	s.Upsert(svc)
+	s.Upsert(readySlice("default", "web", "node01"))
+	s.Upsert(readyNode("node01", nil))
+	s.Synced()
+	if len(got) != 1 || len(got[0]) != 1 || got[0][0].Service.Name != "web" || got[0][0].UID != "uid-web" ||
+		len(got[0][0].Interfaces) != 1 || got[0][0].Interfaces[0] != "ens33" {
+		t.Fatalf("announced services %+v", got)
+	}
+	s.Upsert(readyNode("node01", map[string]string{lb.LabelExcludeFromExternalLB: ""}))
+	if len(got) != 2 || len(got[1]) != 0 {
+		t.Errorf("after exclusion: %+v", got)
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+
 	"nodeagent/arp"
 	"nodeagent/bgp"
 	"nodeagent/member"
@@ -65,6 +67,20 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 			}
 		}()
 		opts.Announce = r.SetOwned
+		if writer != nil {
+			// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
+			cfg, err := c.restConfig()
+			if err != nil {
+				return nil, err
+			}
+			dyn, err := dynamic.NewForConfig(cfg)
+			if err != nil {
+				return nil, fmt.Errorf("layer-2 status: %w", err)
+			}
+			l2 := newL2Status(node, c.LeaderElectionNamespace, dyn, writer.client.Discovery(), writer.events, log.With("component", "layer2-status"))
+			opts.Layer2Services = l2.set
+			go l2.run(ctx)
+		}
 	}
 	// Routes carry each session's local address as next hop; the router ID is a node address.
 	bc := bgp.Config{Logger: log}

@@ -8,7 +8,10 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"nodeagent/deploy"
+	"nodeagent/lb"
 	"nodeagent/test/kube"
 )
 
@@ -31,6 +34,46 @@ spec:
   - matchLabels: {lb: "yes"}
 `
 
+// statusRBAC grants what MetalLB's status writes need beyond deploy/rbac.yaml: the
+// ip-allocated-from-pool annotation on Services, and ServiceL2Status objects.
+const statusRBAC = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: nodeagent-metallb-status}
+rules:
+- apiGroups: [""]
+  resources: [services]
+  verbs: [patch]
+- apiGroups: [metallb.io]
+  resources: [servicel2statuses]
+  verbs: [list, create, delete, patch]
+- apiGroups: [metallb.io]
+  resources: [servicel2statuses/status]
+  verbs: [patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: nodeagent-metallb-status}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodeagent-metallb-status}
+subjects:
+- {kind: ServiceAccount, name: nodeagent, namespace: kube-system}
+`
+
+// l2Owners returns the nodes whose ServiceL2Status says they announce default/svc.
+func l2Owners(t *testing.T, cp *kube.ControlPlane, svc string) []string {
+	t.Helper()
+	list, err := cp.Dynamic.Resource(lb.GroupVersion.WithResource("servicel2statuses")).Namespace("default").List(t.Context(),
+		metav1.ListOptions{LabelSelector: lb.LabelServiceName + "=" + svc})
+	if err != nil {
+		t.Fatalf("list ServiceL2Status: %v", err)
+	}
+	var out []string
+	for _, u := range list.Items {
+		node, _, _ := unstructured.NestedString(u.Object, "status", "node")
+		out = append(out, node)
+	}
+	return out
+}
+
 // TestLayer2OneViewAPI: three agents reading a real API server (with memberlist among them) agree
 // on one owner of a load-balancer address whose L2Advertisement selects nodes by label — every
 // agent sees every Node, so the two selected nodes do not both answer ARP — and when the owner gets
@@ -47,6 +90,12 @@ func TestLayer2OneViewAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := cp.InstallCRDs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.InstallCRDManifest(ctx, deploy.StatusCRDs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Apply(ctx, []byte(statusRBAC)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cp.Apply(ctx, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n")); err != nil {
@@ -80,6 +129,7 @@ func TestLayer2OneViewAPI(t *testing.T) {
 		join = append(join, n.IP.String())
 	}
 	for _, n := range e.Nodes {
+		// The Lease and the ServiceL2Status objects live in "default".
 		e.agents[n.Index] = e.StartAgentNoWait(n, "--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default",
 			"--memberlist-bind", n.IP.String(), "--memberlist-join", strings.Join(join, ","))
 	}
@@ -142,6 +192,48 @@ func TestLayer2OneViewAPI(t *testing.T) {
 	}
 	owner := settle("two nodes selected", 1, 2)
 	other := map[int]int{1: 2, 2: 1}[owner]
+	// MetalLB's records: the pool annotation and IPAllocated from the status writer, nodeAssigned
+	// and one ServiceL2Status from the announcing node.
+	lbSvc, err := cp.Client.CoreV1().Services("default").Get(ctx, "demoapp-lb", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := lbSvc.Annotations; a["metallb.io/ip-allocated-from-pool"] != "localip-pool" || a["metallb.universe.tf/ip-allocated-from-pool"] != "localip-pool" {
+		t.Errorf("demoapp-lb's annotations %v, want ip-allocated-from-pool localip-pool", a)
+	}
+	wantEvent := func(reason, message string) {
+		t.Helper()
+		var seen []string
+		if !Eventually(Scaled(20*time.Second), 200*time.Millisecond, func() bool {
+			evs, err := cp.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=demoapp-lb,reason=" + reason})
+			if err != nil {
+				return false
+			}
+			seen = nil
+			for _, ev := range evs.Items {
+				seen = append(seen, ev.Message)
+				if ev.Message == message && ev.InvolvedObject.UID == lbSvc.UID {
+					return true
+				}
+			}
+			return false
+		}) {
+			t.Errorf("no Event %s %q on demoapp-lb; saw %q", reason, message, seen)
+		}
+	}
+	wantEvent("IPAllocated", `Assigned IP ["10.0.0.51"]`)
+	wantEvent("nodeAssigned", fmt.Sprintf("announcing from node %q with protocol %q", e.Node(owner).Name, "layer2"))
+	wantL2Status := func(when string, node int) {
+		t.Helper()
+		var got []string
+		if !Eventually(Scaled(20*time.Second), 200*time.Millisecond, func() bool {
+			got = l2Owners(t, cp, "demoapp-lb")
+			return len(got) == 1 && got[0] == e.Node(node).Name
+		}) {
+			t.Errorf("%s: ServiceL2Status of demoapp-lb names %v, want exactly node%02d", when, got, node)
+		}
+	}
+	wantL2Status("two nodes selected", owner)
 
 	node, err := cp.Client.CoreV1().Nodes().Get(ctx, e.Node(owner).Name, metav1.GetOptions{})
 	if err != nil {
@@ -152,6 +244,8 @@ func TestLayer2OneViewAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	moved := settle(fmt.Sprintf("node%02d excluded", owner), other)
+	wantL2Status(fmt.Sprintf("node%02d excluded", owner), other)
+	wantEvent("nodeAssigned", fmt.Sprintf("announcing from node %q with protocol %q", e.Node(other).Name, "layer2"))
 	fmt.Printf("one view (API mode): 10.0.0.51 owned by node%02d of the two selected nodes; node%02d excluded → node%02d\n", owner, owner, moved)
 	for i, a := range e.agents {
 		if exited, err := a.Exited(); exited {
