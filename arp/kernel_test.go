@@ -185,6 +185,9 @@ func TestNDPServingSurvivesShortFrame(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	r.SetOwned(map[netip.Addr][]string{vip6: {"eth0"}})
 	c := <-k.conn
+	// The socket is handed out before the address is owned: a solicitation read before then is
+	// (rightly) not answered.
+	eventually(t, "the address owned", func() bool { return r.Stats().Announced == 1 })
 	k.frames.in <- shortNSFrame()
 	ns := &ndp.NeighborSolicitation{TargetAddress: vip6}
 	k.frames.in <- nsFrame(t, ns, client6, netip.MustParseAddr("ff02::1:ff00:51"), 255)
