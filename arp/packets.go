@@ -105,6 +105,8 @@ func (r *Responder) serveARP(l *link, c net.PacketConn, closed *atomic.Bool) {
 		if req == nil || !l.owned()[req.TargetIP] {
 			return false
 		}
+		cnt := r.counters(req.TargetIP)
+		cnt.requests.Add(1)
 		reply, err := arp.NewPacket(arp.OperationReply, l.HardwareAddr, req.TargetIP, req.SenderHardwareAddr, req.SenderIP)
 		if err != nil {
 			return false
@@ -114,6 +116,7 @@ func (r *Responder) serveARP(l *link, c net.PacketConn, closed *atomic.Bool) {
 			return false
 		}
 		r.arpAnswered.Add(1)
+		cnt.responses.Add(1)
 		return false
 	})
 }
@@ -184,6 +187,8 @@ func (r *Responder) serveNDP(l *link, c NDPConn, closed *atomic.Bool) {
 		if !ok || (cm != nil && cm.IfIndex != 0 && cm.IfIndex != l.Index) || !l.owned()[ns.TargetAddress] {
 			return false
 		}
+		cnt := r.counters(ns.TargetAddress)
+		cnt.requests.Add(1)
 		na := &ndp.NeighborAdvertisement{Solicited: true, Override: true, TargetAddress: ns.TargetAddress,
 			Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: l.HardwareAddr}}}
 		dst := src
@@ -196,6 +201,7 @@ func (r *Responder) serveNDP(l *link, c NDPConn, closed *atomic.Bool) {
 			return false
 		}
 		r.ndpAnswered.Add(1)
+		cnt.responses.Add(1)
 		return false
 	})
 }
@@ -217,6 +223,7 @@ func (r *Responder) announce(l *link, a netip.Addr) error {
 				return fmt.Errorf("gratuitous ARP for %s on %s: %w", a, l.Name, err)
 			}
 			r.gratuitous.Add(1)
+			r.counters(a).gratuitous.Add(1)
 		}
 		return nil
 	}
@@ -229,6 +236,7 @@ func (r *Responder) announce(l *link, a netip.Addr) error {
 		return fmt.Errorf("unsolicited NA for %s on %s: %w", a, l.Name, err)
 	}
 	r.gratuitous.Add(1)
+	r.counters(a).gratuitous.Add(1)
 	return nil
 }
 

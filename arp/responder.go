@@ -65,6 +65,19 @@ type Stats struct {
 	BadPackets uint64
 }
 
+// AddrStats are the counters of one load-balancer address, MetalLB's layer-2 metrics.
+type AddrStats struct {
+	// Requests counts ARP requests and Neighbor Solicitations received for the address while
+	// this node answered for it; Responses the answers sent; Gratuitous the gratuitous ARP
+	// packets and unsolicited Neighbor Advertisements sent for it.
+	Requests, Responses, Gratuitous uint64
+}
+
+// addrCounters are one address's AddrStats, updated by the serving goroutines.
+type addrCounters struct {
+	requests, responses, gratuitous atomic.Uint64
+}
+
 // Responder answers ARP and NDP for the addresses it owns.
 type Responder struct {
 	opts Options
@@ -84,6 +97,9 @@ type Responder struct {
 	badPackets                        atomic.Uint64
 	lastBadLog                        atomic.Int64 // unix nanoseconds of the last bad-packet log
 	runningMu                         sync.Mutex
+	// perAddr holds an *addrCounters for every address ever answered for (created when it is
+	// taken over, so the number of entries is bounded by the addresses owned, never by traffic).
+	perAddr sync.Map
 }
 
 // New returns a Responder; nothing happens until Run.
@@ -141,6 +157,26 @@ func (r *Responder) Stats() Stats {
 		Errors:                   r.errors.Load(),
 		BadPackets:               r.badPackets.Load(),
 	}
+}
+
+// AddrStats returns the counters of every address answered for since the start.
+func (r *Responder) AddrStats() map[netip.Addr]AddrStats {
+	out := map[netip.Addr]AddrStats{}
+	r.perAddr.Range(func(k, v any) bool {
+		c := v.(*addrCounters)
+		out[k.(netip.Addr)] = AddrStats{Requests: c.requests.Load(), Responses: c.responses.Load(), Gratuitous: c.gratuitous.Load()}
+		return true
+	})
+	return out
+}
+
+// counters returns a's counters; for an address never taken over (which is not answered for),
+// counters that are not kept.
+func (r *Responder) counters(a netip.Addr) *addrCounters {
+	if v, ok := r.perAddr.Load(a); ok {
+		return v.(*addrCounters)
+	}
+	return &addrCounters{}
 }
 
 // Run answers until ctx is done, then closes every socket. It returns ctx's error.
@@ -323,6 +359,7 @@ func (r *Responder) update(l *link, want map[netip.Addr]bool) int {
 			}
 		}
 		r.changes.Add(1)
+		r.perAddr.LoadOrStore(a, &addrCounters{})
 		r.log.Info("taking over address", "address", a, "interface", l.Name)
 		l.schedule[a] = &schedule{next: time.Now(), left: max(r.opts.GratuitousRepeats, 0) + 1}
 	}

@@ -374,6 +374,11 @@ func TestARPAnswersOnlyOwnedAddresses(t *testing.T) {
 	if st.Announced != 1 || st.OwnershipChanges != 1 || st.GratuitousSent != 2 || st.BadPackets != 1 {
 		t.Errorf("stats %+v", st)
 	}
+	// MetalLB's per-address counters: requests for the owned address (the real one, not the
+	// reply, proxied or own frames), answers, and gratuitous packets; none for 10.0.0.52.
+	if got := r.AddrStats(); len(got) != 1 || got[vip] != (AddrStats{Requests: 1, Responses: 1, Gratuitous: 2}) {
+		t.Errorf("per-address stats %+v", got)
+	}
 
 	// Giving the address up: no more answers, the socket is closed.
 	r.SetOwned(nil)
@@ -536,6 +541,9 @@ func TestNDP(t *testing.T) {
 	}
 	if na := out[1].m.(*ndp.NeighborAdvertisement); out[1].dst != netip.IPv6LinkLocalAllNodes() || na.Solicited {
 		t.Errorf("DAD answer %+v to %s", na, out[1].dst)
+	}
+	if got := r.AddrStats()[vip6]; got != (AddrStats{Requests: 2, Responses: 2, Gratuitous: 1}) {
+		t.Errorf("per-address stats of %s: %+v", vip6, got)
 	}
 	// Releasing one address keeps the shared group; releasing both leaves it and closes.
 	r.SetOwned(map[netip.Addr][]string{vip6: {"eth0"}})

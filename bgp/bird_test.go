@@ -65,6 +65,10 @@ func TestBIRDECMP(t *testing.T) {
 	if st.Established() != 1 || len(st.Advertised()) != 2 {
 		t.Errorf("node1 status: want 1 session advertising 2 prefixes, got\n%s", st)
 	}
+	// MetalLB's metallb_bgp_updates_total and peer label "address:port" come from these.
+	if s := st.Sessions; len(s) != 1 || s[0].UpdatesSent == 0 || s[0].Port != DefaultPort {
+		t.Errorf("node1 session: want UPDATEs counted and port %d, got %+v", DefaultPort, s)
+	}
 	t.Logf("node1 status:\n%s", st)
 
 	// Withdraw on node2 only.

@@ -49,6 +49,9 @@ type session struct {
 	lastError string
 	repeated  int  // consecutive failures with the same lastError, logged at debug after the first
 	closing   bool // our own teardown: the session going down is neither a flap nor a warning
+	// updBase and updLast keep UpdatesSent counting up across GoBGP restarting its own count
+	// (and across the session this one replaced).
+	updBase, updLast uint64
 }
 
 // sessionOptions carries the speaker-wide settings a session needs.
@@ -60,6 +63,7 @@ type sessionOptions struct {
 	listenPort int
 	warnAfter  time.Duration
 	flaps      uint64 // carried over from the session this one replaces
+	updates    uint64 // likewise: UPDATE messages sent
 }
 
 // newSession starts a GoBGP server for one peer and dials it. The server never accepts routes
@@ -93,6 +97,7 @@ func openSession(p Peer, opts sessionOptions) (*session, error) {
 		state:    "idle",
 		since:    time.Now(),
 		flaps:    opts.flaps,
+		updBase:  opts.updates,
 	}
 	routerID := p.RouterID
 	if !routerID.IsValid() {
@@ -431,6 +436,7 @@ func (s *session) close() {
 
 // status snapshots the session for Speaker.Status.
 func (s *session) status() SessionStatus {
+	updates := s.updatesSent()
 	s.mu.Lock()
 	st := SessionStatus{
 		Name:        s.peer.key(),
@@ -442,6 +448,11 @@ func (s *session) status() SessionStatus {
 		Since:       s.since,
 		Flaps:       s.flaps,
 		LastError:   s.lastError,
+		UpdatesSent: updates,
+		Port:        s.peer.Port,
+	}
+	if st.Port == 0 {
+		st.Port = DefaultPort
 	}
 	s.mu.Unlock()
 	for p := range s.routes {
@@ -449,6 +460,29 @@ func (s *session) status() SessionStatus {
 	}
 	slices.SortFunc(st.Advertised, comparePrefix)
 	return st
+}
+
+// updatesSent returns how many BGP UPDATE messages went to the peer, as a counter that never goes
+// down (MetalLB's metallb_bgp_updates_total).
+func (s *session) updatesSent() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, ok := uint64(0), false
+	if s.srv != nil {
+		_ = s.srv.ListPeer(ctx, &api.ListPeerRequest{Address: s.peer.Address.String()}, func(p *api.Peer) {
+			n, ok = p.GetState().GetMessages().GetSent().GetUpdate(), true
+		})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ok {
+		return s.updBase + s.updLast
+	}
+	if n < s.updLast {
+		s.updBase += s.updLast
+	}
+	s.updLast = n
+	return s.updBase + n
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -136,13 +136,14 @@ func (s *Speaker) SetPeers(peers []Peer) error {
 		}
 		want[k] = p
 	}
-	flaps := make(map[string]uint64)
+	flaps, updates := make(map[string]uint64), make(map[string]uint64)
 	for k, sess := range s.sessions {
 		if p, ok := want[k]; ok && p == sess.peer {
 			continue
 		}
 		s.log.Info("bgp session closing", "peer", k)
-		flaps[k] = sess.status().Flaps
+		st := sess.status()
+		flaps[k], updates[k] = st.Flaps, st.UpdatesSent
 		sess.close()
 		delete(s.sessions, k)
 	}
@@ -164,6 +165,7 @@ func (s *Speaker) SetPeers(peers []Peer) error {
 			listenPort: s.listen,
 			warnAfter:  s.warn,
 			flaps:      flaps[k],
+			updates:    updates[k],
 		})
 		if err != nil {
 			s.log.Error("bgp session not started", "peer", k, "err", err)
@@ -245,6 +247,10 @@ type SessionStatus struct {
 	Since time.Time
 	// Flaps counts established sessions that went down (a counter).
 	Flaps uint64
+	// UpdatesSent counts BGP UPDATE messages sent to the peer (a counter).
+	UpdatesSent uint64
+	// Port is the peer's TCP port (179 when the peer sets none).
+	Port uint16
 	// LastError is the last reason the session failed, empty once it is established.
 	LastError string
 	// Advertised lists the prefixes the session announces while established (its length is a gauge).

@@ -68,8 +68,10 @@ type Result struct {
 	// Foreign are served Services whose status.loadBalancer.ingress someone else wrote (see
 	// Assign): their status is left as it is.
 	Foreign map[types.NamespacedName]bool
-	class   string
-	off     bool
+	// Pools counts each valid pool's addresses and those in use.
+	Pools map[string]PoolUsage
+	class string
+	off   bool
 }
 
 // Serves reports whether the allocator is in charge of svc: a LoadBalancer Service whose
@@ -279,6 +281,7 @@ func Assign(in Input) *Result {
 		}
 		a.claim(req, p, ips, res)
 	}
+	res.Pools = a.usage()
 	return res
 }
 

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -621,6 +622,40 @@ func TestForeignAndOffLeaveStatus(t *testing.T) {
 	for _, s := range []*v1.Service{cloud, plain, svc("stale", status("10.0.0.51"))} {
 		if off.Apply(s) != s || off.Serves(s) {
 			t.Errorf("%s: allocation off touched the status", s.Name)
+		}
+	}
+}
+
+// MetalLB's allocator figures: usable addresses per pool (avoidBuggyIPs leaves .0 and .255 out,
+// an enormous IPv6 pool is capped) and distinct addresses in use, shared ones counted once.
+func TestPoolUsage(t *testing.T) {
+	shared := func(s *v1.Service) { ann(AnnotationAllowSharedIP, "k")(s) }
+	res := Assign(Input{
+		Pools: []*IPAddressPool{seedPool, mkpool("wide", "10.1.0.0/23", buggy), mkpool("plain", "10.2.0.0/24", "fd00::/120"),
+			mkpool("huge", "fd01::/32")},
+		Services: []*v1.Service{svc("a", created(1), shared, ports("TCP/80")), svc("b", created(2), shared, ports("TCP/81")),
+			svc("c", created(3)), svc("d", created(4), ann(AnnotationAddressPool, "plain"),
+				families(v1.IPFamilyPolicyRequireDualStack, v1.IPv4Protocol, v1.IPv6Protocol))},
+	})
+	want := map[string]PoolUsage{
+		"localip-pool": {Total: 30, IPv4: 30, InUse: 2, InUseIPv4: 2},
+		"wide":         {Total: 508, IPv4: 508},
+		"plain":        {Total: 512, IPv4: 256, IPv6: 256, InUse: 2, InUseIPv4: 1, InUseIPv6: 1},
+		"huge":         {Total: math.MaxInt64, IPv6: math.MaxInt64},
+	}
+	if !reflect.DeepEqual(res.Pools, want) {
+		t.Errorf("usage %+v\nwant %+v", res.Pools, want)
+	}
+	for _, r := range []struct {
+		r    string
+		want int64
+	}{{"10.0.0.255-10.0.1.0", 0}, {"10.0.0.254-10.0.1.1", 2}, {"0.0.0.0/32", 0}, {"255.255.255.255/32", 0}, {"0.0.0.0/0", 1 << 32 * 254 / 256}} {
+		rg, err := ParseRange(r.r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := rg.size(true); got != r.want {
+			t.Errorf("%s without buggy addresses: %d, want %d", r.r, got, r.want)
 		}
 	}
 }

@@ -472,6 +472,13 @@ func (s *Speaker) reassign() {
 	}
 }
 
+// PoolUsage returns each valid pool's address counts (MetalLB's allocator metrics).
+func (s *Speaker) PoolUsage() map[string]lb.PoolUsage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.result.Pools)
+}
+
 // ReportProblems tells Options.Problem about every current problem again: after this agent
 // became the one that records them, say.
 func (s *Speaker) ReportProblems() {

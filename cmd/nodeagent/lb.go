@@ -133,6 +133,20 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 	return lbs, nil
 }
 
+// metallbCollector exposes MetalLB's own metrics of this agent's allocation, layer-2 responder
+// and BGP sessions.
+func (l *loadBalancing) metallbCollector() *metallbCollector {
+	var layer2 func() map[netip.Addr]arp.AddrStats
+	if l.layer2 != nil {
+		layer2 = l.layer2.AddrStats
+	}
+	var status func() bgp.Status
+	if l.bgp != nil {
+		status = l.bgp.Status
+	}
+	return newMetalLBCollector(l.speaker.PoolUsage, layer2, status)
+}
+
 func (l *loadBalancing) stop() {
 	if l.bgp != nil {
 		// Withdraws every route and closes the sessions (CEASE), as a graceful stop should.

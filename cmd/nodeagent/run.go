@@ -85,6 +85,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer announcer.stop()
+	metrics.Registry.MustRegister(announcer.metallbCollector())
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
 	}

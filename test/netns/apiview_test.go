@@ -182,6 +182,17 @@ func TestLayer2OneViewAPI(t *testing.T) {
 				t.Errorf("%s: ARP reply from %s, not from the owner node%02d:\n%s", when, rep[1], owner, out)
 			}
 		}
+		// MetalLB's metrics: the owner counts the requests it answered; every agent the pool.
+		if got := scrapeMetrics(t, e.Node(owner).NS)[`metallb_layer2_responses_sent{ip="10.0.0.51"}`]; got < float64(len(replies)) {
+			t.Errorf("%s: owner's metallb_layer2_responses_sent %v, want at least the %d replies seen", when, got, len(replies))
+		}
+		for _, n := range e.Nodes {
+			m := scrapeMetrics(t, n.NS)
+			if m[`metallb_allocator_addresses_total{pool="localip-pool"}`] != 30 || m[`metallb_allocator_addresses_in_use_total{pool="localip-pool"}`] != 1 {
+				t.Errorf("%s: %s's allocator metrics: total %v, in use %v; want 30 and 1", when, n.Name,
+					m[`metallb_allocator_addresses_total{pool="localip-pool"}`], m[`metallb_allocator_addresses_in_use_total{pool="localip-pool"}`])
+			}
+		}
 		if !Eventually(Scaled(10*time.Second), 50*time.Millisecond, func() bool {
 			_, err := Ask(e.Client, "tcp", addr)
 			return err == nil
