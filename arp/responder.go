@@ -15,7 +15,9 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,7 +46,34 @@ type Options struct {
 	GratuitousInterval time.Duration
 	// RefreshInterval, when positive, re-announces every owned address that often.
 	RefreshInterval time.Duration
-	Logger          *slog.Logger
+	// Exclude, when set, matches the names of interfaces never answered on, even when an
+	// L2Advertisement names them (MetalLB's announcedInterfacesToExclude; see ExcludeInterfaces).
+	Exclude *regexp.Regexp
+	Logger  *slog.Logger
+}
+
+// DefaultExcludeInterfaces are the interfaces MetalLB v0.14.8's manifests keep its speaker from
+// answering on (the metallb-excludel2 ConfigMap): container, CNI and virtual links, where a
+// load-balancer address must not be claimed.
+var DefaultExcludeInterfaces = []string{"^docker.*", "^cbr.*", "^dummy.*", "^virbr.*", "^lxcbr.*", "^veth.*", "^lo$",
+	"^cali.*", "^tunl.*", "^flannel.*", "^kube-ipvs.*", "^cni.*", "^nodelocaldns.*"}
+
+// ExcludeInterfaces compiles patterns into one regular expression matching a name any of them
+// matches, as MetalLB does; nil for no pattern.
+func ExcludeInterfaces(patterns []string) (*regexp.Regexp, error) {
+	var parts []string
+	for _, p := range patterns {
+		if p = strings.TrimSpace(p); p != "" {
+			if _, err := regexp.Compile(p); err != nil {
+				return nil, fmt.Errorf("interface pattern %q: %w", p, err)
+			}
+			parts = append(parts, "("+p+")")
+		}
+	}
+	if len(parts) == 0 {
+		return nil, nil
+	}
+	return regexp.Compile(strings.Join(parts, "|"))
 }
 
 // Stats are the responder's counters, for metrics.
@@ -245,7 +274,7 @@ func (r *Responder) reconcile() {
 	delete(r.lastErr, "")
 	usable := map[string]Link{}
 	for _, l := range links {
-		if l.unusable() == "" {
+		if l.unusable() == "" && (r.opts.Exclude == nil || !r.opts.Exclude.MatchString(l.Name)) {
 			usable[l.Name] = l
 		}
 	}

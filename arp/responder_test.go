@@ -607,3 +607,32 @@ func TestServingSurvivesPanickingPacket(t *testing.T) {
 		t.Errorf("bad packets %d, want 2", st.BadPackets)
 	}
 }
+
+// MetalLB's default exclusions keep the responder off container and CNI links, even for an
+// address whose L2Advertisement names one; other interfaces answer as before.
+func TestExcludedInterfaces(t *testing.T) {
+	ex, err := ExcludeInterfaces(DefaultExcludeInterfaces)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, excluded := range map[string]bool{"docker0": true, "cni0": true, "veth1234": true, "lo": true, "kube-ipvs0": true,
+		"cali0ab": true, "flannel.1": true, "ens33": false, "eth0": false, "lower": false, "bond0": false} {
+		if ex.MatchString(name) != excluded {
+			t.Errorf("%s excluded: %v, want %v", name, !excluded, excluded)
+		}
+	}
+	if _, err := ExcludeInterfaces([]string{"(bad"}); err == nil {
+		t.Error("an invalid pattern was accepted")
+	}
+	if ex, err := ExcludeInterfaces([]string{"", " "}); ex != nil || err != nil {
+		t.Errorf("no pattern: %v %v", ex, err)
+	}
+	k := newFakeKernel(ethLink("eth0", 2), ethLink("cni0", 3), ethLink("veth9", 4))
+	r := start(t, k, Options{GratuitousRepeats: -1, Exclude: ex})
+	r.SetOwned(map[netip.Addr][]string{vip: nil, vip2: {"cni0"}})
+	eventually(t, "ARP socket on eth0", func() bool { return k.arp("eth0") != nil })
+	eventually(t, "one address announced", func() bool { return r.Stats().Announced == 1 })
+	if k.dialCount("cni0") != 0 || k.dialCount("veth9") != 0 {
+		t.Errorf("sockets opened on excluded interfaces: cni0 %d, veth9 %d", k.dialCount("cni0"), k.dialCount("veth9"))
+	}
+}

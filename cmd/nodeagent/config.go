@@ -137,6 +137,9 @@ type Config struct {
 	// LBAllocation assigns load-balancer addresses from IPAddressPools (default true); false
 	// leaves status.loadBalancer.ingress to another controller (a cloud's) and only proxies.
 	LBAllocation bool `json:"lbAllocation"`
+	// Layer2ExcludeInterfaces are regular expressions of interface names layer 2 never answers
+	// on (MetalLB's announcedInterfacesToExclude); unset: arp.DefaultExcludeInterfaces.
+	Layer2ExcludeInterfaces *[]string `json:"layer2ExcludeInterfaces,omitempty"`
 
 	// Flattened from the mode blocks, or set by flags.
 	masqueradeAll      bool
@@ -366,6 +369,11 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.ServiceNodePortRange, "service-node-port-range", c.ServiceNodePortRange, "port range the manifests source allocates node ports from")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served, alone: services without a class are then not served (MetalLB's --lb-class)")
+	fs.Func("layer2-exclude-interfaces", "comma-separated regular expressions of interface names layer 2 never answers on (MetalLB's announcedInterfacesToExclude; default: MetalLB's list, docker, CNI, veth and other virtual links; empty: none)", func(s string) error {
+		list := splitList(s)
+		c.Layer2ExcludeInterfaces = &list
+		return nil
+	})
 	fs.BoolVar(&c.LBAllocation, "lb-allocation", c.LBAllocation, "assign load-balancer addresses from IPAddressPools and announce them; false leaves status.loadBalancer.ingress to another controller (a cloud's) and only proxies")
 	ipvsFlags(fs, c)
 }

@@ -280,3 +280,34 @@ func TestMemberlistSecret(t *testing.T) {
 		t.Errorf("without memberlist: %v", err)
 	}
 }
+
+// lbAllocation and layer2ExcludeInterfaces from the file and their flags: unset keeps the
+// defaults (allocation on, MetalLB's exclusions), an empty list excludes nothing.
+func TestConfigMetalLBKeys(t *testing.T) {
+	for _, tc := range []struct {
+		conf    string
+		args    []string
+		alloc   bool
+		exclude []string // nil: the default
+	}{
+		{"mode: iptables\n", nil, true, nil},
+		{"mode: iptables\nlbAllocation: false\nlayer2ExcludeInterfaces: []\n", nil, false, []string{}},
+		{"mode: iptables\nlayer2ExcludeInterfaces: ['^eth9$']\n", []string{"--lb-allocation=false"}, false, []string{"^eth9$"}},
+		{"mode: iptables\n", []string{"--layer2-exclude-interfaces", "^cni.*, ^docker.*"}, true, []string{"^cni.*", "^docker.*"}},
+		{"mode: iptables\n", []string{"--layer2-exclude-interfaces="}, true, []string{}},
+	} {
+		c, err := parse(t, tc.conf, tc.args...)
+		if err != nil {
+			t.Fatalf("%q %v: %v", tc.conf, tc.args, err)
+		}
+		if c.LBAllocation != tc.alloc {
+			t.Errorf("%q %v: lbAllocation %v", tc.conf, tc.args, c.LBAllocation)
+		}
+		switch {
+		case tc.exclude == nil && c.Layer2ExcludeInterfaces != nil:
+			t.Errorf("%q %v: exclusions %v, want the default", tc.conf, tc.args, *c.Layer2ExcludeInterfaces)
+		case tc.exclude != nil && (c.Layer2ExcludeInterfaces == nil || !slices.Equal(*c.Layer2ExcludeInterfaces, tc.exclude)):
+			t.Errorf("%q %v: exclusions %v, want %v", tc.conf, tc.args, c.Layer2ExcludeInterfaces, tc.exclude)
+		}
+	}
+}

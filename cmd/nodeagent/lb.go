@@ -59,7 +59,15 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		})
 	}()
 	if c.Layer2 {
-		r := arp.New(arp.Options{Logger: log.With("component", "layer2"), RefreshInterval: c.Layer2Refresh.Duration})
+		patterns := arp.DefaultExcludeInterfaces
+		if c.Layer2ExcludeInterfaces != nil {
+			patterns = *c.Layer2ExcludeInterfaces
+		}
+		exclude, err := arp.ExcludeInterfaces(patterns)
+		if err != nil {
+			return nil, fmt.Errorf("--layer2-exclude-interfaces: %w", err)
+		}
+		r := arp.New(arp.Options{Logger: log.With("component", "layer2"), RefreshInterval: c.Layer2Refresh.Duration, Exclude: exclude})
 		lbs.layer2 = r
 		go func() {
 			if err := r.Run(ctx); err != nil && ctx.Err() == nil {
