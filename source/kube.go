@@ -9,6 +9,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -106,9 +107,17 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 		// exclude-from-external-load-balancers label, node conditions, namespaceSelectors) must be
 		// taken from the same view on every node, as MetalLB's speakers watch every Node.
 		all := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, strip)
-		infs = append(infs, all.Core().V1().Nodes().Informer(), all.Core().V1().Namespaces().Informer())
 		every := func(metav1.Object) bool { return true }
-		filters = append(filters, every, every)
+		infs = append(infs, all.Core().V1().Nodes().Informer())
+		filters = append(filters, every)
+		// Namespaces only matter to namespaceSelectors: a role that may not list them must not
+		// keep the caches from syncing.
+		if _, err := k.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{Limit: 1}); apierrors.IsForbidden(err) {
+			log.Warn("may not list namespaces; serviceAllocation.namespaceSelectors match no namespace", "err", err)
+		} else {
+			infs = append(infs, all.Core().V1().Namespaces().Informer())
+			filters = append(filters, every)
+		}
 		factories = append(factories, all)
 	}
 	// ServiceCIDRs (networking.k8s.io/v1), as kube-proxy v1.34 watches them: the nftables mode

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -282,3 +284,31 @@ func TestKubeDeliversEveryNodeAndNamespace(t *testing.T) {
 		eventually(t, k, func() bool { return sink.has(k) })
 	}
 }
+
+// A role that may not list Namespaces (an older deploy/rbac.yaml) still syncs: Nodes arrive, the
+// namespace watch is left out.
+func TestKubeWithoutNamespaceAccess(t *testing.T) {
+	client := fake.NewClientset(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node02"}})
+	client.PrependReactor("list", "namespaces", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(v1.Resource("namespaces"), "", errors.New("RBAC"))
+	})
+	client.PrependWatchReactor("namespaces", func(k8stesting.Action) (bool, watch.Interface, error) {
+		return true, nil, apierrors.NewForbidden(v1.Resource("namespaces"), "", errors.New("RBAC"))
+	})
+	sink := &nsSink{names: map[string]bool{}}
+	rec := newRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = (&Kube{Client: client, NodeName: "node01", Log: quietLog}).Run(ctx, both{sink, rec}) }()
+	eventually(t, "caches synced", func() bool { s, _, _ := rec.counts(); return s == 1 })
+	if !sink.has("node/node02") {
+		t.Error("node02 not delivered")
+	}
+}
+
+// both passes every call to two sinks.
+type both [2]Sink
+
+func (b both) Upsert(o runtime.Object) { b[0].Upsert(o); b[1].Upsert(o) }
+func (b both) Delete(o runtime.Object) { b[0].Delete(o); b[1].Delete(o) }
+func (b both) Synced()                 { b[0].Synced(); b[1].Synced() }

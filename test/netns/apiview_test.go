@@ -34,12 +34,16 @@ spec:
   - matchLabels: {lb: "yes"}
 `
 
-// statusRBAC grants what MetalLB's status writes need beyond deploy/rbac.yaml: the
-// ip-allocated-from-pool annotation on Services, and ServiceL2Status objects.
+// statusRBAC grants what MetalLB parity needs beyond deploy/rbac.yaml: Namespaces (their labels
+// for namespaceSelectors), the ip-allocated-from-pool annotation on Services, and
+// ServiceL2Status objects.
 const statusRBAC = `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: nodeagent-metallb-status}
 rules:
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [services]
   verbs: [patch]
@@ -61,7 +65,7 @@ subjects:
 // l2Owners returns the nodes whose ServiceL2Status says they announce default/svc.
 func l2Owners(t *testing.T, cp *kube.ControlPlane, svc string) []string {
 	t.Helper()
-	list, err := cp.Dynamic.Resource(lb.GroupVersion.WithResource("servicel2statuses")).Namespace("default").List(t.Context(),
+	list, err := cp.Dynamic.Resource(lb.GroupVersion.WithResource("servicel2statuses")).Namespace(deploy.Namespace).List(t.Context(),
 		metav1.ListOptions{LabelSelector: lb.LabelServiceName + "=" + svc})
 	if err != nil {
 		t.Fatalf("list ServiceL2Status: %v", err)
@@ -129,8 +133,8 @@ func TestLayer2OneViewAPI(t *testing.T) {
 		join = append(join, n.IP.String())
 	}
 	for _, n := range e.Nodes {
-		// The Lease and the ServiceL2Status objects live in "default".
-		e.agents[n.Index] = e.StartAgentNoWait(n, "--manifests=", "--kubeconfig", kubeconfig, "--leader-election-namespace", "default",
+		// The Lease and the ServiceL2Status objects live in kube-system, the default.
+		e.agents[n.Index] = e.StartAgentNoWait(n, "--manifests=", "--kubeconfig", kubeconfig,
 			"--memberlist-bind", n.IP.String(), "--memberlist-join", strings.Join(join, ","))
 	}
 	for i, a := range e.agents {
