@@ -305,16 +305,18 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 		}
 		return
 	case *lb.IPAddressPool:
-		if deleted {
-			delete(s.pools, key(o.Namespace, o.Name))
-		} else {
-			s.pools[key(o.Namespace, o.Name)] = o
+		// An invalid edit of a pool would take back every address it gave: the previous version
+		// stays in force, as for every other kind.
+		if !storeValid(s, "IPAddressPool", s.pools, o, deleted, poolProblem) {
+			return
 		}
 		if s.synced {
 			s.reassign()
 		}
 	case *lb.L2Advertisement:
-		store(s.l2ads, key(o.Namespace, o.Name), o, deleted)
+		if !storeValid(s, "L2Advertisement", s.l2ads, o, deleted, l2Problem) {
+			return
+		}
 	case *lb.BGPPeer:
 		if !storeValid(s, "BGPPeer", s.bgpPeers, o, deleted, peerProblem) {
 			return
@@ -352,7 +354,7 @@ type objectKey struct {
 	types.NamespacedName
 }
 
-// storeValid stores (or, deleted, forgets) v, a new version of a BGP object, and reports
+// storeValid stores (or, deleted, forgets) v, a new version of a configuration object, and reports
 // whether anything changed. An invalid version does not replace a valid one: a mistake in an
 // edit must not close a working session or withdraw routes. It is reported instead, and the
 // previous version stays in force until a valid version or a deletion comes. An invalid object
@@ -402,16 +404,17 @@ func adProblem(a *lb.BGPAdvertisement) string {
 	return strings.Join(lb.ValidateBGPAdvertisement(a), "; ")
 }
 
+// poolProblem says why an IPAddressPool cannot be used ("": it can).
+func poolProblem(p *lb.IPAddressPool) string { return strings.Join(lb.ValidateIPAddressPool(p), "; ") }
+
+// l2Problem says why an L2Advertisement cannot be used ("": it can).
+func l2Problem(a *lb.L2Advertisement) string {
+	return strings.Join(lb.ValidateL2Advertisement(a), "; ")
+}
+
 // communityProblem says why a Community cannot be used ("": it can).
 func communityProblem(c *lb.Community) string { return strings.Join(lb.ValidateCommunity(c), "; ") }
 
-func store[T any](m map[types.NamespacedName]T, k types.NamespacedName, v T, deleted bool) {
-	if deleted {
-		delete(m, k)
-		return
-	}
-	m[k] = v
-}
 
 // serves reports whether svc's load-balancer addresses are this speaker's to assign.
 func (s *Speaker) serves(svc *v1.Service) bool {

@@ -1,6 +1,7 @@
 package metallb
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"net/netip"
 	"strings"
 	"sync"
@@ -328,4 +329,43 @@ func TestInvalidBGPEditKeepsPrevious(t *testing.T) {
 		t.Errorf("an invalid new peer planned: %v", p)
 	}
 	poll(t, "the last plan delivered", func() bool { n, peers := b.latest(); return n > 0 && len(peers) == 0 })
+}
+
+// An invalid edit of a pool or an L2Advertisement keeps the previous version in force, as for the
+// BGP kinds: a typo in a pool must not take back every address it gave.
+func TestInvalidPoolAndL2EditKeepPrevious(t *testing.T) {
+	rec := &recorder{services: map[string]*v1.Service{}}
+	var problems []string
+	var mu sync.Mutex
+	s := New(Options{Node: "node01", Next: rec, Problem: func(ref v1.ObjectReference, reason string) {
+		mu.Lock()
+		defer mu.Unlock()
+		problems = append(problems, ref.Kind+" "+ref.Name+": "+reason)
+	}})
+	s.Synced()
+	pool := &lb.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "pool"}}
+	pool.Spec.Addresses = []string{"10.0.0.51-10.0.0.80"}
+	s.Upsert(pool)
+	bad := pool.DeepCopy()
+	bad.Spec.Addresses = []string{"10.0.0.51-banana"}
+	s.Upsert(bad)
+	l2 := &lb.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "l2"}}
+	l2.Spec.Interfaces = []string{"ens33"}
+	s.Upsert(l2)
+	badL2 := l2.DeepCopy()
+	badL2.Spec.Interfaces = []string{"not/an interface"}
+	s.Upsert(badL2)
+	s.mu.Lock()
+	keptPool := s.pools[key("metallb-system", "pool")].Spec.Addresses[0] == "10.0.0.51-10.0.0.80"
+	keptL2 := s.l2ads[key("metallb-system", "l2")].Spec.Interfaces[0] == "ens33"
+	s.mu.Unlock()
+	if !keptPool || !keptL2 {
+		t.Errorf("previous versions kept: pool %v, L2Advertisement %v", keptPool, keptL2)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(problems) != 2 || !strings.Contains(problems[0], "IPAddressPool pool: invalid edit ignored") ||
+		!strings.Contains(problems[1], "L2Advertisement l2: invalid edit ignored") {
+		t.Errorf("problems %q", problems)
+	}
 }
