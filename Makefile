@@ -56,3 +56,15 @@ bench-kube-proxy: build
 
 clean:
 	rm -rf bin
+
+# nodeagent's container image as an OCI archive, without a registry or a daemon: a static agent
+# and the host's iptables-nft, nft and conntrack with their libraries (the Containerfile builds
+# the same from Debian's packages with docker or podman). Import: ctr -n k8s.io images import.
+IMAGE ?= nodeagent:dev
+IMAGE_TAR ?= bin/nodeagent-image.tar
+.PHONY: image
+image: deps
+	@mkdir -p bin/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/nodeagent ./cmd/nodeagent
+	$(GO) run ./test/cluster/cmd/ociimage -kind nodeagent -name $(IMAGE) -binary bin/image/nodeagent -o $(IMAGE_TAR)
+	$(GO) run ./test/cluster/cmd/ociimage -check $(IMAGE_TAR)

@@ -257,6 +257,29 @@ func TestDaemonSet(t *testing.T) {
 	}
 }
 
+// TestContainerfileInstallsTheCommand checks that the image the Containerfile builds has the agent
+// where the DaemonSet runs it (make image's archive is checked in test/cluster/oci).
+func TestContainerfileInstallsTheCommand(t *testing.T) {
+	b, err := os.ReadFile("../Containerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := daemonSet(t).Spec.Template.Spec.Containers[0].Command[0]
+	var copied, entry bool
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "COPY" && f[len(f)-1] == cmd {
+			copied = true
+		}
+		if len(f) >= 2 && f[0] == "ENTRYPOINT" && strings.Contains(line, `"`+cmd+`"`) {
+			entry = true
+		}
+	}
+	if !copied || !entry {
+		t.Errorf("the Containerfile does not install and run %s (COPY found: %v, ENTRYPOINT: %v)", cmd, copied, entry)
+	}
+}
+
 // healthzPort returns the port of config.conf's healthzBindAddress.
 func healthzPort(t *testing.T) int {
 	t.Helper()
