@@ -68,3 +68,21 @@ image: deps
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/nodeagent ./cmd/nodeagent
 	$(GO) run ./test/cluster/cmd/ociimage -kind nodeagent -name $(IMAGE) -binary bin/image/nodeagent -o $(IMAGE_TAR)
 	$(GO) run ./test/cluster/cmd/ociimage -check $(IMAGE_TAR)
+
+# A real cluster in the lab (root): control plane, three nodes with containerd and kubelet,
+# CoreDNS, and nodeagent as a DaemonSet from make image's archive, applied with kubectl apply -k
+# deploy/ (PROXY=kube-proxy runs kube-proxy instead). The first run builds the Kubernetes binaries
+# into test/cluster/build.sh's cache (about 20 minutes on 2 cores); then it takes a minute or two.
+# make cluster brings one up and keeps it until Ctrl-C.
+PROXY ?= nodeagent
+CLUSTER_BINS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns agnhost
+.PHONY: test-cluster cluster
+test-cluster: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS)
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 30m -run '^TestCluster$$' -v ./test/cluster/
+
+cluster: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS)
+	NODEAGENT_CLUSTER_HOLD=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 0 -run '^TestClusterHold$$' -v ./test/cluster/
