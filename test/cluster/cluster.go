@@ -111,6 +111,9 @@ type Cluster struct {
 	cgroupBase string
 	cgroups    []string
 	procs      []*proc // controller manager, scheduler
+	mu         sync.Mutex
+	closing    bool    // Down has begun: nothing new starts
+	all        []*proc // every process started, for Down's last pass
 	downOnce   sync.Once
 	downErr    error
 }
@@ -119,6 +122,9 @@ var (
 	liveMu sync.Mutex
 	live   = map[*Cluster]struct{}{}
 )
+
+// dirPrefix starts the name of every cluster's directory under os.TempDir.
+const dirPrefix = "nodeagent-cluster-"
 
 // Up builds and starts a cluster and registers its Down with t.Cleanup. It skips the test,
 // with the reason, when it cannot run here (not root, no containerd, binaries not built).
@@ -150,17 +156,17 @@ func Up(t testing.TB, opts Options) *Cluster {
 		opts.BinDir = dir
 	}
 	start := time.Now()
-	c := &Cluster{BinDir: opts.BinDir, Dir: t.TempDir(), Proxy: opts.Proxy, t: t}
+	c := &Cluster{BinDir: opts.BinDir, Proxy: opts.Proxy, t: t}
 	host := snapshotHost()
 	ctx := t.Context()
 
-	images, err := c.images(ctx, opts)
-	if err != nil {
-		t.Fatalf("cluster: images: %v", err)
-	}
-	t.Logf("cluster: images written in %v", time.Since(start).Round(time.Millisecond))
-
 	c.Lab = lab.New(t, lab.Options{Nodes: opts.Nodes})
+	// Not t.TempDir: a run killed before its cleanup leaves gigabytes of container images here,
+	// which the next run's reapStale finds by the lab ID in the name.
+	c.Dir = filepath.Join(os.TempDir(), dirPrefix+c.Lab.ID)
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
 	liveMu.Lock()
 	live[c] = struct{}{}
 	liveMu.Unlock()
@@ -176,6 +182,11 @@ func Up(t testing.TB, opts Options) *Cluster {
 			t.Errorf("cluster: the host changed: %s", change)
 		}
 	})
+	images, err := c.images(ctx, opts)
+	if err != nil {
+		t.Fatalf("cluster: images: %v", err)
+	}
+	t.Logf("cluster: images written in %v", time.Since(start).Round(time.Millisecond))
 	if err := c.up(ctx, images); err != nil {
 		t.Fatalf("cluster: %v", err)
 	}
@@ -422,13 +433,29 @@ func (c *Cluster) startControllers() error {
 		"--v=1",
 	}
 	for name, argv := range map[string][]string{"kube-controller-manager": kcm, "kube-scheduler": sched} {
-		p, err := startProc(name, filepath.Join(cpDir, name+".log"), argv...)
+		p, err := c.startProc(name, filepath.Join(cpDir, name+".log"), argv...)
 		if err != nil {
 			return err
 		}
 		c.procs = append(c.procs, p)
 	}
 	return nil
+}
+
+// startProc starts a process of the cluster unless Down has begun (a signal can take the cluster
+// down while Up is still bringing it up); the lock makes a start either finish before Down looks
+// at the cluster's processes or not happen.
+func (c *Cluster) startProc(name, logPath string, argv ...string) (*proc, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return nil, errors.New("cluster is being taken down")
+	}
+	p, err := startProc(name, logPath, argv...)
+	if err == nil {
+		c.all = append(c.all, p)
+	}
+	return p, err
 }
 
 // Kubectl runs kubectl with the admin kubeconfig inside the control plane's namespace and
@@ -600,6 +627,9 @@ func (c *Cluster) logTails() {
 // its own). It is idempotent; Up registers it with t.Cleanup.
 func (c *Cluster) Down() error {
 	c.downOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
 		var errs []error
 		var wg sync.WaitGroup
 		nodeErrs := make([]error, len(c.Nodes))
@@ -615,7 +645,8 @@ func (c *Cluster) Down() error {
 		}
 		wg.Wait()
 		errs = append(errs, nodeErrs...)
-		for _, p := range c.procs {
+		// The controllers, and anything Up started while Down began.
+		for _, p := range c.all {
 			errs = append(errs, p.stop(10*time.Second))
 		}
 		if c.ControlPlane != nil {
@@ -630,6 +661,10 @@ func (c *Cluster) Down() error {
 					errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", c.CP, err, out))
 				}
 			}
+		}
+		// Only once nothing runs: the overlay snapshots were mounted in the nodes' namespaces.
+		if c.Dir != "" && errors.Join(errs...) == nil {
+			errs = append(errs, os.RemoveAll(c.Dir))
 		}
 		liveMu.Lock()
 		delete(live, c)

@@ -212,7 +212,7 @@ func (n *Node) start(ctx context.Context, hs []hierarchy, images []string) error
 	if n.cgroups, err = createCgroup(hs, n.CgroupPath); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
-	n.holder, err = startProc("holder", filepath.Join(n.Dir, "holder.log"),
+	n.holder, err = n.c.startProc("holder", filepath.Join(n.Dir, "holder.log"),
 		"ip", "netns", "exec", n.NS, "sh", "-c", n.setupScript(hs))
 	if err != nil {
 		return err
@@ -226,7 +226,7 @@ func (n *Node) start(ctx context.Context, hs []hierarchy, images []string) error
 	}); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
-	n.containerd, err = startProc("containerd", filepath.Join(n.Dir, "containerd.log"),
+	n.containerd, err = n.c.startProc("containerd", filepath.Join(n.Dir, "containerd.log"),
 		n.nsenter(hs, "containerd", "--config", filepath.Join(n.Dir, "etc/containerd.toml"), "--log-level", "warn")...)
 	if err != nil {
 		return err
@@ -251,7 +251,7 @@ func (n *Node) start(ctx context.Context, hs []hierarchy, images []string) error
 // startKubelet starts kubelet, which registers the node.
 func (n *Node) startKubelet(hs []hierarchy) error {
 	var err error
-	n.kubelet, err = startProc("kubelet", filepath.Join(n.Dir, "kubelet.log"), n.nsenter(hs,
+	n.kubelet, err = n.c.startProc("kubelet", filepath.Join(n.Dir, "kubelet.log"), n.nsenter(hs,
 		filepath.Join(n.c.BinDir, "kubelet"),
 		"--config="+filepath.Join(n.Dir, "etc/kubelet.yaml"),
 		"--kubeconfig="+n.c.Kubeconfig,

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -73,6 +74,7 @@ func Hold() <-chan struct{} {
 // Names carry the pid of the test process that made them, in base 36 (test/netns's lab IDs).
 var (
 	staleCgroup = regexp.MustCompile(`^nodeagent-nal([0-9a-z]{1,7})-[0-9a-z]+$`)
+	staleLab    = regexp.MustCompile(`^nal([0-9a-z]{1,7})-[0-9a-z]+$`)
 	staleNetns  = regexp.MustCompile(`^nal([0-9a-z]{1,7})-[0-9a-z]+-[a-z0-9.-]+$`)
 )
 
@@ -107,6 +109,16 @@ func reapStale() {
 		}
 		if err := removeCgroups(dirs, 30*time.Second); err != nil {
 			fmt.Fprintln(os.Stderr, "cluster:", err)
+		}
+	}
+	tmp, _ := os.ReadDir(os.TempDir())
+	for _, e := range tmp {
+		if name, ok := strings.CutPrefix(e.Name(), dirPrefix); ok && e.IsDir() {
+			if m := staleLab.FindStringSubmatch(name); m != nil && deadOwner(m[1]) {
+				if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err != nil {
+					fmt.Fprintln(os.Stderr, "cluster:", err)
+				}
+			}
 		}
 	}
 	ents, _ := os.ReadDir("/run/netns")
