@@ -86,3 +86,21 @@ cluster: image
 	@test/cluster/deps.sh
 	test/cluster/build.sh $(CLUSTER_BINS)
 	NODEAGENT_CLUSTER_HOLD=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 0 -run '^TestClusterHold$$' -v ./test/cluster/
+
+# The upstream e2e suite against the cluster (root; builds e2e.test into the cache first, about 6
+# minutes cold). make conformance-focused: a handful of [sig-network] Services conformance tests
+# against nodeagent, every one must pass (a few minutes). make conformance: every [sig-network]
+# conformance test under nodeagent and under kube-proxy, one cluster after the other, and the
+# side-by-side table in test/cluster/results/conformance.md (about an hour).
+.PHONY: conformance conformance-focused
+conformance-focused: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 60m -run '^TestConformance$$' -v ./test/cluster/
+
+conformance: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
+	@mkdir -p test/cluster/results
+	NODEAGENT_CLUSTER=1 E2E_COMPARE=1 E2E_FOCUS=all E2E_TABLE=$(CURDIR)/test/cluster/results/conformance.md \
+	  NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 4h -run '^TestConformance$$' -v ./test/cluster/

@@ -10,6 +10,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 { have containerd && have ctr; } || need+=(containerd)
 have runc || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# What the e2e suite runs inside its agnhost image (make conformance copies them in): OpenBSD's nc
+# (nc -v -t; busybox's lacks -t), dig and nslookup.
+[ -x /usr/bin/nc.openbsd ] || need+=(netcat-openbsd)
+have dig || need+=(bind9-dnsutils)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
