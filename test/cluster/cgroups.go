@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -29,8 +30,13 @@ func hierarchies() ([]hierarchy, error) {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	defer f.Close()
+	return parseMounts(f)
+}
+
+// parseMounts reads the cgroup hierarchies out of a /proc/mounts table.
+func parseMounts(r io.Reader) ([]hierarchy, error) {
 	var out []hierarchy
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 4 || !strings.HasPrefix(fields[1], "/sys/fs/cgroup") {
@@ -63,11 +69,6 @@ func hierarchies() ([]hierarchy, error) {
 		return nil, errors.New("cgroups: no cgroup hierarchy mounted under /sys/fs/cgroup")
 	}
 	return out, nil
-}
-
-// v1 reports whether the host runs cgroup v1 (or hybrid): kubelet then needs failCgroupV1: false.
-func v1(hs []hierarchy) bool {
-	return slices.ContainsFunc(hs, func(h hierarchy) bool { return h.typ == "cgroup" })
 }
 
 // mountScript is the shell that mounts the hierarchies again inside a node's mount namespace.
@@ -117,8 +118,11 @@ func createCgroup(hs []hierarchy, path string) ([]string, error) {
 				return made, fmt.Errorf("cgroup %s: %w", dir, err)
 			}
 			made = append(made, dir)
+			if h.typ != "cgroup" || !slices.Contains(strings.Split(h.opts, ","), "cpuset") {
+				continue
+			}
 			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-				if v, err := os.ReadFile(filepath.Join(parent, f)); err == nil {
+				if v, err := os.ReadFile(filepath.Join(parent, f)); err == nil && len(strings.TrimSpace(string(v))) > 0 {
 					if err := os.WriteFile(filepath.Join(dir, f), v, 0o644); err != nil {
 						return made, fmt.Errorf("cgroup %s: %w", filepath.Join(dir, f), err)
 					}
