@@ -71,21 +71,22 @@ image: deps
 
 # A real cluster in the lab (root): control plane, three nodes with containerd and kubelet,
 # CoreDNS, and nodeagent as a DaemonSet from make image's archive, applied with kubectl apply -k
-# deploy/ (PROXY=kube-proxy runs kube-proxy instead). The first run builds the Kubernetes binaries
+# deploy/ (PROXY=kube-proxy runs kube-proxy instead; PROXY_MODE=iptables either in iptables mode). The first run builds the Kubernetes binaries
 # into test/cluster/build.sh's cache (about 20 minutes on 2 cores); then it takes a minute or two.
 # make cluster brings one up and keeps it until Ctrl-C.
 PROXY ?= nodeagent
+PROXY_MODE ?=
 CLUSTER_BINS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns agnhost
 .PHONY: test-cluster cluster
 test-cluster: image
 	@test/cluster/deps.sh
 	test/cluster/build.sh $(CLUSTER_BINS)
-	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 30m -run '^TestCluster$$' -v ./test/cluster/
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 30m -run '^TestCluster$$' -v ./test/cluster/
 
 cluster: image
 	@test/cluster/deps.sh
 	test/cluster/build.sh $(CLUSTER_BINS)
-	NODEAGENT_CLUSTER_HOLD=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 0 -run '^TestClusterHold$$' -v ./test/cluster/
+	NODEAGENT_CLUSTER_HOLD=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 0 -run '^TestClusterHold$$' -v ./test/cluster/
 
 # The upstream e2e suite against the cluster (root; builds e2e.test into the cache first, about 6
 # minutes cold). make conformance-focused: a handful of [sig-network] Services conformance tests
@@ -96,11 +97,11 @@ cluster: image
 conformance-focused: image
 	@test/cluster/deps.sh
 	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
-	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 60m -run '^TestConformance$$' -v ./test/cluster/
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 60m -run '^TestConformance$$' -v ./test/cluster/
 
 conformance: image
 	@test/cluster/deps.sh
 	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
 	@mkdir -p test/cluster/results
-	NODEAGENT_CLUSTER=1 E2E_COMPARE=1 E2E_FOCUS=all E2E_TABLE=$(CURDIR)/test/cluster/results/conformance.md \
+	NODEAGENT_CLUSTER=1 E2E_COMPARE=1 E2E_FOCUS=all PROXY_MODE=$(PROXY_MODE) E2E_TABLE=$(CURDIR)/test/cluster/results/conformance.md \
 	  NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 4h -run '^TestConformance$$' -v ./test/cluster/

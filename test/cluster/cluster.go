@@ -81,6 +81,8 @@ type Options struct {
 	// BinDir holds the binaries of build.sh; empty asks build.sh for its cache directory, and
 	// skips the test, saying so, when they are not built.
 	BinDir string
+	// Mode is the proxy mode (nftables, iptables); empty keeps the manifests' (nftables).
+	Mode string
 	// NodeagentImage is an OCI archive of nodeagent's image (make image); empty builds one from
 	// this module's ./cmd/nodeagent.
 	NodeagentImage string
@@ -103,8 +105,8 @@ type Cluster struct {
 	BinDir string
 	// Dir holds configuration, logs and images.
 	Dir string
-	// Proxy is the node proxy running.
-	Proxy string
+	// Proxy is the node proxy running, Mode its mode ("" for the manifests' own).
+	Proxy, Mode string
 
 	t          testing.TB
 	hs         []hierarchy
@@ -156,7 +158,7 @@ func Up(t testing.TB, opts Options) *Cluster {
 		opts.BinDir = dir
 	}
 	start := time.Now()
-	c := &Cluster{BinDir: opts.BinDir, Proxy: opts.Proxy, t: t}
+	c := &Cluster{BinDir: opts.BinDir, Proxy: opts.Proxy, Mode: opts.Mode, t: t}
 	host := snapshotHost()
 	ctx := t.Context()
 
@@ -471,12 +473,38 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
+// modeLine is the mode line of the proxies' configuration files (deploy/configmap.yaml and
+// testdata/kube-proxy.yaml), which Options.Mode replaces.
+const modeLine = "    mode: nftables\n"
+
+// withMode returns the manifest in file with the proxy's mode line set to mode.
+func withMode(file, mode string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Contains(b, []byte(modeLine)) {
+		return nil, fmt.Errorf("%s has no line %q to set the mode in", file, strings.TrimSpace(modeLine))
+	}
+	return bytes.Replace(b, []byte(modeLine), []byte("    mode: "+mode+"\n"), 1), nil
+}
+
 // installProxy installs the node proxy the way a user would.
 func (c *Cluster) installProxy(ctx context.Context) error {
 	if c.Proxy == ProxyKube {
 		manifest, err := moduleFile("test/cluster/testdata/kube-proxy.yaml")
 		if err != nil {
 			return err
+		}
+		if c.Mode != "" {
+			b, err := withMode(manifest, c.Mode)
+			if err != nil {
+				return err
+			}
+			manifest = filepath.Join(c.Dir, "kube-proxy.yaml")
+			if err := os.WriteFile(manifest, b, 0o644); err != nil {
+				return err
+			}
 		}
 		_, err = c.Kubectl(ctx, "apply", "-f", manifest)
 		return err
@@ -492,8 +520,39 @@ func (c *Cluster) installProxy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Mode != "" {
+		// Another mode is a kustomize overlay on deploy/, as a user would write one.
+		if deploy, err = c.overlay(deploy); err != nil {
+			return err
+		}
+	}
 	_, err = c.Kubectl(ctx, "apply", "-k", deploy)
 	return err
+}
+
+// overlay writes a kustomization that applies deploy/ with the ConfigMap's mode set to c.Mode
+// and returns its directory.
+func (c *Cluster) overlay(deploy string) (string, error) {
+	cm, err := withMode(filepath.Join(deploy, "configmap.yaml"), c.Mode)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(c.Dir, "overlay")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// kustomize takes a base outside the overlay only as a relative path.
+	base, err := filepath.Rel(dir, deploy)
+	if err != nil {
+		return "", err
+	}
+	kustomization := fmt.Sprintf("resources:\n- %s\npatches:\n- path: configmap.yaml\n", base)
+	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kustomization), "configmap.yaml": cm} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 // waitNodesReady waits until every node has registered and is Ready, and gives each its pod

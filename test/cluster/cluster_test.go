@@ -47,7 +47,7 @@ func dialResponses(ns, podIP, host string, port, tries int) ([]string, error) {
 func TestCluster(t *testing.T) {
 	requireOptIn(t)
 	start := time.Now()
-	c := Up(t, Options{Proxy: os.Getenv("PROXY"), NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
+	c := Up(t, Options{Proxy: os.Getenv("PROXY"), Mode: os.Getenv("PROXY_MODE"), NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
 	up := time.Since(start)
 	ctx := t.Context()
 
@@ -137,6 +137,20 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
+	// The proxy runs in the mode asked for: only the iptables mode puts the cluster IP into
+	// iptables' nat table (read in node01's namespace; the nftables mode has a table of its own).
+	mode := c.Mode
+	if mode == "" {
+		mode = "nftables"
+	}
+	rules, err := lab.Exec(c.Nodes[0].NS, "iptables-save", "-t", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inIPTables := strings.Contains(rules, clusterIP); inIPTables != (mode == "iptables") {
+		t.Errorf("mode %s, but the cluster IP %s in iptables' nat table: %v", mode, clusterIP, inIPTables)
+	}
+
 	if c.Proxy == ProxyNodeagent {
 		// nodeagent allocates the address from the seed's pool and answers ARP for it.
 		var lbIP string
@@ -181,7 +195,7 @@ func TestClusterHold(t *testing.T) {
 		t.Skip("interactive: make cluster (NODEAGENT_CLUSTER_HOLD=1)")
 	}
 	hold := Hold()
-	c := Up(t, Options{Proxy: os.Getenv("PROXY"), NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
+	c := Up(t, Options{Proxy: os.Getenv("PROXY"), Mode: os.Getenv("PROXY_MODE"), NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
 	t.Logf("cluster up; Ctrl-C (SIGINT) takes it down. kubectl:\n\n  ip netns exec %s %s --kubeconfig %s get nodes -o wide\n\nthe LAN client: ip netns exec %s curl ...",
 		c.CP, filepath.Join(c.BinDir, "kubectl"), c.Kubeconfig, c.Lab.Client)
 	<-hold

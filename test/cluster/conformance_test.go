@@ -45,7 +45,7 @@ func TestConformance(t *testing.T) {
 	all := map[string][]E2EResult{}
 	for _, proxy := range proxies {
 		t.Run(proxy, func(t *testing.T) {
-			c := Up(t, Options{Proxy: proxy, BinDir: dir, NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
+			c := Up(t, Options{Proxy: proxy, Mode: os.Getenv("PROXY_MODE"), BinDir: dir, NodeagentImage: os.Getenv("NODEAGENT_IMAGE")})
 			start := time.Now()
 			report := filepath.Join(c.Dir, "e2e")
 			if out := os.Getenv("E2E_REPORT_DIR"); out != "" {

@@ -23,6 +23,7 @@ var agnhostTools = map[string]string{
 	"/usr/bin/wget":     "wget",
 	"/usr/bin/dig":      "dig",
 	"/usr/bin/nslookup": "nslookup",
+	"/usr/bin/getent":   "getent",
 	"/usr/sbin/ip":      "ip",
 }
 
@@ -80,7 +81,19 @@ func Agnhost(binary string) (*oci.Image, error) {
 	img.Add(oci.Entry{Path: "/uploads", Mode: os.ModeDir | 0o755})
 	img.Entrypoint = []string{"/agnhost"}
 	img.Cmd = []string{"pause"}
+	img.Aliases = AgnhostStandIns
 	return img, nil
+}
+
+// AgnhostStandIns are the other images the [sig-network] e2e tests run, which are not built
+// here; the agnhost image answers to their names. The tests run jessie-dnsutils and busybox with
+// a shell command of their own (dig, getent, seq, sleep: all in the image), and nginx only as a
+// pod that runs (agnhost pause). Without them each such test waits 15 minutes for a pull that
+// cannot happen and fails.
+var AgnhostStandIns = []string{
+	"registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7",
+	"registry.k8s.io/e2e-test-images/busybox:1.37.0-1",
+	"registry.k8s.io/e2e-test-images/nginx:1.14-4",
 }
 
 // kubernetesSource returns the module cache's copy of k8s.io/kubernetes at the version the

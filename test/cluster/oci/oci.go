@@ -65,6 +65,9 @@ type Image struct {
 	// Name is the full reference, e.g. docker.io/library/nodeagent:dev. A short name is
 	// normalised the way containerd's CRI plugin normalises a pod's image field.
 	Name string
+	// Aliases are further references to the same image (one index entry each), for images
+	// that stand in for others.
+	Aliases []string
 	// Entrypoint, Cmd, Env and WorkingDir are the image config's process defaults.
 	Entrypoint []string
 	Cmd        []string
@@ -406,19 +409,19 @@ func (img *Image) Write(w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("oci: %w", err)
 	}
-	index := Index{
-		SchemaVersion: 2,
-		MediaType:     MediaTypeIndex,
-		Manifests: []Descriptor{{
+	index := Index{SchemaVersion: 2, MediaType: MediaTypeIndex}
+	for _, name := range append([]string{img.Name}, img.Aliases...) {
+		name = Normalize(name)
+		index.Manifests = append(index.Manifests, Descriptor{
 			MediaType: MediaTypeManifest,
 			Digest:    digest(manJSON),
 			Size:      int64(len(manJSON)),
 			Annotations: map[string]string{
-				AnnotationImageName: img.Name,
-				AnnotationRefName:   Tag(img.Name),
+				AnnotationImageName: name,
+				AnnotationRefName:   Tag(name),
 			},
 			Platform: &Platform{Architecture: runtime.GOARCH, OS: "linux"},
-		}},
+		})
 	}
 	indexJSON, err := json.Marshal(index)
 	if err != nil {
@@ -490,7 +493,8 @@ func (img *Image) WriteFile(name string) error {
 	return nil
 }
 
-// Layout is an archive read back by Read: its index, the one manifest and config it names, and
+// Layout is an archive read back by Read: its index, the one manifest and config it names (under
+// one or more names), and
 // the headers of the layer's entries.
 type Layout struct {
 	Index    Index
@@ -542,8 +546,13 @@ func Read(r io.Reader) (*Layout, error) {
 	if err := json.Unmarshal(indexJSON, &l.Index); err != nil {
 		return nil, fmt.Errorf("oci: index.json: %w", err)
 	}
-	if len(l.Index.Manifests) != 1 {
-		return nil, fmt.Errorf("oci: index.json names %d manifests, want 1", len(l.Index.Manifests))
+	if len(l.Index.Manifests) == 0 {
+		return nil, errors.New("oci: index.json names no manifest")
+	}
+	for _, d := range l.Index.Manifests[1:] {
+		if d.Digest != l.Index.Manifests[0].Digest {
+			return nil, fmt.Errorf("oci: index.json names manifests %s and %s, want one image", l.Index.Manifests[0].Digest, d.Digest)
+		}
 	}
 	blob := func(d Descriptor) ([]byte, error) {
 		b, ok := blobs[d.Digest]

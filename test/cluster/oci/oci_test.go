@@ -84,8 +84,13 @@ func TestLayout(t *testing.T) {
 	img.Add(Entry{Path: "/tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777})
 	img.Entrypoint = []string{"/usr/local/bin/prog"}
 	img.Cmd = []string{"run"}
+	img.Aliases = []string{"registry.example/stand-in:2"}
 
 	raw, l := write(t, img)
+	if len(l.Index.Manifests) != 2 || l.Index.Manifests[1].Annotations[AnnotationImageName] != "registry.example/stand-in:2" ||
+		l.Index.Manifests[1].Digest != l.Index.Manifests[0].Digest {
+		t.Errorf("alias: index %+v", l.Index.Manifests)
+	}
 	d := l.Index.Manifests[0]
 	if d.MediaType != MediaTypeManifest || d.Platform == nil || d.Platform.OS != "linux" {
 		t.Errorf("index descriptor %+v", d)
