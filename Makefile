@@ -71,8 +71,9 @@ image: deps
 
 # A real cluster in the lab (root): control plane, three nodes with containerd and kubelet,
 # CoreDNS, and nodeagent as a DaemonSet from make image's archive, applied with kubectl apply -k
-# deploy/ (PROXY=kube-proxy runs kube-proxy instead; PROXY_MODE=iptables either in iptables mode). The first run builds the Kubernetes binaries
-# into test/cluster/build.sh's cache (about 20 minutes on 2 cores); then it takes a minute or two.
+# deploy/ (PROXY=kube-proxy runs kube-proxy instead; PROXY_MODE=iptables either in iptables
+# mode). The first run builds the Kubernetes binaries into test/cluster/build.sh's cache (about
+# 20 minutes on 2 cores); then it takes a minute or two.
 # make cluster brings one up and keeps it until Ctrl-C.
 PROXY ?= nodeagent
 PROXY_MODE ?=
