@@ -64,3 +64,53 @@ bench-kube-proxy: build
 
 clean:
 	rm -rf bin
+
+# nodeagent's container image as an OCI archive, without a registry or a daemon: a static agent
+# and the host's iptables-nft, nft and conntrack with their libraries (the Containerfile builds
+# the same from Debian's packages with docker or podman). Import: ctr -n k8s.io images import.
+IMAGE ?= nodeagent:dev
+IMAGE_TAR ?= bin/nodeagent-image.tar
+.PHONY: image
+image: deps
+	@mkdir -p bin/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/nodeagent ./cmd/nodeagent
+	$(GO) run ./test/cluster/cmd/ociimage -kind nodeagent -name $(IMAGE) -binary bin/image/nodeagent -o $(IMAGE_TAR)
+	$(GO) run ./test/cluster/cmd/ociimage -check $(IMAGE_TAR)
+
+# A real cluster in the lab (root): control plane, three nodes with containerd and kubelet,
+# CoreDNS, and nodeagent as a DaemonSet from make image's archive, applied with kubectl apply -k
+# deploy/ (PROXY=kube-proxy runs kube-proxy instead; PROXY_MODE=iptables either in iptables
+# mode). The first run builds the Kubernetes binaries into test/cluster/build.sh's cache (about
+# 20 minutes on 2 cores); then it takes a minute or two.
+# make cluster brings one up and keeps it until Ctrl-C.
+PROXY ?= nodeagent
+PROXY_MODE ?=
+CLUSTER_BINS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns agnhost
+.PHONY: test-cluster cluster
+test-cluster: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS)
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 30m -run '^TestCluster$$' -v ./test/cluster/
+
+cluster: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS)
+	NODEAGENT_CLUSTER_HOLD=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 0 -run '^TestClusterHold$$' -v ./test/cluster/
+
+# The upstream e2e suite against the cluster (root; builds e2e.test into the cache first, about 6
+# minutes cold). make conformance-focused: a handful of [sig-network] Services conformance tests
+# against nodeagent, every one must pass (a few minutes). make conformance: every [sig-network]
+# conformance test under nodeagent and under kube-proxy, one cluster after the other, and the
+# side-by-side table in test/cluster/results/conformance.md (about an hour).
+.PHONY: conformance conformance-focused
+conformance-focused: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
+	NODEAGENT_CLUSTER=1 PROXY=$(PROXY) PROXY_MODE=$(PROXY_MODE) NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 60m -run '^TestConformance$$' -v ./test/cluster/
+
+conformance: image
+	@test/cluster/deps.sh
+	test/cluster/build.sh $(CLUSTER_BINS) e2e.test
+	@mkdir -p test/cluster/results
+	NODEAGENT_CLUSTER=1 E2E_COMPARE=1 E2E_FOCUS=all PROXY_MODE=$(PROXY_MODE) E2E_TABLE=$(CURDIR)/test/cluster/results/conformance.md \
+	  NODEAGENT_IMAGE=$(CURDIR)/$(IMAGE_TAR) $(GO) test -count=1 -timeout 4h -run '^TestConformance$$' -v ./test/cluster/
