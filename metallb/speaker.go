@@ -415,7 +415,6 @@ func l2Problem(a *lb.L2Advertisement) string {
 // communityProblem says why a Community cannot be used ("": it can).
 func communityProblem(c *lb.Community) string { return strings.Join(lb.ValidateCommunity(c), "; ") }
 
-
 // serves reports whether svc's load-balancer addresses are this speaker's to assign.
 func (s *Speaker) serves(svc *v1.Service) bool {
 	return !s.o.AllocationOff && lb.Serves(svc, s.o.Class)
