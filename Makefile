@@ -23,11 +23,14 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	@! $(GO) list -deps ./cmd/nodeagent | grep -qx testing || { echo "vet: the nodeagent binary links package testing (a test harness reached it)"; exit 1; }
 
-# Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason otherwise).
+# Every test: unit tests, then the real-kernel and lab tests (root; they skip with a reason
+# otherwise), the fuzz targets briefly, the ipvs mode in the VM, and the real cluster: nodeagent as
+# a DaemonSet from its image, reached from the LAN, and a handful of upstream conformance tests.
 test: build vet
 	$(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz-short
 	$(MAKE) test-vm
+	$(MAKE) test-cluster conformance-focused
 
 # Every fuzz target for a bounded time: 10 s each in make test, FUZZTIME (default 5m) in make fuzz.
 FUZZTIME ?= 5m
