@@ -96,7 +96,7 @@ func mountScript(hs []hierarchy) string {
 func joinScript(hs []hierarchy, path string) string {
 	var b strings.Builder
 	for _, h := range hs {
-		fmt.Fprintf(&b, "echo $$ > %s/cgroup.procs\n", filepath.Join(h.mount, path))
+		fmt.Fprintf(&b, "echo $$ > %s\n", shellQuote(filepath.Join(h.mount, path, "cgroup.procs")))
 	}
 	return b.String()
 }

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -76,11 +78,35 @@ func TestConformance(t *testing.T) {
 		table := CompareTable(proxies, all)
 		t.Logf("\n%s", table)
 		if out := os.Getenv("E2E_TABLE"); out != "" {
-			if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
+			mode := os.Getenv("PROXY_MODE")
+			if mode == "" {
+				mode = "nftables"
+			}
+			head := fmt.Sprintf("# Upstream e2e tests: nodeagent and kube-proxy side by side\n\n"+
+				"`make conformance` at %s: the e2e suite of Kubernetes %s against the cluster of test/cluster "+
+				"(3 nodes, containerd, CoreDNS), once with nodeagent and once with kube-proxy, both in %s mode.\n"+
+				"Focus `%s`, skip `%s`. Differing outcomes come first.\n\n", revision(), kubeVersion, mode, focus, skip)
+			if err := os.WriteFile(out, []byte(head+table), 0o644); err != nil {
 				t.Error(err)
 			}
 		}
 	}
+}
+
+// kubeVersion is the version of every Kubernetes binary build.sh builds (tools/go.mod's).
+const kubeVersion = "v1.34.4"
+
+// revision is git describe of the module, or "an unknown revision".
+func revision() string {
+	root, err := moduleFile("")
+	if err != nil {
+		return "an unknown revision"
+	}
+	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "an unknown revision"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func TestReadJUnitAndCompare(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 
 // The kernel settings kubelet insists on (protectKernelDefaults: it refuses to start unless they
 // hold, and without it would write them host-wide). Each node's mount namespace sees files with
-// these values bind-mounted over the /proc/sys entries that differ; the host's stay as they are.
+// these values bind-mounted over the /proc/sys entries; the host's stay as they are.
 var kubeletSysctls = map[string]string{
 	"vm/overcommit_memory":      "1",
 	"vm/panic_on_oom":           "0",
@@ -47,7 +47,7 @@ type Node struct {
 	kubelet    *proc
 }
 
-// nodeSetup is the shell the holder runs inside the node's network namespace (ip netns exec gives
+// setupScript is the shell the holder runs inside the node's network namespace (ip netns exec gives
 // it a mount namespace of its own, a slave of the host's): cgroups, a private /run (containerd
 // pins pod network namespaces and shim sockets there, kubelet its sockets), /var/lib and /var/log
 // of the node's own (kubelet hard-codes /var/lib/kubelet/device-plugins and /var/log/pods), the
@@ -58,10 +58,10 @@ func (n *Node) setupScript(hs []hierarchy) string {
 	b.WriteString(mountScript(hs))
 	b.WriteString(joinScript(hs, n.CgroupPath))
 	b.WriteString("mount -t tmpfs -o mode=755 tmpfs /run\n")
-	fmt.Fprintf(&b, "mount --bind %s /var/lib\n", filepath.Join(n.Dir, "var-lib"))
-	fmt.Fprintf(&b, "mount --bind %s /var/log\n", filepath.Join(n.Dir, "var-log"))
+	fmt.Fprintf(&b, "mount --bind %s /var/lib\n", shellQuote(filepath.Join(n.Dir, "var-lib")))
+	fmt.Fprintf(&b, "mount --bind %s /var/log\n", shellQuote(filepath.Join(n.Dir, "var-log")))
 	for _, key := range sortedKeys(kubeletSysctls) {
-		fmt.Fprintf(&b, "mount --bind %s /proc/sys/%s\n", filepath.Join(n.Dir, "sysctl", strings.ReplaceAll(key, "/", ".")), key)
+		fmt.Fprintf(&b, "mount --bind %s /proc/sys/%s\n", shellQuote(filepath.Join(n.Dir, "sysctl", strings.ReplaceAll(key, "/", "."))), key)
 	}
 	b.WriteString("echo ready\nexec sleep infinity\n")
 	return b.String()
@@ -310,5 +310,8 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() (bool, erro
 		}
 	}
 }
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
