@@ -65,6 +65,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	kubeProxy.SetFamilies(familiesOf(px))
+	c.refusedWait = apiRefusedWait
 	src, err := openSource(&c, node.Name, log)
 	if err != nil {
 		return err
