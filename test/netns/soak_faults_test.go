@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -413,10 +414,9 @@ func TestSoakTamper(t *testing.T) {
 			tampers = []tamper{
 				{"NA-SERVICES flushed", run(n.NS, "iptables", "-w", "-t", "nat", "-F", "NA-SERVICES")},
 				{"jump rules flushed from PREROUTING and OUTPUT", func(string) error {
-					if err := run(n.NS, "iptables", "-w", "-t", "nat", "-F", "PREROUTING")(""); err != nil {
-						return err
-					}
-					return run(n.NS, "iptables", "-w", "-t", "nat", "-F", "OUTPUT")("")
+					// One transaction: a sync between two commands would count two repairs.
+					_, err := execStdout(n.NS, []byte("*nat\n-F PREROUTING\n-F OUTPUT\nCOMMIT\n"), "iptables-restore", "-w", "--noflush")
+					return err
 				}},
 				{"service chain rule deleted", run(n.NS, "iptables", "-w", "-t", "nat", "-D", svc[1], "1")},
 				{"rule inserted ahead of ours", run(n.NS, "iptables", "-w", "-t", "nat", "-I", "NA-SERVICES", "1", "-d", cip, "-p", "tcp", "--dport", "80", "-j", "RETURN")},
@@ -625,5 +625,72 @@ func TestSoakLayer2Partition(t *testing.T) {
 		t.Logf("partition of %s: both sides announced after %v; one owner (node%02d) again %v after it healed", owner.Name, split.Round(time.Millisecond), owners, merged.Round(time.Millisecond))
 		record(t, result{Scenario: "layer 2 partition", Mode: m.name, Duration: hold.String(), FailedConnections: tr.failed.Load(),
 			Recovery: fmt.Sprintf("two announcers %v after the cut; one again %v after it healed", split.Round(time.Millisecond), merged.Round(time.Millisecond))})
+	})
+}
+
+// TestSoakBGPFlap: the router drops node01's BGP session and takes it back up three times (full
+// soak: ten). Each time node01's route to 10.0.0.51/32 is withdrawn and comes back once the
+// session is up again, and the load balancer keeps answering a client behind the router
+// through the other nodes meanwhile.
+func TestSoakBGPFlap(t *testing.T) {
+	soakModes(t, false, func(t *testing.T, m mode) {
+		e := newEnv(t, m, setup{
+			files: map[string]string{
+				"demoapp.yaml": seed(t, "demoapp.yaml"), "demoapp-endpoints.yaml": seed(t, "demoapp-endpoints.yaml"),
+				"bgp.yaml": bgpManifests,
+			},
+			pods: demoappPods,
+			args: []string{"--layer2=false"},
+		})
+		s := &soakEnv{env: e}
+		sock := e.startBIRD()
+		all := []string{"10.0.0.151", "10.0.0.152", "10.0.0.153"}
+		var hops []string
+		var out string
+		if !Eventually(Scaled(30*time.Second), 50*time.Millisecond, func() bool {
+			hops, out = nextHops(sock, "10.0.0.51/32")
+			return slices.Equal(hops, all)
+		}) {
+			t.Fatalf("BIRD's next hops for 10.0.0.51/32: %v, want %v\n%s", hops, all, out)
+		}
+		addr := hostPort(lbAddr, 80)
+		e.waitAnswer(e.Client2, "tcp", addr)
+		tr := startTraffic([]target{{"client2 → load balancer over BGP", e.Client2, addr}}, 50*time.Millisecond)
+		flaps := pick(3, 10)
+		var worst time.Duration
+		for i := range flaps {
+			birdc := func(args ...string) {
+				t.Helper()
+				if b, err := exec.Command("birdc", append([]string{"-s", sock}, args...)...).CombinedOutput(); err != nil {
+					t.Fatalf("birdc %v: %v: %s", args, err, b)
+				}
+			}
+			birdc("disable", "node01")
+			if !Eventually(Scaled(10*time.Second), 20*time.Millisecond, func() bool {
+				hops, out = nextHops(sock, "10.0.0.51/32")
+				return slices.Equal(hops, all[1:])
+			}) {
+				t.Fatalf("flap %d: node01's session down, next hops %v\n%s", i, hops, out)
+			}
+			birdc("enable", "node01")
+			start := time.Now()
+			if !Eventually(Scaled(150*time.Second), 50*time.Millisecond, func() bool {
+				hops, out = nextHops(sock, "10.0.0.51/32")
+				return slices.Equal(hops, all)
+			}) {
+				t.Fatalf("flap %d: node01's route never came back: next hops %v\n%s", i, hops, out)
+			}
+			took := time.Since(start)
+			worst = max(worst, took)
+			t.Logf("flap %d: node01's route back %v after the router took the session up again", i, took.Round(time.Millisecond))
+			// The session waits 5 s after a reset before it connects again (bgp's idleHoldAfterReset).
+			if took > Scaled(15*time.Second) {
+				t.Errorf("flap %d: node01's route came back only %v after the session could", i, took.Round(time.Millisecond))
+			}
+		}
+		tr.check(t, "BGP flaps")
+		s.checkAlive("BGP flaps")
+		record(t, result{Scenario: "BGP peer flaps", Mode: m.name, Duration: fmt.Sprintf("%d flaps", flaps), FailedConnections: tr.failed.Load(),
+			Recovery: fmt.Sprintf("route back ≤ %v after each session came up", worst.Round(time.Millisecond))})
 	})
 }

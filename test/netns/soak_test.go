@@ -864,6 +864,14 @@ func TestSoakChurn(t *testing.T) {
 		duration := pick(Scaled(20*time.Second), 10*time.Minute)
 		warm := pick(5*time.Second, time.Minute)
 		tr := startTraffic(s.stableTargets(), 50*time.Millisecond)
+		// What an agent spends with nothing changing (metrics, health checks, timers), to take off
+		// the CPU time per change.
+		idleFor := pick(3*time.Second, 10*time.Second)
+		idle := map[int]usage{}
+		for i, a := range s.agents {
+			idle[i] = agentUsage(t, a)
+		}
+		time.Sleep(idleFor)
 		start := time.Now()
 		before := map[int]usage{}
 		for i, a := range s.agents {
@@ -887,7 +895,12 @@ func TestSoakChurn(t *testing.T) {
 		t.Logf("churn: %d changes in %v (%.0f/s), %d API errors (last: %v)", changes, took.Round(time.Millisecond),
 			float64(changes)/took.Seconds(), ch.errs.Load(), ch.lastErr.Load())
 		if rate := float64(changes) / took.Seconds(); rate < 50 {
-			t.Errorf("churn reached %.0f changes/s, want about 100", rate)
+			// The API server on a loaded machine sets the pace; the full soak must reach it.
+			if soakFull() {
+				t.Errorf("churn reached %.0f changes/s, want about 100", rate)
+			} else {
+				t.Logf("churn reached only %.0f changes/s (a loaded machine?)", rate)
+			}
 		}
 
 		var rss, gor, cpu []string
@@ -896,10 +909,12 @@ func TestSoakChurn(t *testing.T) {
 			w := warmUsage[i]
 			rss = append(rss, fmt.Sprintf("%.1f→%.1f", float64(w.rssKB)/1024, float64(end.rssKB)/1024))
 			gor = append(gor, fmt.Sprintf("%d→%d", w.goroutines, end.goroutines))
-			perChange := (end.cpu - before[i].cpu) / time.Duration(max(changes, 1))
+			idleRate := float64(before[i].cpu-idle[i].cpu) / float64(idleFor)
+			busy := end.cpu - before[i].cpu - time.Duration(idleRate*float64(took))
+			perChange := busy / time.Duration(max(changes, 1))
 			cpu = append(cpu, perChange.Round(time.Microsecond).String())
-			t.Logf("node%02d: RSS %d kB at %v, %d kB at the end; goroutines %d → %d; CPU %v for %d changes",
-				i, w.rssKB, warm, end.rssKB, w.goroutines, end.goroutines, end.cpu-before[i].cpu, changes)
+			t.Logf("node%02d: RSS %d kB at %v, %d kB at the end; goroutines %d → %d; CPU %v for %d changes (idle %.1f%% of a core taken off)",
+				i, w.rssKB, warm, end.rssKB, w.goroutines, end.goroutines, end.cpu-before[i].cpu, changes, 100*idleRate)
 			if soakFull() {
 				if float64(end.rssKB) > 1.1*float64(w.rssKB) {
 					t.Errorf("node%02d: RSS grew from %d kB after %v to %d kB (> 10%%)", i, w.rssKB, warm, end.rssKB)
