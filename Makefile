@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/nodeagent
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy fuzz fuzz-short
+.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy fuzz fuzz-short soak
 
 all: build
 
@@ -64,6 +64,27 @@ bench-kube-proxy: build
 	for mode in nftables iptables; do \
 	  $(BIN) bench --against kube-proxy --proxy-mode $$mode --sweep $(AGAINST_SWEEP) --out bench/results/against-kube-proxy/$$mode || exit 1; \
 	done
+
+# The soak-and-fault suite at full length (root; about 15 minutes): 10 minutes of churn through a
+# real API server with traffic, kill -9, API server and etcd outages, rules tampered with, nftables
+# transactions refused. Each scenario's row goes to bench/results/soak/results.md (the short
+# version of every scenario runs in `make test`).
+SOAK_OUT := bench/results/soak
+soak: build
+	@mkdir -p $(SOAK_OUT) && rm -f $(SOAK_OUT)/*.row
+	NODEAGENT_SOAK=full NODEAGENT_SOAK_OUT=$(CURDIR)/$(SOAK_OUT) NODEAGENT_BIN=$(CURDIR)/$(BIN) \
+	  $(GO) test -count=1 -timeout 60m -run '^TestSoak' -v ./test/netns/ > $(SOAK_OUT)/soak.log 2>&1; \
+	status=$$?; \
+	{ printf '# Soak and faults (`make soak`, %s, %s)\n\n' "$$(date -u +%Y-%m-%d)" "$(VERSION)"; \
+	  printf '| scenario | mode | run | duration | changes | failed connections | lost updates | RSS (MiB) | goroutines | CPU per change | recovery |\n'; \
+	  printf '|---|---|---|---|---|---|---|---|---|---|---|\n'; \
+	  cat $(SOAK_OUT)/*.row 2>/dev/null; \
+	  printf '\nFrom the test log (soak.log):\n\n```\n'; \
+	  grep -E 'soak(_faults)?_test.go:[0-9]+: .*(connections to stable|kernels equal|repaired after|answered on every node|failed transactions|restarts|changes in|RSS|first sync)' $(SOAK_OUT)/soak.log | sed 's/^ *//'; \
+	  grep -E '^ *--- (PASS|FAIL)' $(SOAK_OUT)/soak.log | sed 's/^ *//'; \
+	  printf '```\n'; } > $(SOAK_OUT)/results.md; \
+	rm -f $(SOAK_OUT)/*.row; \
+	grep -E '^(---|ok|FAIL)' $(SOAK_OUT)/soak.log; exit $$status
 
 clean:
 	rm -rf bin

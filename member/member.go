@@ -34,7 +34,16 @@ type Options struct {
 	// OnChange is called, without locks held, whenever a node joins, leaves or dies.
 	OnChange func()
 	Log      *slog.Logger
+	// RejoinInterval is how often the Join addresses not seen alive are contacted again
+	// (default 10 s).
+	RejoinInterval time.Duration
 }
+
+// defaultRejoin is RejoinInterval's default. memberlist gossips to a node it declared dead for
+// 30 s only (GossipToTheDeadTime): after a longer partition neither side ever contacts the other
+// again and both keep announcing the load-balancer addresses they own. MetalLB's speakers join
+// the speakers they do not see again, in the same way.
+const defaultRejoin = 10 * time.Second
 
 // ErrNoSecret is Start's answer to Options without a Secret that do not say Insecure.
 var ErrNoSecret = errors.New("memberlist needs a secret unless it is run insecure on purpose")
@@ -48,6 +57,7 @@ type Members struct {
 	changes  int
 	stopped  bool
 	kick     chan struct{}
+	done     chan struct{} // closed by Leave
 }
 
 // Start joins the cluster. Joining fails softly: a node that finds nobody runs alone and others
@@ -56,7 +66,7 @@ func Start(o Options) (*Members, error) {
 	if len(o.Secret) == 0 && !o.Insecure {
 		return nil, ErrNoSecret
 	}
-	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1)}
+	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -98,8 +108,50 @@ func Start(o Options) (*Members, error) {
 		} else {
 			m.log.Info("memberlist joined", "contacted", n)
 		}
+		every := o.RejoinInterval
+		if every <= 0 {
+			every = defaultRejoin
+		}
+		go m.rejoin(peers, every)
 	}
 	return m, nil
+}
+
+// rejoin contacts, every interval until Leave, the peers that are not alive members.
+func (m *Members) rejoin(peers []string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		missing := notAlive(peers, m.ml.Members())
+		if len(missing) == 0 {
+			continue
+		}
+		if n, err := m.ml.Join(missing); err == nil {
+			m.log.Debug("memberlist rejoined", "peers", missing, "contacted", n)
+		}
+	}
+}
+
+// notAlive returns the peers (host:port) that are not the address of an alive member.
+func notAlive(peers []string, members []*memberlist.Node) []string {
+	alive := map[string]bool{}
+	for _, n := range members {
+		if n.State == memberlist.StateAlive {
+			alive[n.Address()] = true
+		}
+	}
+	var out []string
+	for _, p := range peers {
+		if !alive[p] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // secretKey turns a user's secret into a valid AES key: used as is when it has a valid length,
@@ -140,6 +192,7 @@ func (m *Members) Leave(timeout time.Duration) {
 	if !m.stopped {
 		m.stopped = true
 		close(m.kick)
+		close(m.done)
 	}
 }
 

@@ -102,3 +102,23 @@ func TestSecretRequiredAndEnforced(t *testing.T) {
 		intruder.Leave(0)
 	}
 }
+
+// TestRejoinFindsPeersLater: a member whose join list names a peer that is not up yet finds it
+// once it is, although the peer knows nobody: the same contact merges the two sides of a
+// partition that outlasted memberlist's gossip to dead nodes.
+func TestRejoinFindsPeersLater(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	bindA, bindB := netip.AddrPortFrom(lo, freePort(t)), netip.AddrPortFrom(lo, freePort(t))
+	a, err := Start(Options{Name: "node01", Bind: bindA, Join: []string{bindB.String()}, Secret: []byte("lab secret"), RejoinInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Leave(time.Second)
+	b, err := Start(Options{Name: "node02", Bind: bindB, Secret: []byte("lab secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Leave(time.Second)
+	both := []string{"node01", "node02"}
+	waitFor(t, "both alive on both", func() bool { return slices.Equal(a.Alive(), both) && slices.Equal(b.Alive(), both) })
+}

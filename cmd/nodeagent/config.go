@@ -154,6 +154,9 @@ type Config struct {
 	memberlistKey []byte
 	// kp holds kube-proxy's act-at-start flags (kubeproxy.go).
 	kp kubeProxyCLI
+	// refusedWait, when positive, makes API connections wait out "connection refused" that long
+	// (run sets it; one-shot commands fail at once).
+	refusedWait time.Duration
 }
 
 func defaultConfig() Config {

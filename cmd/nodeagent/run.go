@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -70,6 +71,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	kubeProxy.SetFamilies(familiesOf(px))
+	c.refusedWait = apiRefusedWait
 	src, err := openSource(&c, node.Name, log)
 	if err != nil {
 		return err
@@ -88,6 +90,12 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics.Registry.MustRegister(announcer.metallbCollector())
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
+	}
+	if rp, ok := px.(interface{ Repairs() uint64 }); ok {
+		metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nodeagent_sync_repairs_total",
+			Help: "Full syncs that found the rules changed by someone else and rewrote them.",
+		}, func() float64 { return float64(rp.Repairs()) }))
 	}
 	if ipx, ok := px.(*ipvs.Proxier); ok {
 		metrics.Registry.MustRegister(newIPVSRefusedCollector(ipx))

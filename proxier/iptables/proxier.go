@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"nodeagent/proxier"
 )
@@ -63,9 +64,15 @@ type Proxier struct {
 	fams []*family
 	// localnetSet: route_localnet is known to be 1; localnetFailed: setting it failed (logged).
 	localnetSet, localnetFailed bool
+	// repairs counts full syncs that found our rules changed by someone else and rewrote them.
+	repairs atomic.Uint64
 }
 
 var _ proxier.Proxier = (*Proxier)(nil)
+
+// Repairs counts the full syncs that found our chains or jump rules changed by someone else and
+// rewrote them.
+func (p *Proxier) Repairs() uint64 { return p.repairs.Load() }
 
 // family is the per-family half of the Proxier, with what it last programmed.
 type family struct {
@@ -368,6 +375,7 @@ func (p *Proxier) reportDrift(fp *family, kernel *saved) {
 	if len(drifted) == 0 && jumpsOff == 0 {
 		return
 	}
+	p.repairs.Add(1)
 	shown := drifted
 	if len(shown) > 5 {
 		shown = shown[:5]

@@ -89,6 +89,7 @@ type ControlPlane struct {
 	admin     *rest.Config
 	sock      string // unix socket bridged into NetNS, "" on the host
 	apiArgv   []string
+	etcdArgv  []string
 	ownDir    bool
 	etcdData  string
 	mu        sync.Mutex
@@ -231,6 +232,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		"--initial-cluster-state=new",
 		"--logger=zap", "--log-level=warn",
 	}
+	cp.etcdArgv = etcdArgv
 	if cp.etcd, err = cp.start("etcd", etcdArgv, false); err != nil {
 		return nil, err
 	}
@@ -386,6 +388,76 @@ func (cp *ControlPlane) Restart(ctx context.Context) error {
 	cp.mu.Unlock()
 	if err := cp.waitReady(ctx); err != nil {
 		return fmt.Errorf("restart: %w", err)
+	}
+	return nil
+}
+
+// StopAPIServer kills the API server by its PID (no grace, as in a crash) and leaves it down:
+// clients get "connection refused" until StartAPIServer.
+func (cp *ControlPlane) StopAPIServer() error {
+	cp.mu.Lock()
+	p := cp.apiserver
+	cp.apiserver = nil
+	cp.mu.Unlock()
+	if p == nil {
+		return errors.New("stop API server: not running")
+	}
+	return p.stop(0)
+}
+
+// StartAPIServer starts the API server again after StopAPIServer, on the same port, etcd and
+// keys, and waits for /readyz.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	cp.mu.Lock()
+	running := cp.apiserver != nil
+	cp.mu.Unlock()
+	if running {
+		return errors.New("start API server: already running")
+	}
+	p, err := cp.start("kube-apiserver", cp.apiArgv, false)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.apiserver = p
+	cp.mu.Unlock()
+	if err := cp.waitReady(ctx); err != nil {
+		return fmt.Errorf("start API server: %w", err)
+	}
+	return nil
+}
+
+// StopEtcd kills etcd by its PID (no grace) and leaves it down: the API server stays up without
+// its storage, as in an etcd outage, until StartEtcd.
+func (cp *ControlPlane) StopEtcd() error {
+	cp.mu.Lock()
+	p := cp.etcd
+	cp.etcd = nil
+	cp.mu.Unlock()
+	if p == nil {
+		return errors.New("stop etcd: not running")
+	}
+	return p.stop(0)
+}
+
+// StartEtcd starts etcd again on the same data directory and ports after StopEtcd, and waits
+// until the API server reports ready.
+func (cp *ControlPlane) StartEtcd(ctx context.Context) error {
+	cp.mu.Lock()
+	running := cp.etcd != nil
+	cp.mu.Unlock()
+	if running {
+		return errors.New("start etcd: already running")
+	}
+	p, err := cp.start("etcd", cp.etcdArgv, false)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.etcd = p
+	cp.mu.Unlock()
+	if err := cp.waitReady(ctx); err != nil {
+		return fmt.Errorf("start etcd: %w", err)
 	}
 	return nil
 }

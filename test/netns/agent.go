@@ -250,6 +250,9 @@ func hasFlag(args []string, name string) bool {
 	return false
 }
 
+// Pid is the agent's process ID (`ip netns exec` execs the agent, so it is the agent's own).
+func (a *Agent) Pid() int { return a.cmd.Process.Pid }
+
 // Exited reports whether the agent process has ended, and how.
 func (a *Agent) Exited() (bool, error) {
 	select {
