@@ -134,7 +134,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		if ch.Full {
 			kind = "full"
 		}
-		err := px.Sync(ctx, st, ch)
+		err := px.Sync(context.WithoutCancel(ctx), st, ch)
 		took := time.Since(start)
 		kubeProxy.ObserveSync(ch.Full, took) // kube-proxy times failed syncs too
 		if err != nil {
@@ -203,10 +203,20 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	go func() {
 		srcErr <- src.Run(ctx, nodeWatch{Sink: announcer.speaker, name: node.Name, health: proxyHealth})
 	}()
-	go r.Run(ctx)
+	runnerDone := make(chan struct{})
+	go func() {
+		r.Run(ctx)
+		close(runnerDone)
+	}()
 	select {
 	case <-ctx.Done():
-		// Rules stay in place: a restarted agent must not interrupt live connections.
+		// Rules stay in place: a restarted agent must not interrupt live connections. A sync in
+		// progress finishes first (bounded: a wedged kernel call must not keep the agent alive).
+		select {
+		case <-runnerDone:
+		case <-time.After(10 * time.Second):
+			log.Warn("stopping while a sync is still running")
+		}
 		log.Info("stopping; programmed rules are left in place")
 		return nil
 	case err := <-srcErr:
