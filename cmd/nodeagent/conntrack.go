@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"nodeagent/proxier/iptables"
 )
 
 // conntrackConfig is kube-proxy's conntrack: block (and its --conntrack-* flags).
@@ -36,30 +35,13 @@ func defaultConntrack() conntrackConfig {
 	}
 }
 
-// sysctls is the part of /proc/sys/net/netfilter the conntrack settings touch, behind an
-// interface so that the decisions are tested without writing any.
-type sysctls interface {
-	Get(name string) (int, error)
-	Set(name string, value int) error
-}
+// sysctls reads and writes /proc/sys entries (iptables.ProcSysctl in the agent: the calling
+// process's network namespace, so every entry the conntrack settings touch but nf_conntrack_max
+// is the agent's own, and that one is read-only outside the host's namespace).
+type sysctls = iptables.Sysctl
 
-// procNetfilter reads and writes /proc/sys/net/netfilter of the calling process's network
-// namespace: the agent's own. Every entry but nf_conntrack_max is per namespace; that one is
-// read-only outside the initial namespace, so an agent in a lab or a pod network namespace can
-// never change the host's.
-type procNetfilter struct{}
-
-func (procNetfilter) Get(name string) (int, error) {
-	b, err := os.ReadFile(filepath.Join("/proc/sys/net/netfilter", name))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-func (procNetfilter) Set(name string, value int) error {
-	return os.WriteFile(filepath.Join("/proc/sys/net/netfilter", name), []byte(strconv.Itoa(value)), 0o644)
-}
+// netfilterSysctl is the /proc/sys path of a net/netfilter entry.
+func netfilterSysctl(name string) string { return "net/netfilter/" + name }
 
 // conntrackMax is kube-proxy's: maxPerCore × CPUs, at least min; 0 when maxPerCore is 0 (leave
 // the kernel's value).
@@ -80,10 +62,10 @@ func (c conntrackConfig) conntrackMax(cpus int) int {
 // network namespaces are a normal way to run nodeagent.
 func (c conntrackConfig) apply(sys sysctls, cpus int, log *slog.Logger) error {
 	set := func(name string, value int) error {
-		if cur, err := sys.Get(name); err == nil && cur == value {
+		if cur, err := sys.Get(netfilterSysctl(name)); err == nil && cur == strconv.Itoa(value) {
 			return nil
 		}
-		if err := sys.Set(name, value); err != nil {
+		if err := sys.Set(netfilterSysctl(name), strconv.Itoa(value)); err != nil {
 			return fmt.Errorf("sysctl net/netfilter/%s=%d: %w", name, value, err)
 		}
 		log.Info("set sysctl", "entry", "net/netfilter/"+name, "value", value)

@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,11 +20,18 @@ type fakeSysctls struct {
 	readOnly map[string]bool
 }
 
-func (f *fakeSysctls) Get(name string) (int, error) { return f.values[name], nil }
+func (f *fakeSysctls) Get(path string) (string, error) {
+	return strconv.Itoa(f.values[strings.TrimPrefix(path, "net/netfilter/")]), nil
+}
 
-func (f *fakeSysctls) Set(name string, v int) error {
+func (f *fakeSysctls) Set(path, value string) error {
+	name := strings.TrimPrefix(path, "net/netfilter/")
 	if f.readOnly[name] {
 		return &fs.PathError{Op: "open", Path: name, Err: fs.ErrPermission}
+	}
+	v, err := strconv.Atoi(value)
+	if err != nil {
+		return err
 	}
 	f.writes[name] = v
 	f.values[name] = v

@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
+
+	"nodeagent/proxier/iptables"
 )
 
 // loggingConfig is the logging: block of a KubeProxyConfiguration (component-base's
@@ -279,16 +281,7 @@ func (c *Config) logLevel(explicit map[string]bool) string {
 
 // daemonLogger is run's logger: text, or JSON for --logging-format json.
 func (c *Config) daemonLogger(w io.Writer, explicit map[string]bool) (*slog.Logger, error) {
-	var l slog.Level
-	level := c.logLevel(explicit)
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	if c.Logging.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return newFormatLogger(w, c.logLevel(explicit), c.Logging.Format == "json")
 }
 
 // logAccepted warns once about each kube-proxy flag given that nodeagent does not act on.
@@ -349,7 +342,7 @@ func (c *Config) applyOOMScoreAdj(log *slog.Logger) {
 // run with only CAP_NET_ADMIN.
 func (c *Config) initSteps(log *slog.Logger) error {
 	c.applyOOMScoreAdj(log)
-	return c.conntrack().apply(procNetfilter{}, runtime.NumCPU(), log)
+	return c.conntrack().apply(iptables.ProcSysctl{}, runtime.NumCPU(), log)
 }
 
 // writeConfig writes the configuration in force as a KubeProxyConfiguration, for
