@@ -83,25 +83,21 @@ func waitRefused(d *net.Dialer, wait time.Duration) func(ctx context.Context, ne
 	}
 }
 
-// typedConfig is restConfig for the typed clientset, which speaks protobuf by default as
+// typed returns a copy of cfg for the typed clientset, which speaks protobuf by default as
 // kube-proxy's does (--kube-api-content-type).
-func (c *Config) typedConfig() (*rest.Config, error) {
-	cfg, err := c.restConfig()
-	if err != nil {
-		return nil, err
-	}
+func (c *Config) typed(cfg *rest.Config) *rest.Config {
 	cfg = rest.CopyConfig(cfg)
 	c.applyClientSettings(cfg, true)
-	return cfg, nil
+	return cfg
 }
 
 // kubeClient connects to the API server named by --kubeconfig, or in-cluster.
 func (c *Config) kubeClient() (kubernetes.Interface, error) {
-	cfg, err := c.typedConfig()
+	cfg, err := c.restConfig()
 	if err != nil {
 		return nil, err
 	}
-	return kubernetes.NewForConfig(cfg)
+	return kubernetes.NewForConfig(c.typed(cfg))
 }
 
 // metallbKinds are the MetalLB CRD kinds the Kubernetes source watches.
@@ -143,11 +139,7 @@ func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error)
 	if err != nil {
 		return nil, err
 	}
-	typed, err := c.typedConfig()
-	if err != nil {
-		return nil, err
-	}
-	client, err := kubernetes.NewForConfig(typed)
+	client, err := kubernetes.NewForConfig(c.typed(cfg))
 	if err != nil {
 		return nil, err
 	}
