@@ -61,6 +61,12 @@ const (
 	prioFilter = 0
 )
 
+// elemID names one element of one set or map (builders use it to deduplicate).
+type elemID struct {
+	set string
+	key elemKey
+}
+
 // fragment is what one owner (the base ruleset, or one ServicePort) puts into a table.
 type fragment struct {
 	sets   []*set
