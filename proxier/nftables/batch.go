@@ -677,3 +677,7 @@ func extackMessage(msg []byte, flags uint16) string {
 	}
 	return ""
 }
+
+var _ tx = (*batch)(nil)
+
+func (b *batch) size() (msgs, bytes int) { return b.msgs, len(b.buf) }

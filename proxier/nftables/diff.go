@@ -159,7 +159,7 @@ func portsOf(st *proxier.State, n types.NamespacedName, pf proxier.Family) []*pr
 
 // sync diffs the wanted fragments against the programmed ones and appends the difference to b.
 // It returns how many service ports it compared.
-func (t *programmed) sync(b *batch, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
+func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
 	pl := &plan{fresh: len(t.elems) == 0 && len(t.verdicts) == 0, pack: packer{t: t}}
 	if !pl.fresh {
 		pl.touched = map[ekey]elemBefore{}

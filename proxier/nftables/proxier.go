@@ -26,19 +26,13 @@ package nftables
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	gnft "github.com/google/nftables"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"nodeagent/proxier"
 	"nodeagent/proxier/conntrack"
@@ -91,9 +85,7 @@ type Proxier struct {
 	rec       proxier.Recorder
 
 	mu      sync.Mutex
-	netns   *os.File // nil: own namespace
-	sock    *socket
-	nl      *netlink.Conn // for queries: generation and drift dumps
+	k       kernel // nil once closed
 	tables  map[*family]*programmed
 	rebuild bool // the kernel's state is unknown: replace the tables on the next Sync
 	last    SyncStats
@@ -113,7 +105,16 @@ var (
 
 // New returns a Proxier. It opens its netlink socket but programs nothing until Sync.
 func New(opts Options) (*Proxier, error) {
-	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, rec: opts.Recorder, tables: map[*family]*programmed{}, rebuild: true}
+	k, err := newNetlinkKernel(opts.NetNSPath)
+	if err != nil {
+		return nil, err
+	}
+	return newWithKernel(opts, k), nil
+}
+
+// newWithKernel returns a Proxier that programs k (unit tests pass a fake).
+func newWithKernel(opts Options, k kernel) *Proxier {
+	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, rec: opts.Recorder, k: k, tables: map[*family]*programmed{}, rebuild: true}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -132,49 +133,22 @@ func New(opts Options) (*Proxier, error) {
 			}
 		}
 	}
-	fd := 0
-	if opts.NetNSPath != "" {
-		ns, err := os.Open(opts.NetNSPath)
-		if err != nil {
-			return nil, fmt.Errorf("open network namespace: %w", err)
-		}
-		p.netns = ns
-		fd = int(ns.Fd())
-	}
-	sock, err := openSocket(fd)
-	if err != nil {
-		p.Close()
-		return nil, err
-	}
-	p.sock = sock
-	if p.nl, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: fd}); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
-	}
 	for _, f := range p.fams {
 		p.tables[f] = newProgrammed(f)
 	}
-	return p, nil
+	return p
 }
 
 // Close releases the netlink socket; the kernel keeps the rules.
 func (p *Proxier) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var errs []error
-	if p.sock != nil {
-		errs = append(errs, p.sock.close())
-		p.sock = nil
+	if p.k == nil {
+		return nil
 	}
-	if p.nl != nil {
-		errs = append(errs, p.nl.Close())
-		p.nl = nil
-	}
-	if p.netns != nil {
-		errs = append(errs, p.netns.Close())
-		p.netns = nil
-	}
-	return errors.Join(errs...)
+	err := p.k.close()
+	p.k = nil
+	return err
 }
 
 // Families returns the families this proxier programs.
@@ -201,17 +175,6 @@ func (p *Proxier) Render(w io.Writer, st *proxier.State) error {
 	return renderText(w, st, p.fams)
 }
 
-// query returns a google/nftables connection for reads and the rare small write (Cleanup).
-func (p *Proxier) query() (*gnft.Conn, error) {
-	var opts []gnft.ConnOption
-	if p.netns != nil {
-		opts = append(opts, gnft.WithNetNSFd(int(p.netns.Fd())))
-	}
-	return gnft.New(opts...)
-}
-
-func (f *family) tableFamily() gnft.TableFamily { return gnft.TableFamily(f.nfproto) }
-
 // Cleanup deletes our tables (both families, whatever this proxier was configured with) and
 // nothing else.
 func (p *Proxier) Cleanup(ctx context.Context) error {
@@ -221,28 +184,16 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rebuild = true
-	conn, err := p.query()
+	if p.k == nil {
+		return errors.New("cleanup: proxier is closed")
+	}
+	n, err := p.k.deleteTables()
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
-	tables, err := conn.ListTables()
-	if err != nil {
-		return fmt.Errorf("cleanup: list tables: %w", err)
+	if n > 0 {
+		p.log.Info("deleted nftables tables", "tables", n)
 	}
-	n := 0
-	for _, t := range tables {
-		if t.Name == tableName && (t.Family == familyIPv4.tableFamily() || t.Family == familyIPv6.tableFamily()) {
-			conn.DelTable(t)
-			n++
-		}
-	}
-	if n == 0 {
-		return nil
-	}
-	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("cleanup: delete tables: %w", err)
-	}
-	p.log.Info("deleted nftables tables", "tables", n)
 	return nil
 }
 
@@ -253,7 +204,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sock == nil {
+	if p.k == nil {
 		return errors.New("sync: proxier is closed")
 	}
 	start := time.Now()
@@ -266,8 +217,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 			rebuild = true
 		}
 	}
-	p.sock.seq += 2
-	b := newBatch(p.sock.seq)
+	b := p.k.begin()
 	stats := SyncStats{Full: full, Rebuilt: rebuild}
 	var counts batchCounts
 	for _, f := range p.fams {
@@ -281,13 +231,13 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 		}
 		stats.Services += t.sync(b, &counts, st, ch, f, full)
 	}
-	before, genErr := generation(p.nl)
+	msgs, size := b.size()
+	before, genErr := p.k.generation()
 	commit := time.Now()
-	err := p.sock.send(b)
+	err := p.k.commit(b)
 	stats.Commit = time.Since(commit)
-	p.sock.seq = b.seq
 	if err == nil {
-		p.trackGeneration(before, genErr, b.msgs > 0)
+		p.trackGeneration(before, genErr, msgs > 0)
 	}
 	if err != nil {
 		// The transaction was not committed, but our record of the tables already moved on:
@@ -299,7 +249,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 		return fmt.Errorf("sync nftables: %w", err)
 	}
 	p.rebuild = false
-	stats.Messages, stats.Bytes = b.msgs, len(b.buf)
+	stats.Messages, stats.Bytes = msgs, size
 	stats.ChainsAdded, stats.ChainsFlushed, stats.ChainsDeleted = counts.chainsAdded, counts.chainsFlushed, counts.chainsDeleted
 	stats.Rules = counts.rules
 	stats.SetsAdded, stats.SetsDeleted = counts.setsAdded, counts.setsDeleted
@@ -319,7 +269,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 // trackGeneration records the generation after a committed sync: known only when the one
 // before it (before, or the error reading it) was ours and the commit moved it by exactly one.
 func (p *Proxier) trackGeneration(before uint32, beforeErr error, committed bool) {
-	after, err := generation(p.nl)
+	after, err := p.k.generation()
 	if beforeErr != nil || err != nil {
 		p.genKnown = false
 		return
@@ -336,7 +286,7 @@ func (p *Proxier) trackGeneration(before uint32, beforeErr error, committed bool
 // reports as the table's use count), then the rules of every chain and the elements of every
 // named set that packets do not fill. It returns a reason, or "" when everything matches.
 func (p *Proxier) checkDrift() string {
-	gen, err := generation(p.nl)
+	gen, err := p.k.generation()
 	if err == nil && p.genKnown && gen == p.gen {
 		return ""
 	}
@@ -350,25 +300,18 @@ func (p *Proxier) checkDrift() string {
 
 // listDrift is checkDrift's comparison with the kernel's listing.
 func (p *Proxier) listDrift() string {
-	conn, err := p.query()
-	if err != nil {
-		return err.Error()
-	}
 	for _, f := range p.fams {
-		t, err := conn.ListTableOfFamily(tableName, f.tableFamily())
+		use, err := p.k.objects(f)
 		if err != nil {
 			return fmt.Sprintf("table %s %s: %v", f.name, tableName, err)
 		}
-		// google/nftables v0.3.0 decodes NFTA_TABLE_USE in host order; the kernel sends it in
-		// network order.
-		use := binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, t.Use))
-		if want := p.tables[f].objects(); use != uint32(want) {
+		if want := p.tables[f].objects(); use != want {
 			return fmt.Sprintf("table %s %s holds %d chains and sets, want %d", f.name, tableName, use, want)
 		}
 	}
 	for _, f := range p.fams {
 		want, sets := p.tables[f].wantCounts()
-		got, err := dumpCounts(p.nl, f, sets)
+		got, err := p.k.counts(f, sets)
 		if err != nil {
 			return fmt.Sprintf("table %s %s: %v", f.name, tableName, err)
 		}
