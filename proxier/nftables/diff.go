@@ -3,6 +3,7 @@ package nftables
 import (
 	"cmp"
 	"net/netip"
+	"nodeagent/proxier/nft"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -15,11 +16,11 @@ import (
 // them; pointer-free keys and values keep that map small and cost the garbage collector
 // nothing to scan.
 type ekey struct {
-	set   uint16
-	proto uint8
-	port  uint16
-	slot  uint32
-	addr  [16]byte // As16 of the key's address; the hairpin set's two addresses are the same
+	Set   uint16
+	Proto uint8
+	Port  uint16
+	Slot  uint32
+	Addr  [16]byte // As16 of the key's address; the hairpin set's two addresses are the same
 }
 
 // estate is a programmed element of a plain set or an endpoint map: how many fragments want
@@ -27,7 +28,7 @@ type ekey struct {
 type estate struct {
 	refs   int32
 	toPort uint16
-	to     [16]byte
+	To     [16]byte
 }
 
 // vstate is a programmed element of a verdict map: how many fragments want it and its verdict.
@@ -35,22 +36,22 @@ type estate struct {
 // source ranges), so this map may hold the chain's name.
 type vstate struct {
 	refs int32
-	val  verdict
+	Val  nft.Verdict
 }
 
 // chainState is a programmed chain: its rules' fingerprint ("" once flushed) and how many
 // rules it holds (for drift detection).
 type chainState struct {
 	fingerprint string
-	rules       int
+	Rules       int
 }
 
 // programmed is what we believe one family's table holds. Per service it keeps a copy of the
 // ServicePort it last programmed, not what that produced: a service's fragment is built again
 // when the service changes, which costs far less than keeping 25,000 fragments around.
 type programmed struct {
-	f           *family
-	sets        map[string]*set
+	f           *nft.Family
+	sets        map[string]*nft.Set
 	chains      map[string]chainState
 	staleChains map[string]bool // flushed, to be deleted by a later sync
 	staleSets   map[string]bool
@@ -66,13 +67,13 @@ type programmed struct {
 
 // setInfo is what the record needs to turn an ekey back into an element.
 type setInfo struct {
-	name  string
-	isMap bool
+	Name  string
+	IsMap bool
 }
 
-func newProgrammed(f *family) *programmed {
+func newProgrammed(f *nft.Family) *programmed {
 	return &programmed{
-		f: f, sets: map[string]*set{}, chains: map[string]chainState{},
+		f: f, sets: map[string]*nft.Set{}, chains: map[string]chainState{},
 		staleChains: map[string]bool{}, staleSets: map[string]bool{},
 		setIDs: map[string]uint16{}, elems: map[ekey]estate{}, verdicts: map[ekey]vstate{},
 		ports: map[types.NamespacedName][]proxier.ServicePort{}, countRefs: map[int]int{},
@@ -91,7 +92,7 @@ func (t *programmed) setID(name string) uint16 {
 	}
 	id := uint16(len(t.setInfo))
 	t.setIDs[name] = id
-	t.setInfo = append(t.setInfo, setInfo{name: name, isMap: verdictMaps[name]})
+	t.setInfo = append(t.setInfo, setInfo{Name: name, IsMap: verdictMaps[name]})
 	return id
 }
 
@@ -99,17 +100,17 @@ func (t *programmed) setID(name string) uint16 {
 // come in runs of one set.
 type packer struct {
 	t    *programmed
-	name string
+	Name string
 	id   uint16
 }
 
 func (p *packer) key(e *element) ekey {
-	if e.set != p.name || p.name == "" {
-		p.name, p.id = e.set, p.t.setID(e.set)
+	if e.Set != p.Name || p.Name == "" {
+		p.Name, p.id = e.Set, p.t.setID(e.Set)
 	}
-	k := ekey{set: p.id, proto: e.key.proto, port: e.key.port, slot: e.key.slot}
-	if e.key.addr.IsValid() {
-		k.addr = e.key.addr.As16()
+	k := ekey{Set: p.id, Proto: e.Key.Proto, Port: e.Key.Port, Slot: e.Key.Slot}
+	if e.Key.Addr.IsValid() {
+		k.Addr = e.Key.Addr.As16()
 	}
 	return k
 }
@@ -119,7 +120,7 @@ func (t *programmed) addr(a [16]byte) netip.Addr {
 	if a == ([16]byte{}) {
 		return netip.Addr{}
 	}
-	if t.f.addrLen == 4 {
+	if t.f.AddrLen == 4 {
 		return netip.AddrFrom4([4]byte(a[12:]))
 	}
 	return netip.AddrFrom16(a)
@@ -127,10 +128,10 @@ func (t *programmed) addr(a [16]byte) netip.Addr {
 
 // plan collects one family's changes in the order the transaction needs them.
 type plan struct {
-	newSets   []*set
-	newChains []*chain
+	newSets   []*nft.Set
+	newChains []*nft.Chain
 	flush     []string
-	rules     []*chain
+	Rules     []*nft.Chain
 	touched   map[ekey]elemBefore
 	// fresh: the table starts empty (a rebuild), so every element is an addition; added holds
 	// them by set, in order, without the bookkeeping of touched.
@@ -143,7 +144,7 @@ type plan struct {
 type elemBefore struct {
 	present bool
 	es      estate
-	val     verdict
+	Val     nft.Verdict
 }
 
 // portsOf returns the ports of service n of family pf in st.
@@ -159,7 +160,7 @@ func portsOf(st *proxier.State, n types.NamespacedName, pf proxier.Family) []*pr
 
 // sync diffs the wanted fragments against the programmed ones and appends the difference to b.
 // It returns how many service ports it compared.
-func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *family, full bool) int {
+func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxier.Changes, f *nft.Family, full bool) int {
 	pl := &plan{fresh: len(t.elems) == 0 && len(t.verdicts) == 0, pack: packer{t: t}}
 	if !pl.fresh {
 		pl.touched = map[ekey]elemBefore{}
@@ -167,7 +168,7 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 		// Room for every element at once: about the endpoints plus two per service port.
 		n := 0
 		for _, sp := range st.Services {
-			if sp.Name.Family == f.pf {
+			if sp.Name.Family == f.PF {
 				n += 2 + len(sp.ClusterEndpoints)*(1+len(sp.ExternalIPs)+len(sp.LoadBalancerIPs))
 			}
 		}
@@ -214,7 +215,7 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 		var names []types.NamespacedName
 		wanted := make(map[types.NamespacedName][]*proxier.ServicePort, len(t.ports))
 		for _, sp := range st.Services {
-			if sp.Name.Family != f.pf {
+			if sp.Name.Family != f.PF {
 				continue
 			}
 			n := sp.Name.NamespacedName
@@ -233,7 +234,7 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 		}
 	} else {
 		for n := range ch.Services {
-			syncService(n, portsOf(st, n, f.pf))
+			syncService(n, portsOf(st, n, f.PF))
 		}
 	}
 	// The base follows the endpoint counts in use. A new count, or one no longer used, costs a
@@ -265,18 +266,18 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 	adds, dels := t.elementChanges(pl)
 	for _, id := range t.sortedSets(dels) {
 		ps := dels[id]
-		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, true)
+		b.elements(f, t.sets[t.setInfo[id].Name], len(ps), func(i int) element { return t.toElement(ps[i]) }, true)
 		counts.elemsDeleted += len(ps)
 	}
-	for _, c := range pl.rules {
-		for _, r := range c.rules {
-			b.addRule(f, c.name, r)
+	for _, c := range pl.Rules {
+		for _, r := range c.Rules {
+			b.addRule(f, c.Name, r)
 			counts.rules++
 		}
 	}
 	for _, id := range t.sortedSets(adds) {
 		ps := adds[id]
-		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, false)
+		b.elements(f, t.sets[t.setInfo[id].Name], len(ps), func(i int) element { return t.toElement(ps[i]) }, false)
 		counts.elemsAdded += len(ps)
 	}
 	for name := range deleteChains {
@@ -314,7 +315,7 @@ func (t *programmed) diffService(pl *plan, st *proxier.State, was, sp *proxier.S
 }
 
 // diff records what turning fragment old into nu needs (either may be nil) and updates t.
-func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, deleteSets map[string]bool) {
+func (t *programmed) diff(pl *plan, f *nft.Family, old, nu *fragment, deleteChains, deleteSets map[string]bool) {
 	var oldFr, newFr fragment
 	if old != nil {
 		oldFr = *old
@@ -323,44 +324,44 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 		newFr = *nu
 	}
 	for _, s := range newFr.sets {
-		delete(deleteSets, s.name)
-		if _, ok := t.sets[s.name]; !ok {
-			t.sets[s.name] = s
+		delete(deleteSets, s.Name)
+		if _, ok := t.sets[s.Name]; !ok {
+			t.sets[s.Name] = s
 			pl.newSets = append(pl.newSets, s)
 		}
 	}
 	for _, s := range oldFr.sets {
-		if !slices.ContainsFunc(newFr.sets, func(n *set) bool { return n.name == s.name }) {
-			t.staleSets[s.name] = true
+		if !slices.ContainsFunc(newFr.sets, func(n *nft.Set) bool { return n.Name == s.Name }) {
+			t.staleSets[s.Name] = true
 		}
 	}
 
 	for _, c := range newFr.chains {
-		fp := c.fingerprint(f)
-		cs, exists := t.chains[c.name]
+		fp := c.Fingerprint(f)
+		cs, exists := t.chains[c.Name]
 		switch {
 		case !exists:
 			pl.newChains = append(pl.newChains, c)
-		case deleteChains[c.name] || t.staleChains[c.name]:
+		case deleteChains[c.Name] || t.staleChains[c.Name]:
 			// Flushed earlier and still there: reuse it.
-			delete(deleteChains, c.name)
-			delete(t.staleChains, c.name)
+			delete(deleteChains, c.Name)
+			delete(t.staleChains, c.Name)
 		case cs.fingerprint == fp:
 			continue
 		default:
-			pl.flush = append(pl.flush, c.name)
+			pl.flush = append(pl.flush, c.Name)
 		}
-		t.chains[c.name] = chainState{fingerprint: fp, rules: len(c.rules)}
-		pl.rules = append(pl.rules, c)
+		t.chains[c.Name] = chainState{fingerprint: fp, Rules: len(c.Rules)}
+		pl.Rules = append(pl.Rules, c)
 	}
 	for _, c := range oldFr.chains {
-		if newFr.chain(c.name) != nil {
+		if newFr.chain(c.Name) != nil {
 			continue
 		}
-		if _, ok := t.chains[c.name]; ok && !t.staleChains[c.name] {
-			pl.flush = append(pl.flush, c.name)
-			t.chains[c.name] = chainState{}
-			t.staleChains[c.name] = true
+		if _, ok := t.chains[c.Name]; ok && !t.staleChains[c.Name] {
+			pl.flush = append(pl.flush, c.Name)
+			t.chains[c.Name] = chainState{}
+			t.staleChains[c.Name] = true
 		}
 	}
 
@@ -375,12 +376,12 @@ func (t *programmed) diff(pl *plan, f *family, old, nu *fragment, deleteChains, 
 // release drops one fragment's claim on an element.
 func (t *programmed) release(pl *plan, e *element) {
 	k := pl.pack.key(e)
-	if t.setInfo[k.set].isMap {
+	if t.setInfo[k.Set].IsMap {
 		vs, ok := t.verdicts[k]
 		if !ok {
 			return
 		}
-		pl.touch(k, true, estate{}, vs.val)
+		pl.touch(k, true, estate{}, vs.Val)
 		if vs.refs--; vs.refs <= 0 {
 			delete(t.verdicts, k)
 		} else {
@@ -392,7 +393,7 @@ func (t *programmed) release(pl *plan, e *element) {
 	if !ok {
 		return
 	}
-	pl.touch(k, true, es, verdict{})
+	pl.touch(k, true, es, nft.Verdict{})
 	if es.refs--; es.refs <= 0 {
 		delete(t.elems, k)
 	} else {
@@ -408,19 +409,19 @@ func (t *programmed) want(pl *plan, e *element) {
 		t.wantFresh(pl, k, e)
 		return
 	}
-	if t.setInfo[k.set].isMap {
+	if t.setInfo[k.Set].IsMap {
 		vs, ok := t.verdicts[k]
-		pl.touch(k, ok, estate{}, vs.val)
+		pl.touch(k, ok, estate{}, vs.Val)
 		vs.refs++
-		vs.val = e.val
+		vs.Val = e.Val
 		t.verdicts[k] = vs
 		return
 	}
 	es, ok := t.elems[k]
-	pl.touch(k, ok, es, verdict{})
+	pl.touch(k, ok, es, nft.Verdict{})
 	es.refs++
-	if e.to.IsValid() {
-		es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
+	if e.To.IsValid() {
+		es.To, es.toPort = e.To.Addr().As16(), e.To.Port()
 	}
 	t.elems[k] = es
 }
@@ -428,13 +429,13 @@ func (t *programmed) want(pl *plan, e *element) {
 // wantFresh is want for a table built from scratch: every element recorded is an addition,
 // and elementChanges takes them from the record, without the bookkeeping of touched.
 func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
-	if t.setInfo[k.set].isMap {
+	if t.setInfo[k.Set].IsMap {
 		if vs, ok := t.verdicts[k]; ok {
 			vs.refs++
 			t.verdicts[k] = vs
 			return
 		}
-		t.verdicts[k] = vstate{refs: 1, val: e.val}
+		t.verdicts[k] = vstate{refs: 1, Val: e.Val}
 	} else {
 		if es, ok := t.elems[k]; ok {
 			es.refs++
@@ -442,21 +443,21 @@ func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
 			return
 		}
 		es := estate{refs: 1}
-		if e.to.IsValid() {
-			es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
+		if e.To.IsValid() {
+			es.To, es.toPort = e.To.Addr().As16(), e.To.Port()
 		}
 		t.elems[k] = es
 	}
 }
 
-func (pl *plan) touch(k ekey, present bool, es estate, val verdict) {
+func (pl *plan) touch(k ekey, present bool, es estate, val nft.Verdict) {
 	if pl.fresh {
 		return // a fresh table releases nothing
 	}
 	if _, ok := pl.touched[k]; ok {
 		return
 	}
-	pl.touched[k] = elemBefore{present: present, es: es, val: val}
+	pl.touched[k] = elemBefore{present: present, es: es, Val: val}
 }
 
 // pending is an element to send, without pointers (a first sync holds 300,000 of them): its
@@ -468,12 +469,12 @@ type pending struct {
 
 // toElement turns a pending element into what the batch encodes.
 func (t *programmed) toElement(p pending) element {
-	info := t.setInfo[p.k.set]
-	e := element{set: info.name, key: elemKey{proto: p.k.proto, port: p.k.port, slot: p.k.slot, addr: t.addr(p.k.addr)}}
-	if info.isMap {
-		e.val = t.verdicts[p.k].val
+	info := t.setInfo[p.k.Set]
+	e := element{Set: info.Name, Key: nft.Key{Proto: p.k.Proto, Port: p.k.Port, Slot: p.k.Slot, Addr: t.addr(p.k.Addr)}}
+	if info.IsMap {
+		e.Val = t.verdicts[p.k].Val
 	} else if p.es.toPort != 0 {
-		e.to = netip.AddrPortFrom(t.addr(p.es.to), p.es.toPort)
+		e.To = netip.AddrPortFrom(t.addr(p.es.To), p.es.toPort)
 	}
 	return e
 }
@@ -484,10 +485,10 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 		// Everything recorded is new: count per set, then fill lists of exactly that size.
 		sizes := make([]int, len(t.setInfo))
 		for k := range t.elems {
-			sizes[k.set]++
+			sizes[k.Set]++
 		}
 		for k := range t.verdicts {
-			sizes[k.set]++
+			sizes[k.Set]++
 		}
 		adds = make(map[uint16][]pending, len(sizes))
 		for id, n := range sizes {
@@ -496,10 +497,10 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 			}
 		}
 		for k, es := range t.elems {
-			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
+			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
 		}
 		for k := range t.verdicts {
-			adds[k.set] = append(adds[k.set], pending{k: k})
+			adds[k.Set] = append(adds[k.Set], pending{k: k})
 		}
 		return adds, nil
 	}
@@ -509,19 +510,19 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 		es := t.elems[k]
 		switch {
 		case !now && before.present:
-			dels[k.set] = append(dels[k.set], pending{k: k})
+			dels[k.Set] = append(dels[k.Set], pending{k: k})
 		case now && !before.present:
-			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
+			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
 		case now && t.changedValue(k, before):
-			dels[k.set] = append(dels[k.set], pending{k: k})
-			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
+			dels[k.Set] = append(dels[k.Set], pending{k: k})
+			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
 		}
 	}
 	return adds, dels
 }
 
 func (t *programmed) present(k ekey) bool {
-	if t.setInfo[k.set].isMap {
+	if t.setInfo[k.Set].IsMap {
 		_, ok := t.verdicts[k]
 		return ok
 	}
@@ -530,21 +531,21 @@ func (t *programmed) present(k ekey) bool {
 }
 
 func (t *programmed) changedValue(k ekey, before elemBefore) bool {
-	if t.setInfo[k.set].isMap {
-		return t.verdicts[k].val != before.val
+	if t.setInfo[k.Set].IsMap {
+		return t.verdicts[k].Val != before.Val
 	}
 	now := t.elems[k]
-	return now.to != before.es.to || now.toPort != before.es.toPort
+	return now.To != before.es.To || now.toPort != before.es.toPort
 }
 
 // sortedSets returns the ids in m of sets that exist, in name order.
 func (t *programmed) sortedSets(m map[uint16][]pending) []uint16 {
 	out := make([]uint16, 0, len(m))
 	for id := range m {
-		if t.sets[t.setInfo[id].name] != nil {
+		if t.sets[t.setInfo[id].Name] != nil {
 			out = append(out, id)
 		}
 	}
-	slices.SortFunc(out, func(a, b uint16) int { return cmp.Compare(t.setInfo[a].name, t.setInfo[b].name) })
+	slices.SortFunc(out, func(a, b uint16) int { return cmp.Compare(t.setInfo[a].Name, t.setInfo[b].Name) })
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"nodeagent/proxier/nft"
 	"slices"
 
 	"github.com/mdlayher/netlink"
@@ -14,14 +15,14 @@ import (
 // chain and elements per named set. Rules are counted rather than compared because the kernel
 // lists expressions in its own form; a removed or added rule or element changes a count.
 type kernelCounts struct {
-	rules map[string]int
+	Rules map[string]int
 	elems map[string]int
 }
 
 // dumpCounts reads the rules of family f's table and the elements of the named sets in sets
 // (one netlink dump each) through conn.
-func dumpCounts(conn *netlink.Conn, f *family, sets []string) (kernelCounts, error) {
-	kc := kernelCounts{rules: map[string]int{}, elems: map[string]int{}}
+func dumpCounts(conn *netlink.Conn, f *nft.Family, sets []string) (kernelCounts, error) {
+	kc := kernelCounts{Rules: map[string]int{}, elems: map[string]int{}}
 	msgs, err := dump(conn, unix.NFT_MSG_GETRULE, f, func(ae *netlink.AttributeEncoder) {
 		ae.String(unix.NFTA_RULE_TABLE, tableName)
 	})
@@ -35,7 +36,7 @@ func dumpCounts(conn *netlink.Conn, f *family, sets []string) (kernelCounts, err
 		}
 		for ad.Next() {
 			if ad.Type() == unix.NFTA_RULE_CHAIN {
-				kc.rules[ad.String()]++
+				kc.Rules[ad.String()]++
 			}
 		}
 	}
@@ -100,7 +101,7 @@ func generation(conn *netlink.Conn) (uint32, error) {
 }
 
 // dump sends an nftables GET request with NLM_F_DUMP for family f and returns the answers.
-func dump(conn *netlink.Conn, msg uint16, f *family, encode func(*netlink.AttributeEncoder)) ([]netlink.Message, error) {
+func dump(conn *netlink.Conn, msg uint16, f *nft.Family, encode func(*netlink.AttributeEncoder)) ([]netlink.Message, error) {
 	ae := netlink.NewAttributeEncoder()
 	encode(ae)
 	data, err := ae.Encode()
@@ -112,7 +113,7 @@ func dump(conn *netlink.Conn, msg uint16, f *family, encode func(*netlink.Attrib
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msg),
 			Flags: netlink.Request | netlink.Dump,
 		},
-		Data: append([]byte{f.nfproto, unix.NFNETLINK_V0, 0, 0}, data...),
+		Data: append([]byte{f.NFProto, unix.NFNETLINK_V0, 0, 0}, data...),
 	}
 	return conn.Execute(req)
 }
@@ -133,13 +134,13 @@ func attrs(m netlink.Message) (*netlink.AttributeDecoder, error) {
 // wantCounts is what t says the kernel should hold, in kernelCounts' terms, and the named sets
 // whose elements are ours alone (affinity sets, which packets fill, are left out).
 func (t *programmed) wantCounts() (kernelCounts, []string) {
-	kc := kernelCounts{rules: make(map[string]int, len(t.chains)), elems: map[string]int{}}
+	kc := kernelCounts{Rules: make(map[string]int, len(t.chains)), elems: map[string]int{}}
 	for name, cs := range t.chains {
-		kc.rules[name] = cs.rules
+		kc.Rules[name] = cs.Rules
 	}
 	var sets []string
 	for name, s := range t.sets {
-		if s.timeout > 0 {
+		if s.Timeout > 0 {
 			continue
 		}
 		sets = append(sets, name)
@@ -147,24 +148,24 @@ func (t *programmed) wantCounts() (kernelCounts, []string) {
 	}
 	slices.Sort(sets)
 	for k := range t.elems {
-		kc.elems[t.setInfo[k.set].name]++
+		kc.elems[t.setInfo[k.Set].Name]++
 	}
 	for k := range t.verdicts {
-		kc.elems[t.setInfo[k.set].name]++
+		kc.elems[t.setInfo[k.Set].Name]++
 	}
 	return kc, sets
 }
 
 // compareCounts returns how got differs from want ("" when it does not).
 func compareCounts(want, got kernelCounts) string {
-	for _, c := range sortedKeys(want.rules) {
-		if got.rules[c] != want.rules[c] {
-			return fmt.Sprintf("chain %s holds %d rules, want %d", c, got.rules[c], want.rules[c])
+	for _, c := range sortedKeys(want.Rules) {
+		if got.Rules[c] != want.Rules[c] {
+			return fmt.Sprintf("chain %s holds %d rules, want %d", c, got.Rules[c], want.Rules[c])
 		}
 	}
-	for _, c := range sortedKeys(got.rules) {
-		if _, ok := want.rules[c]; !ok {
-			return fmt.Sprintf("chain %s holds %d rules and is not ours", c, got.rules[c])
+	for _, c := range sortedKeys(got.Rules) {
+		if _, ok := want.Rules[c]; !ok {
+			return fmt.Sprintf("chain %s holds %d rules and is not ours", c, got.Rules[c])
 		}
 	}
 	for _, s := range sortedKeys(want.elems) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"nodeagent/proxier/nft"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,8 +39,8 @@ type fakeTable struct {
 }
 
 type fakeChain struct {
-	hook  string // "" or "{ type nat hook prerouting priority -100 ; }"
-	rules []string
+	Hook  string // "" or "{ type nat hook prerouting priority -100 ; }"
+	Rules []string
 }
 
 type fakeSet struct {
@@ -52,7 +53,7 @@ func newFakeKernel() *fakeKernel { return &fakeKernel{tables: map[string]*fakeTa
 func (t *fakeTable) clone() *fakeTable {
 	c := &fakeTable{chains: map[string]*fakeChain{}, sets: map[string]*fakeSet{}}
 	for n, ch := range t.chains {
-		c.chains[n] = &fakeChain{hook: ch.hook, rules: slices.Clone(ch.rules)}
+		c.chains[n] = &fakeChain{Hook: ch.Hook, Rules: slices.Clone(ch.Rules)}
 	}
 	for n, s := range t.sets {
 		c.sets[n] = &fakeSet{decl: s.decl, elems: maps.Clone(s.elems)}
@@ -118,23 +119,23 @@ func (k *fakeKernel) edit(fn func(tables map[string]*fakeTable)) {
 
 func (k *fakeKernel) generation() (uint32, error) { return k.gen, nil }
 
-func (k *fakeKernel) objects(f *family) (int, error) {
-	t := k.tables[f.name]
+func (k *fakeKernel) objects(f *nft.Family) (int, error) {
+	t := k.tables[f.Name]
 	if t == nil {
 		return 0, syscall.ENOENT
 	}
 	return len(t.chains) + len(t.sets), nil
 }
 
-func (k *fakeKernel) counts(f *family, sets []string) (kernelCounts, error) {
-	kc := kernelCounts{rules: map[string]int{}, elems: map[string]int{}}
-	t := k.tables[f.name]
+func (k *fakeKernel) counts(f *nft.Family, sets []string) (kernelCounts, error) {
+	kc := kernelCounts{Rules: map[string]int{}, elems: map[string]int{}}
+	t := k.tables[f.Name]
 	if t == nil {
 		return kc, syscall.ENOENT
 	}
 	for n, c := range t.chains {
-		if len(c.rules) > 0 {
-			kc.rules[n] = len(c.rules)
+		if len(c.Rules) > 0 {
+			kc.Rules[n] = len(c.Rules)
 		}
 	}
 	for _, n := range sets {
@@ -168,14 +169,14 @@ func (k *fakeKernel) Dump() string {
 		b.WriteString("add table " + fam + " " + tableName + "\n")
 		chains := slices.Sorted(maps.Keys(t.chains))
 		for _, n := range chains {
-			b.WriteString("add chain " + prefix + n + t.chains[n].hook + "\n")
+			b.WriteString("add chain " + prefix + n + t.chains[n].Hook + "\n")
 		}
 		sets := slices.Sorted(maps.Keys(t.sets))
 		for _, n := range sets {
 			b.WriteString("add " + t.sets[n].decl + "\n")
 		}
 		for _, n := range chains {
-			for _, r := range t.chains[n].rules {
+			for _, r := range t.chains[n].Rules {
 				b.WriteString("add rule " + prefix + n + " " + r + "\n")
 			}
 		}
@@ -214,7 +215,7 @@ func refs(text string) (chains, sets []string) {
 func (t *fakeTable) referrers(name string, chain bool) []string {
 	var out []string
 	for cn, c := range t.chains {
-		for _, r := range c.rules {
+		for _, r := range c.Rules {
 			cs, ss := refs(r)
 			if (chain && slices.Contains(cs, name) && cn != name) || (!chain && slices.Contains(ss, name)) {
 				out = append(out, "rule in "+cn)
@@ -259,48 +260,48 @@ func (x *fakeTx) op(text string, fam string, apply func(t *fakeTable) error) {
 	}})
 }
 
-func (x *fakeTx) addTable(f *family) {
-	x.ops = append(x.ops, fakeOp{text: "add table " + f.name + " " + tableName, apply: func(tables map[string]*fakeTable) error {
-		if tables[f.name] == nil {
-			tables[f.name] = &fakeTable{chains: map[string]*fakeChain{}, sets: map[string]*fakeSet{}}
+func (x *fakeTx) addTable(f *nft.Family) {
+	x.ops = append(x.ops, fakeOp{text: "add table " + f.Name + " " + tableName, apply: func(tables map[string]*fakeTable) error {
+		if tables[f.Name] == nil {
+			tables[f.Name] = &fakeTable{chains: map[string]*fakeChain{}, sets: map[string]*fakeSet{}}
 		}
 		return nil
 	}})
 }
 
-func (x *fakeTx) delTable(f *family) {
-	x.ops = append(x.ops, fakeOp{text: "delete table " + f.name + " " + tableName, apply: func(tables map[string]*fakeTable) error {
-		if tables[f.name] == nil {
-			return fmt.Errorf("table %s %s: %w", f.name, tableName, syscall.ENOENT)
+func (x *fakeTx) delTable(f *nft.Family) {
+	x.ops = append(x.ops, fakeOp{text: "delete table " + f.Name + " " + tableName, apply: func(tables map[string]*fakeTable) error {
+		if tables[f.Name] == nil {
+			return fmt.Errorf("table %s %s: %w", f.Name, tableName, syscall.ENOENT)
 		}
-		delete(tables, f.name)
+		delete(tables, f.Name)
 		return nil
 	}})
 }
 
-func (x *fakeTx) addSet(f *family, s *set) {
+func (x *fakeTx) addSet(f *nft.Family, s *nft.Set) {
 	kw := "set"
-	if s.isMap || s.endpoints {
+	if s.IsMap || s.Endpoints {
 		kw = "map"
 	}
-	decl := kw + " " + f.name + " " + tableName + " " + s.name + " { " + s.typeText(f) + " ;"
-	if s.timeout > 0 {
-		decl += " flags dynamic,timeout ; timeout " + strconv.Itoa(int(s.timeout.Seconds())) + "s ;"
+	decl := kw + " " + f.Name + " " + tableName + " " + s.Name + " { " + s.TypeText(f) + " ;"
+	if s.Timeout > 0 {
+		decl += " flags dynamic,timeout ; timeout " + strconv.Itoa(int(s.Timeout.Seconds())) + "s ;"
 	}
-	if s.comment != "" {
-		decl += " comment " + strconv.Quote(s.comment) + " ;"
+	if s.Comment != "" {
+		decl += " comment " + strconv.Quote(s.Comment) + " ;"
 	}
 	decl += " }"
-	x.op("add "+decl, f.name, func(t *fakeTable) error {
-		if t.sets[s.name] == nil {
-			t.sets[s.name] = &fakeSet{decl: decl, elems: map[string]string{}}
+	x.op("add "+decl, f.Name, func(t *fakeTable) error {
+		if t.sets[s.Name] == nil {
+			t.sets[s.Name] = &fakeSet{decl: decl, elems: map[string]string{}}
 		}
 		return nil
 	})
 }
 
-func (x *fakeTx) delSet(f *family, name string) {
-	x.op("delete set "+f.name+" "+tableName+" "+name, f.name, func(t *fakeTable) error {
+func (x *fakeTx) delSet(f *nft.Family, name string) {
+	x.op("delete set "+f.Name+" "+tableName+" "+name, f.Name, func(t *fakeTable) error {
 		if t.sets[name] == nil {
 			return syscall.ENOENT
 		}
@@ -312,32 +313,32 @@ func (x *fakeTx) delSet(f *family, name string) {
 	})
 }
 
-func (x *fakeTx) addChain(f *family, c *chain) {
+func (x *fakeTx) addChain(f *nft.Family, c *nft.Chain) {
 	hook := ""
-	if h := c.hook; h != nil {
-		hook = " { type " + h.typ + " hook " + hookNames[h.hooknum] + " priority " + strconv.Itoa(int(h.priority)) + " ; }"
+	if h := c.Hook; h != nil {
+		hook = " { type " + h.Type + " hook " + nft.HookNames[h.Hooknum] + " priority " + strconv.Itoa(int(h.Priority)) + " ; }"
 	}
-	x.op("add chain "+f.name+" "+tableName+" "+c.name+hook, f.name, func(t *fakeTable) error {
-		if t.chains[c.name] == nil {
-			t.chains[c.name] = &fakeChain{hook: hook}
+	x.op("add chain "+f.Name+" "+tableName+" "+c.Name+hook, f.Name, func(t *fakeTable) error {
+		if t.chains[c.Name] == nil {
+			t.chains[c.Name] = &fakeChain{Hook: hook}
 		}
 		return nil
 	})
 }
 
-func (x *fakeTx) flushChain(f *family, name string) {
-	x.op("flush chain "+f.name+" "+tableName+" "+name, f.name, func(t *fakeTable) error {
+func (x *fakeTx) flushChain(f *nft.Family, name string) {
+	x.op("flush chain "+f.Name+" "+tableName+" "+name, f.Name, func(t *fakeTable) error {
 		c := t.chains[name]
 		if c == nil {
 			return syscall.ENOENT
 		}
-		c.rules = nil
+		c.Rules = nil
 		return nil
 	})
 }
 
-func (x *fakeTx) delChain(f *family, name string) {
-	x.op("delete chain "+f.name+" "+tableName+" "+name, f.name, func(t *fakeTable) error {
+func (x *fakeTx) delChain(f *nft.Family, name string) {
+	x.op("delete chain "+f.Name+" "+tableName+" "+name, f.Name, func(t *fakeTable) error {
 		if t.chains[name] == nil {
 			return syscall.ENOENT
 		}
@@ -350,9 +351,9 @@ func (x *fakeTx) delChain(f *family, name string) {
 	})
 }
 
-func (x *fakeTx) addRule(f *family, chainName string, r rule) {
-	text := string(appendRule(nil, f, r))
-	x.op("add rule "+f.name+" "+tableName+" "+chainName+" "+text, f.name, func(t *fakeTable) error {
+func (x *fakeTx) addRule(f *nft.Family, chainName string, r nft.Rule) {
+	text := string(nft.AppendRule(nil, f, r))
+	x.op("add rule "+f.Name+" "+tableName+" "+chainName+" "+text, f.Name, func(t *fakeTable) error {
 		c := t.chains[chainName]
 		if c == nil {
 			return fmt.Errorf("chain %s: %w", chainName, syscall.ENOENT)
@@ -360,29 +361,29 @@ func (x *fakeTx) addRule(f *family, chainName string, r rule) {
 		if err := t.checkRefs(text); err != nil {
 			return err
 		}
-		c.rules = append(c.rules, text)
+		c.Rules = append(c.Rules, text)
 		return nil
 	})
 }
 
-func (x *fakeTx) elements(f *family, s *set, n int, at func(i int) element, del bool) {
+func (x *fakeTx) elements(f *nft.Family, s *nft.Set, n int, at func(i int) element, del bool) {
 	for i := range n {
 		e := at(i)
-		key := string(appendKey(nil, s.kind, e.key))
+		key := string(nft.AppendKey(nil, s.Kind, e.Key))
 		var val string
 		switch {
 		case del:
-		case s.isMap:
-			val = string(e.val.appendText(nil, f))
-		case s.endpoints:
-			val = string(appendEndpoint(nil, e.to))
+		case s.IsMap:
+			val = string(e.Val.AppendText(nil, f))
+		case s.Endpoints:
+			val = string(nft.AppendEndpoint(nil, e.To))
 		}
-		prefix := f.name + " " + tableName + " " + s.name
+		prefix := f.Name + " " + tableName + " " + s.Name
 		if del {
-			x.op("delete element "+prefix+" { "+key+" }", f.name, func(t *fakeTable) error {
-				st := t.sets[s.name]
+			x.op("delete element "+prefix+" { "+key+" }", f.Name, func(t *fakeTable) error {
+				st := t.sets[s.Name]
 				if st == nil {
-					return fmt.Errorf("set %s: %w", s.name, syscall.ENOENT)
+					return fmt.Errorf("set %s: %w", s.Name, syscall.ENOENT)
 				}
 				if _, ok := st.elems[key]; !ok {
 					return syscall.ENOENT
@@ -392,10 +393,10 @@ func (x *fakeTx) elements(f *family, s *set, n int, at func(i int) element, del 
 			})
 			continue
 		}
-		x.op("add element "+prefix+" { "+elemText(key, val)+" }", f.name, func(t *fakeTable) error {
-			st := t.sets[s.name]
+		x.op("add element "+prefix+" { "+elemText(key, val)+" }", f.Name, func(t *fakeTable) error {
+			st := t.sets[s.Name]
 			if st == nil {
-				return fmt.Errorf("set %s: %w", s.name, syscall.ENOENT)
+				return fmt.Errorf("set %s: %w", s.Name, syscall.ENOENT)
 			}
 			if err := t.checkRefs(val); err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"nodeagent/proxier/nft"
 	"os"
 
 	gnft "github.com/google/nftables"
@@ -14,18 +15,18 @@ import (
 // tx is one transaction as Sync writes it: *batch encodes it for the kernel; unit tests record
 // it instead. Nothing reaches the kernel before kernel.commit.
 type tx interface {
-	addTable(f *family)
-	delTable(f *family)
-	addSet(f *family, s *set)
-	delSet(f *family, name string)
-	addChain(f *family, c *chain)
+	addTable(f *nft.Family)
+	delTable(f *nft.Family)
+	addSet(f *nft.Family, s *nft.Set)
+	delSet(f *nft.Family, name string)
+	addChain(f *nft.Family, c *nft.Chain)
 	// flushChain deletes every rule of a chain.
-	flushChain(f *family, name string)
-	delChain(f *family, name string)
+	flushChain(f *nft.Family, name string)
+	delChain(f *nft.Family, name string)
 	// addRule appends r to the chain.
-	addRule(f *family, chainName string, r rule)
+	addRule(f *nft.Family, chainName string, r nft.Rule)
 	// elements adds (del false) or deletes (del true) n elements of s, element i being at(i).
-	elements(f *family, s *set, n int, at func(i int) element, del bool)
+	elements(f *nft.Family, s *nft.Set, n int, at func(i int) element, del bool)
 	// size is the transaction's netlink messages and bytes, for SyncStats.
 	size() (msgs, bytes int)
 }
@@ -43,9 +44,9 @@ type kernel interface {
 	// generation is the nftables generation, which every committed transaction moves on by one.
 	generation() (uint32, error)
 	// objects is the kernel's use count of family f's table: its chains and named sets.
-	objects(f *family) (int, error)
+	objects(f *nft.Family) (int, error)
 	// counts lists the rules per chain of f's table and the elements of the named sets in sets.
-	counts(f *family, sets []string) (kernelCounts, error)
+	counts(f *nft.Family, sets []string) (kernelCounts, error)
 	// deleteTables deletes our tables of both families and nothing else; it returns how many
 	// there were.
 	deleteTables() (int, error)
@@ -116,16 +117,16 @@ func (k *netlinkKernel) commit(t tx) error {
 
 func (k *netlinkKernel) generation() (uint32, error) { return generation(k.nl) }
 
-func (k *netlinkKernel) counts(f *family, sets []string) (kernelCounts, error) {
+func (k *netlinkKernel) counts(f *nft.Family, sets []string) (kernelCounts, error) {
 	return dumpCounts(k.nl, f, sets)
 }
 
-func (k *netlinkKernel) objects(f *family) (int, error) {
+func (k *netlinkKernel) objects(f *nft.Family) (int, error) {
 	conn, err := k.query()
 	if err != nil {
 		return 0, err
 	}
-	t, err := conn.ListTableOfFamily(tableName, f.tableFamily())
+	t, err := conn.ListTableOfFamily(tableName, tableFamily(f))
 	if err != nil {
 		return 0, err
 	}
@@ -143,7 +144,7 @@ func (k *netlinkKernel) query() (*gnft.Conn, error) {
 	return gnft.New(opts...)
 }
 
-func (f *family) tableFamily() gnft.TableFamily { return gnft.TableFamily(f.nfproto) }
+func tableFamily(f *nft.Family) gnft.TableFamily { return gnft.TableFamily(f.NFProto) }
 
 func (k *netlinkKernel) deleteTables() (int, error) {
 	conn, err := k.query()
@@ -156,7 +157,7 @@ func (k *netlinkKernel) deleteTables() (int, error) {
 	}
 	n := 0
 	for _, t := range tables {
-		if t.Name == tableName && (t.Family == familyIPv4.tableFamily() || t.Family == familyIPv6.tableFamily()) {
+		if t.Name == tableName && (t.Family == tableFamily(nft.IPv4) || t.Family == tableFamily(nft.IPv6)) {
 			conn.DelTable(t)
 			n++
 		}

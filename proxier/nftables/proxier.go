@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"nodeagent/proxier/nft"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,13 +81,13 @@ type SyncStats struct {
 // Proxier is the nftables proxy mode. It is safe for concurrent use.
 type Proxier struct {
 	log       *slog.Logger
-	fams      []*family
+	fams      []*nft.Family
 	conntrack Cleaner
 	rec       proxier.Recorder
 
 	mu      sync.Mutex
 	k       kernel // nil once closed
-	tables  map[*family]*programmed
+	tables  map[*nft.Family]*programmed
 	rebuild bool // the kernel's state is unknown: replace the tables on the next Sync
 	last    SyncStats
 	repairs atomic.Uint64
@@ -114,7 +115,7 @@ func New(opts Options) (*Proxier, error) {
 
 // newWithKernel returns a Proxier that programs k (unit tests pass a fake).
 func newWithKernel(opts Options, k kernel) *Proxier {
-	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, rec: opts.Recorder, k: k, tables: map[*family]*programmed{}, rebuild: true}
+	p := &Proxier{log: opts.Log, conntrack: opts.Conntrack, rec: opts.Recorder, k: k, tables: map[*nft.Family]*programmed{}, rebuild: true}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -128,7 +129,7 @@ func newWithKernel(opts Options, k kernel) *Proxier {
 	for _, f := range proxier.Families {
 		for _, want := range fams {
 			if want == f {
-				p.fams = append(p.fams, familyOf(f))
+				p.fams = append(p.fams, nft.FamilyOf(f))
 				break
 			}
 		}
@@ -155,7 +156,7 @@ func (p *Proxier) Close() error {
 func (p *Proxier) Families() []proxier.Family {
 	out := make([]proxier.Family, len(p.fams))
 	for i, f := range p.fams {
-		out[i] = f.pf
+		out[i] = f.PF
 	}
 	return out
 }
@@ -244,7 +245,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 		// start over from scratch next time.
 		p.rebuild = true
 		for _, f := range p.fams { // one transaction carries every family
-			p.rec.SyncFailed(f.pf)
+			p.rec.SyncFailed(f.PF)
 		}
 		return fmt.Errorf("sync nftables: %w", err)
 	}
@@ -303,20 +304,20 @@ func (p *Proxier) listDrift() string {
 	for _, f := range p.fams {
 		use, err := p.k.objects(f)
 		if err != nil {
-			return fmt.Sprintf("table %s %s: %v", f.name, tableName, err)
+			return fmt.Sprintf("table %s %s: %v", f.Name, tableName, err)
 		}
 		if want := p.tables[f].objects(); use != want {
-			return fmt.Sprintf("table %s %s holds %d chains and sets, want %d", f.name, tableName, use, want)
+			return fmt.Sprintf("table %s %s holds %d chains and sets, want %d", f.Name, tableName, use, want)
 		}
 	}
 	for _, f := range p.fams {
 		want, sets := p.tables[f].wantCounts()
 		got, err := p.k.counts(f, sets)
 		if err != nil {
-			return fmt.Sprintf("table %s %s: %v", f.name, tableName, err)
+			return fmt.Sprintf("table %s %s: %v", f.Name, tableName, err)
 		}
 		if d := compareCounts(want, got); d != "" {
-			return fmt.Sprintf("table %s %s: %s", f.name, tableName, d)
+			return fmt.Sprintf("table %s %s: %s", f.Name, tableName, d)
 		}
 	}
 	return ""
