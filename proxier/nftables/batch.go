@@ -40,8 +40,8 @@ type batch struct {
 
 // op describes a message for error reports; kept cheap (no formatting until an error happens).
 type op struct {
-	Kind uint16
-	Name string
+	kind uint16
+	name string
 }
 
 // Counts of what a batch writes, for tests and logs.
@@ -85,7 +85,7 @@ func (b *batch) end(start int) {
 }
 
 func (b *batch) nftMsg(msg uint16, flags uint16, fam byte, name string) int {
-	return b.begin(unix.NFNL_SUBSYS_NFTABLES<<8|msg, unix.NLM_F_REQUEST|flags, fam, 0, op{Kind: msg, Name: name})
+	return b.begin(unix.NFNL_SUBSYS_NFTABLES<<8|msg, unix.NLM_F_REQUEST|flags, fam, 0, op{kind: msg, name: name})
 }
 
 func (b *batch) attr(typ uint16, data []byte) {
@@ -336,14 +336,14 @@ func (b *batch) elements(f *nft.Family, s *nft.Set, n int, at func(i int) elemen
 		}
 		e := b.nest(unix.NFTA_LIST_ELEM)
 		k := b.nest(unix.NFTA_SET_ELEM_KEY)
-		key = nft.AppendKeyBytes(key[:0], s.Kind, el.Key)
+		key = nft.AppendKeyBytes(key[:0], s.Kind, el.key)
 		b.attr(unix.NFTA_DATA_VALUE, key)
 		b.endNest(k)
 		if s.IsMap && !del {
-			b.verdictData(el.Val)
+			b.verdictData(el.val)
 		}
 		if s.Endpoints && !del {
-			b.endpointData(el.To)
+			b.endpointData(el.to)
 		}
 		b.endNest(e)
 		if len(b.buf)-list > elemListLimit {
@@ -391,7 +391,7 @@ func (b *batch) describe(seq uint32) string {
 		unix.NFT_MSG_NEWSET: "add set", unix.NFT_MSG_DELSET: "delete set",
 		unix.NFT_MSG_NEWSETELEM: "add elements to", unix.NFT_MSG_DELSETELEM: "delete elements from",
 	}
-	return names[w.Kind] + " " + w.Name
+	return names[w.kind] + " " + w.name
 }
 
 // socket is a netlink socket of the netfilter family, in the target network namespace.

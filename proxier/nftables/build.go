@@ -57,17 +57,17 @@ const (
 
 // elemID names one element of one set or map (builders use it to deduplicate).
 type elemID struct {
-	Set string
-	Key nft.Key
+	set string
+	key nft.Key
 }
 
 // element is one element of a set or map: Val is a verdict map's value, To an endpoint map's
 // (both are ignored for plain sets).
 type element struct {
-	Set string
-	Key nft.Key
-	Val nft.Verdict
-	To  netip.AddrPort
+	set string
+	key nft.Key
+	val nft.Verdict
+	to  netip.AddrPort
 }
 
 // fragment is what one owner (the base ruleset, or one ServicePort) puts into a table.
@@ -92,13 +92,13 @@ func (fr *fragment) chain(name string) *nft.Chain {
 // programmed table counts references, so repeats cost nothing but a little bookkeeping).
 func (fr *fragment) addElem(seen map[elemID]bool, set string, key nft.Key, val nft.Verdict) {
 	if seen != nil {
-		id := elemID{Set: set, Key: key}
+		id := elemID{set: set, key: key}
 		if seen[id] {
 			return
 		}
 		seen[id] = true
 	}
-	fr.elems = append(fr.elems, element{Set: set, Key: key, Val: val})
+	fr.elems = append(fr.elems, element{set: set, key: key, val: val})
 }
 
 // Names of the objects shared by all service addresses (or node ports) with n endpoints.
@@ -289,7 +289,7 @@ func buildShared(st *proxier.State, f *nft.Family, sp *proxier.ServicePort, into
 		for i, ep := range eps {
 			sk := k
 			sk.Slot = uint32(i)
-			fr.elems = append(fr.elems, element{Set: mapName, Key: sk, To: ep.AddrPort()})
+			fr.elems = append(fr.elems, element{set: mapName, key: sk, to: ep.AddrPort()})
 			// Only an endpoint on this node can receive its own traffic back through us: a
 			// pod's packets to a service are translated by its own node's proxy. So remote
 			// endpoints need no hairpin element (kube-proxy masquerades for every endpoint;

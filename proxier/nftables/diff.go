@@ -16,11 +16,11 @@ import (
 // them; pointer-free keys and values keep that map small and cost the garbage collector
 // nothing to scan.
 type ekey struct {
-	Set   uint16
-	Proto uint8
-	Port  uint16
-	Slot  uint32
-	Addr  [16]byte // As16 of the key's address; the hairpin set's two addresses are the same
+	set   uint16
+	proto uint8
+	port  uint16
+	slot  uint32
+	addr  [16]byte // As16 of the key's address; the hairpin set's two addresses are the same
 }
 
 // estate is a programmed element of a plain set or an endpoint map: how many fragments want
@@ -28,7 +28,7 @@ type ekey struct {
 type estate struct {
 	refs   int32
 	toPort uint16
-	To     [16]byte
+	to     [16]byte
 }
 
 // vstate is a programmed element of a verdict map: how many fragments want it and its verdict.
@@ -36,14 +36,14 @@ type estate struct {
 // source ranges), so this map may hold the chain's name.
 type vstate struct {
 	refs int32
-	Val  nft.Verdict
+	val  nft.Verdict
 }
 
 // chainState is a programmed chain: its rules' fingerprint ("" once flushed) and how many
 // rules it holds (for drift detection).
 type chainState struct {
 	fingerprint string
-	Rules       int
+	rules       int
 }
 
 // programmed is what we believe one family's table holds. Per service it keeps a copy of the
@@ -67,8 +67,8 @@ type programmed struct {
 
 // setInfo is what the record needs to turn an ekey back into an element.
 type setInfo struct {
-	Name  string
-	IsMap bool
+	name  string
+	isMap bool
 }
 
 func newProgrammed(f *nft.Family) *programmed {
@@ -92,7 +92,7 @@ func (t *programmed) setID(name string) uint16 {
 	}
 	id := uint16(len(t.setInfo))
 	t.setIDs[name] = id
-	t.setInfo = append(t.setInfo, setInfo{Name: name, IsMap: verdictMaps[name]})
+	t.setInfo = append(t.setInfo, setInfo{name: name, isMap: verdictMaps[name]})
 	return id
 }
 
@@ -100,17 +100,17 @@ func (t *programmed) setID(name string) uint16 {
 // come in runs of one set.
 type packer struct {
 	t    *programmed
-	Name string
+	name string
 	id   uint16
 }
 
 func (p *packer) key(e *element) ekey {
-	if e.Set != p.Name || p.Name == "" {
-		p.Name, p.id = e.Set, p.t.setID(e.Set)
+	if e.set != p.name || p.name == "" {
+		p.name, p.id = e.set, p.t.setID(e.set)
 	}
-	k := ekey{Set: p.id, Proto: e.Key.Proto, Port: e.Key.Port, Slot: e.Key.Slot}
-	if e.Key.Addr.IsValid() {
-		k.Addr = e.Key.Addr.As16()
+	k := ekey{set: p.id, proto: e.key.Proto, port: e.key.Port, slot: e.key.Slot}
+	if e.key.Addr.IsValid() {
+		k.addr = e.key.Addr.As16()
 	}
 	return k
 }
@@ -131,7 +131,7 @@ type plan struct {
 	newSets   []*nft.Set
 	newChains []*nft.Chain
 	flush     []string
-	Rules     []*nft.Chain
+	rules     []*nft.Chain
 	touched   map[ekey]elemBefore
 	// fresh: the table starts empty (a rebuild), so every element is an addition; added holds
 	// them by set, in order, without the bookkeeping of touched.
@@ -144,7 +144,7 @@ type plan struct {
 type elemBefore struct {
 	present bool
 	es      estate
-	Val     nft.Verdict
+	val     nft.Verdict
 }
 
 // portsOf returns the ports of service n of family pf in st.
@@ -266,10 +266,10 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 	adds, dels := t.elementChanges(pl)
 	for _, id := range t.sortedSets(dels) {
 		ps := dels[id]
-		b.elements(f, t.sets[t.setInfo[id].Name], len(ps), func(i int) element { return t.toElement(ps[i]) }, true)
+		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, true)
 		counts.elemsDeleted += len(ps)
 	}
-	for _, c := range pl.Rules {
+	for _, c := range pl.rules {
 		for _, r := range c.Rules {
 			b.addRule(f, c.Name, r)
 			counts.rules++
@@ -277,7 +277,7 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 	}
 	for _, id := range t.sortedSets(adds) {
 		ps := adds[id]
-		b.elements(f, t.sets[t.setInfo[id].Name], len(ps), func(i int) element { return t.toElement(ps[i]) }, false)
+		b.elements(f, t.sets[t.setInfo[id].name], len(ps), func(i int) element { return t.toElement(ps[i]) }, false)
 		counts.elemsAdded += len(ps)
 	}
 	for name := range deleteChains {
@@ -351,8 +351,8 @@ func (t *programmed) diff(pl *plan, f *nft.Family, old, nu *fragment, deleteChai
 		default:
 			pl.flush = append(pl.flush, c.Name)
 		}
-		t.chains[c.Name] = chainState{fingerprint: fp, Rules: len(c.Rules)}
-		pl.Rules = append(pl.Rules, c)
+		t.chains[c.Name] = chainState{fingerprint: fp, rules: len(c.Rules)}
+		pl.rules = append(pl.rules, c)
 	}
 	for _, c := range oldFr.chains {
 		if newFr.chain(c.Name) != nil {
@@ -376,12 +376,12 @@ func (t *programmed) diff(pl *plan, f *nft.Family, old, nu *fragment, deleteChai
 // release drops one fragment's claim on an element.
 func (t *programmed) release(pl *plan, e *element) {
 	k := pl.pack.key(e)
-	if t.setInfo[k.Set].IsMap {
+	if t.setInfo[k.set].isMap {
 		vs, ok := t.verdicts[k]
 		if !ok {
 			return
 		}
-		pl.touch(k, true, estate{}, vs.Val)
+		pl.touch(k, true, estate{}, vs.val)
 		if vs.refs--; vs.refs <= 0 {
 			delete(t.verdicts, k)
 		} else {
@@ -409,19 +409,19 @@ func (t *programmed) want(pl *plan, e *element) {
 		t.wantFresh(pl, k, e)
 		return
 	}
-	if t.setInfo[k.Set].IsMap {
+	if t.setInfo[k.set].isMap {
 		vs, ok := t.verdicts[k]
-		pl.touch(k, ok, estate{}, vs.Val)
+		pl.touch(k, ok, estate{}, vs.val)
 		vs.refs++
-		vs.Val = e.Val
+		vs.val = e.val
 		t.verdicts[k] = vs
 		return
 	}
 	es, ok := t.elems[k]
 	pl.touch(k, ok, es, nft.Verdict{})
 	es.refs++
-	if e.To.IsValid() {
-		es.To, es.toPort = e.To.Addr().As16(), e.To.Port()
+	if e.to.IsValid() {
+		es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
 	}
 	t.elems[k] = es
 }
@@ -429,13 +429,13 @@ func (t *programmed) want(pl *plan, e *element) {
 // wantFresh is want for a table built from scratch: every element recorded is an addition,
 // and elementChanges takes them from the record, without the bookkeeping of touched.
 func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
-	if t.setInfo[k.Set].IsMap {
+	if t.setInfo[k.set].isMap {
 		if vs, ok := t.verdicts[k]; ok {
 			vs.refs++
 			t.verdicts[k] = vs
 			return
 		}
-		t.verdicts[k] = vstate{refs: 1, Val: e.Val}
+		t.verdicts[k] = vstate{refs: 1, val: e.val}
 	} else {
 		if es, ok := t.elems[k]; ok {
 			es.refs++
@@ -443,8 +443,8 @@ func (t *programmed) wantFresh(pl *plan, k ekey, e *element) {
 			return
 		}
 		es := estate{refs: 1}
-		if e.To.IsValid() {
-			es.To, es.toPort = e.To.Addr().As16(), e.To.Port()
+		if e.to.IsValid() {
+			es.to, es.toPort = e.to.Addr().As16(), e.to.Port()
 		}
 		t.elems[k] = es
 	}
@@ -457,7 +457,7 @@ func (pl *plan) touch(k ekey, present bool, es estate, val nft.Verdict) {
 	if _, ok := pl.touched[k]; ok {
 		return
 	}
-	pl.touched[k] = elemBefore{present: present, es: es, Val: val}
+	pl.touched[k] = elemBefore{present: present, es: es, val: val}
 }
 
 // pending is an element to send, without pointers (a first sync holds 300,000 of them): its
@@ -469,12 +469,12 @@ type pending struct {
 
 // toElement turns a pending element into what the batch encodes.
 func (t *programmed) toElement(p pending) element {
-	info := t.setInfo[p.k.Set]
-	e := element{Set: info.Name, Key: nft.Key{Proto: p.k.Proto, Port: p.k.Port, Slot: p.k.Slot, Addr: t.addr(p.k.Addr)}}
-	if info.IsMap {
-		e.Val = t.verdicts[p.k].Val
+	info := t.setInfo[p.k.set]
+	e := element{set: info.name, key: nft.Key{Proto: p.k.proto, Port: p.k.port, Slot: p.k.slot, Addr: t.addr(p.k.addr)}}
+	if info.isMap {
+		e.val = t.verdicts[p.k].val
 	} else if p.es.toPort != 0 {
-		e.To = netip.AddrPortFrom(t.addr(p.es.To), p.es.toPort)
+		e.to = netip.AddrPortFrom(t.addr(p.es.to), p.es.toPort)
 	}
 	return e
 }
@@ -485,10 +485,10 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 		// Everything recorded is new: count per set, then fill lists of exactly that size.
 		sizes := make([]int, len(t.setInfo))
 		for k := range t.elems {
-			sizes[k.Set]++
+			sizes[k.set]++
 		}
 		for k := range t.verdicts {
-			sizes[k.Set]++
+			sizes[k.set]++
 		}
 		adds = make(map[uint16][]pending, len(sizes))
 		for id, n := range sizes {
@@ -497,10 +497,10 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 			}
 		}
 		for k, es := range t.elems {
-			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
 		}
 		for k := range t.verdicts {
-			adds[k.Set] = append(adds[k.Set], pending{k: k})
+			adds[k.set] = append(adds[k.set], pending{k: k})
 		}
 		return adds, nil
 	}
@@ -510,19 +510,19 @@ func (t *programmed) elementChanges(pl *plan) (adds, dels map[uint16][]pending) 
 		es := t.elems[k]
 		switch {
 		case !now && before.present:
-			dels[k.Set] = append(dels[k.Set], pending{k: k})
+			dels[k.set] = append(dels[k.set], pending{k: k})
 		case now && !before.present:
-			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
 		case now && t.changedValue(k, before):
-			dels[k.Set] = append(dels[k.Set], pending{k: k})
-			adds[k.Set] = append(adds[k.Set], pending{k: k, es: es})
+			dels[k.set] = append(dels[k.set], pending{k: k})
+			adds[k.set] = append(adds[k.set], pending{k: k, es: es})
 		}
 	}
 	return adds, dels
 }
 
 func (t *programmed) present(k ekey) bool {
-	if t.setInfo[k.Set].IsMap {
+	if t.setInfo[k.set].isMap {
 		_, ok := t.verdicts[k]
 		return ok
 	}
@@ -531,21 +531,21 @@ func (t *programmed) present(k ekey) bool {
 }
 
 func (t *programmed) changedValue(k ekey, before elemBefore) bool {
-	if t.setInfo[k.Set].IsMap {
-		return t.verdicts[k].Val != before.Val
+	if t.setInfo[k.set].isMap {
+		return t.verdicts[k].val != before.val
 	}
 	now := t.elems[k]
-	return now.To != before.es.To || now.toPort != before.es.toPort
+	return now.to != before.es.to || now.toPort != before.es.toPort
 }
 
 // sortedSets returns the ids in m of sets that exist, in name order.
 func (t *programmed) sortedSets(m map[uint16][]pending) []uint16 {
 	out := make([]uint16, 0, len(m))
 	for id := range m {
-		if t.sets[t.setInfo[id].Name] != nil {
+		if t.sets[t.setInfo[id].name] != nil {
 			out = append(out, id)
 		}
 	}
-	slices.SortFunc(out, func(a, b uint16) int { return cmp.Compare(t.setInfo[a].Name, t.setInfo[b].Name) })
+	slices.SortFunc(out, func(a, b uint16) int { return cmp.Compare(t.setInfo[a].name, t.setInfo[b].name) })
 	return out
 }

@@ -15,14 +15,14 @@ import (
 // chain and elements per named set. Rules are counted rather than compared because the kernel
 // lists expressions in its own form; a removed or added rule or element changes a count.
 type kernelCounts struct {
-	Rules map[string]int
+	rules map[string]int
 	elems map[string]int
 }
 
 // dumpCounts reads the rules of family f's table and the elements of the named sets in sets
 // (one netlink dump each) through conn.
 func dumpCounts(conn *netlink.Conn, f *nft.Family, sets []string) (kernelCounts, error) {
-	kc := kernelCounts{Rules: map[string]int{}, elems: map[string]int{}}
+	kc := kernelCounts{rules: map[string]int{}, elems: map[string]int{}}
 	msgs, err := dump(conn, unix.NFT_MSG_GETRULE, f, func(ae *netlink.AttributeEncoder) {
 		ae.String(unix.NFTA_RULE_TABLE, tableName)
 	})
@@ -36,7 +36,7 @@ func dumpCounts(conn *netlink.Conn, f *nft.Family, sets []string) (kernelCounts,
 		}
 		for ad.Next() {
 			if ad.Type() == unix.NFTA_RULE_CHAIN {
-				kc.Rules[ad.String()]++
+				kc.rules[ad.String()]++
 			}
 		}
 	}
@@ -134,9 +134,9 @@ func attrs(m netlink.Message) (*netlink.AttributeDecoder, error) {
 // wantCounts is what t says the kernel should hold, in kernelCounts' terms, and the named sets
 // whose elements are ours alone (affinity sets, which packets fill, are left out).
 func (t *programmed) wantCounts() (kernelCounts, []string) {
-	kc := kernelCounts{Rules: make(map[string]int, len(t.chains)), elems: map[string]int{}}
+	kc := kernelCounts{rules: make(map[string]int, len(t.chains)), elems: map[string]int{}}
 	for name, cs := range t.chains {
-		kc.Rules[name] = cs.Rules
+		kc.rules[name] = cs.rules
 	}
 	var sets []string
 	for name, s := range t.sets {
@@ -148,24 +148,24 @@ func (t *programmed) wantCounts() (kernelCounts, []string) {
 	}
 	slices.Sort(sets)
 	for k := range t.elems {
-		kc.elems[t.setInfo[k.Set].Name]++
+		kc.elems[t.setInfo[k.set].name]++
 	}
 	for k := range t.verdicts {
-		kc.elems[t.setInfo[k.Set].Name]++
+		kc.elems[t.setInfo[k.set].name]++
 	}
 	return kc, sets
 }
 
 // compareCounts returns how got differs from want ("" when it does not).
 func compareCounts(want, got kernelCounts) string {
-	for _, c := range sortedKeys(want.Rules) {
-		if got.Rules[c] != want.Rules[c] {
-			return fmt.Sprintf("chain %s holds %d rules, want %d", c, got.Rules[c], want.Rules[c])
+	for _, c := range sortedKeys(want.rules) {
+		if got.rules[c] != want.rules[c] {
+			return fmt.Sprintf("chain %s holds %d rules, want %d", c, got.rules[c], want.rules[c])
 		}
 	}
-	for _, c := range sortedKeys(got.Rules) {
-		if _, ok := want.Rules[c]; !ok {
-			return fmt.Sprintf("chain %s holds %d rules and is not ours", c, got.Rules[c])
+	for _, c := range sortedKeys(got.rules) {
+		if _, ok := want.rules[c]; !ok {
+			return fmt.Sprintf("chain %s holds %d rules and is not ours", c, got.rules[c])
 		}
 	}
 	for _, s := range sortedKeys(want.elems) {

@@ -39,8 +39,8 @@ type fakeTable struct {
 }
 
 type fakeChain struct {
-	Hook  string // "" or "{ type nat hook prerouting priority -100 ; }"
-	Rules []string
+	hook  string // "" or "{ type nat hook prerouting priority -100 ; }"
+	rules []string
 }
 
 type fakeSet struct {
@@ -53,7 +53,7 @@ func newFakeKernel() *fakeKernel { return &fakeKernel{tables: map[string]*fakeTa
 func (t *fakeTable) clone() *fakeTable {
 	c := &fakeTable{chains: map[string]*fakeChain{}, sets: map[string]*fakeSet{}}
 	for n, ch := range t.chains {
-		c.chains[n] = &fakeChain{Hook: ch.Hook, Rules: slices.Clone(ch.Rules)}
+		c.chains[n] = &fakeChain{hook: ch.hook, rules: slices.Clone(ch.rules)}
 	}
 	for n, s := range t.sets {
 		c.sets[n] = &fakeSet{decl: s.decl, elems: maps.Clone(s.elems)}
@@ -128,14 +128,14 @@ func (k *fakeKernel) objects(f *nft.Family) (int, error) {
 }
 
 func (k *fakeKernel) counts(f *nft.Family, sets []string) (kernelCounts, error) {
-	kc := kernelCounts{Rules: map[string]int{}, elems: map[string]int{}}
+	kc := kernelCounts{rules: map[string]int{}, elems: map[string]int{}}
 	t := k.tables[f.Name]
 	if t == nil {
 		return kc, syscall.ENOENT
 	}
 	for n, c := range t.chains {
-		if len(c.Rules) > 0 {
-			kc.Rules[n] = len(c.Rules)
+		if len(c.rules) > 0 {
+			kc.rules[n] = len(c.rules)
 		}
 	}
 	for _, n := range sets {
@@ -169,14 +169,14 @@ func (k *fakeKernel) Dump() string {
 		b.WriteString("add table " + fam + " " + tableName + "\n")
 		chains := slices.Sorted(maps.Keys(t.chains))
 		for _, n := range chains {
-			b.WriteString("add chain " + prefix + n + t.chains[n].Hook + "\n")
+			b.WriteString("add chain " + prefix + n + t.chains[n].hook + "\n")
 		}
 		sets := slices.Sorted(maps.Keys(t.sets))
 		for _, n := range sets {
 			b.WriteString("add " + t.sets[n].decl + "\n")
 		}
 		for _, n := range chains {
-			for _, r := range t.chains[n].Rules {
+			for _, r := range t.chains[n].rules {
 				b.WriteString("add rule " + prefix + n + " " + r + "\n")
 			}
 		}
@@ -215,7 +215,7 @@ func refs(text string) (chains, sets []string) {
 func (t *fakeTable) referrers(name string, chain bool) []string {
 	var out []string
 	for cn, c := range t.chains {
-		for _, r := range c.Rules {
+		for _, r := range c.rules {
 			cs, ss := refs(r)
 			if (chain && slices.Contains(cs, name) && cn != name) || (!chain && slices.Contains(ss, name)) {
 				out = append(out, "rule in "+cn)
@@ -320,7 +320,7 @@ func (x *fakeTx) addChain(f *nft.Family, c *nft.Chain) {
 	}
 	x.op("add chain "+f.Name+" "+tableName+" "+c.Name+hook, f.Name, func(t *fakeTable) error {
 		if t.chains[c.Name] == nil {
-			t.chains[c.Name] = &fakeChain{Hook: hook}
+			t.chains[c.Name] = &fakeChain{hook: hook}
 		}
 		return nil
 	})
@@ -332,7 +332,7 @@ func (x *fakeTx) flushChain(f *nft.Family, name string) {
 		if c == nil {
 			return syscall.ENOENT
 		}
-		c.Rules = nil
+		c.rules = nil
 		return nil
 	})
 }
@@ -361,7 +361,7 @@ func (x *fakeTx) addRule(f *nft.Family, chainName string, r nft.Rule) {
 		if err := t.checkRefs(text); err != nil {
 			return err
 		}
-		c.Rules = append(c.Rules, text)
+		c.rules = append(c.rules, text)
 		return nil
 	})
 }
@@ -369,14 +369,14 @@ func (x *fakeTx) addRule(f *nft.Family, chainName string, r nft.Rule) {
 func (x *fakeTx) elements(f *nft.Family, s *nft.Set, n int, at func(i int) element, del bool) {
 	for i := range n {
 		e := at(i)
-		key := string(nft.AppendKey(nil, s.Kind, e.Key))
+		key := string(nft.AppendKey(nil, s.Kind, e.key))
 		var val string
 		switch {
 		case del:
 		case s.IsMap:
-			val = string(e.Val.AppendText(nil, f))
+			val = string(e.val.AppendText(nil, f))
 		case s.Endpoints:
-			val = string(nft.AppendEndpoint(nil, e.To))
+			val = string(nft.AppendEndpoint(nil, e.to))
 		}
 		prefix := f.Name + " " + tableName + " " + s.Name
 		if del {

@@ -58,7 +58,7 @@ func (d *desired) writeText(w *bufio.Writer) {
 	for _, fr := range d.frags {
 		sets = append(sets, fr.sets...)
 		for _, e := range fr.elems {
-			elems[e.Set] = append(elems[e.Set], e)
+			elems[e.set] = append(elems[e.set], e)
 		}
 	}
 	var b []byte
@@ -78,14 +78,14 @@ func (d *desired) writeText(w *bufio.Writer) {
 			// Deduplicate shared keys (a cluster IP serves several ports) and sort for stable output.
 			lines := make([]string, 0, len(es))
 			for _, e := range es {
-				b = nft.AppendKey(b[:0], s.Kind, e.Key)
+				b = nft.AppendKey(b[:0], s.Kind, e.key)
 				if s.IsMap {
 					b = append(b, " : "...)
-					b = e.Val.AppendText(b, f)
+					b = e.val.AppendText(b, f)
 				}
 				if s.Endpoints {
 					b = append(b, " : "...)
-					b = nft.AppendEndpoint(b, e.To)
+					b = nft.AppendEndpoint(b, e.to)
 				}
 				lines = append(lines, string(b))
 			}
@@ -97,17 +97,8 @@ func (d *desired) writeText(w *bufio.Writer) {
 	}
 	for _, fr := range d.frags {
 		for _, c := range fr.chains {
-			w.WriteString("\tchain " + c.Name + " {\n")
-			if h := c.Hook; h != nil {
-				w.WriteString("\t\ttype " + h.Type + " hook " + nft.HookNames[h.Hooknum] + " priority " +
-					strconv.Itoa(int(h.Priority)) + "; policy accept;\n")
-			}
-			for _, r := range c.Rules {
-				b = nft.AppendRule(append(b[:0], "\t\t"...), f, r)
-				b = append(b, '\n')
-				w.Write(b)
-			}
-			w.WriteString("\t}\n")
+			b = c.AppendText(b[:0], f)
+			w.Write(b)
 		}
 	}
 	w.WriteString("}\n")

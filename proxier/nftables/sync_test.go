@@ -213,7 +213,7 @@ func TestFakeFailedTransaction(t *testing.T) {
 	mustSync(t, p, st2, changed(name("sticky")))
 	stale := "endpoint-7SOEXNLL-default/sticky/tcp/web__10.244.3.9/8080"
 	k.edit(func(tables map[string]*fakeTable) {
-		tables["ip"].chains["intruder"] = &fakeChain{Rules: []string{"jump " + stale}}
+		tables["ip"].chains["intruder"] = &fakeChain{rules: []string{"jump " + stale}}
 	})
 	if err := p.Sync(context.Background(), st2, changed()); err == nil || !strings.Contains(err.Error(), "delete chain ip nodeagent "+stale) {
 		t.Fatalf("Sync = %v, want the deletion of %s refused", err, stale)
@@ -235,7 +235,7 @@ func TestFakeDrift(t *testing.T) {
 	}
 	for what, edit := range map[string]func(map[string]*fakeTable){
 		"element deleted": func(tb map[string]*fakeTable) { clear(tb["ip"].sets[mapServiceEndpoints].elems) },
-		"rule deleted":    func(tb map[string]*fakeTable) { tb["ip6"].chains[chainServices].Rules = nil },
+		"rule deleted":    func(tb map[string]*fakeTable) { tb["ip6"].chains[chainServices].rules = nil },
 		"table deleted":   func(tb map[string]*fakeTable) { delete(tb, "ip6") },
 	} {
 		k.edit(edit)
