@@ -27,15 +27,14 @@ type Family struct {
 	DaddrOff uint32 // offset of the destination address in the network header
 	AddrType string // nft type name of an address
 	Loopback netip.Prefix
-	// PortUnreach is the ICMP (ICMPv6) code of "port unreachable" for reject.
-	PortUnreach uint8
 }
 
+// The two families, shared: code compares them by pointer.
 var (
 	IPv4 = &Family{PF: proxier.IPv4, Name: "ip", NFProto: unix.NFPROTO_IPV4, AddrLen: 4, SaddrOff: 12, DaddrOff: 16,
-		AddrType: "ipv4_addr", Loopback: netip.MustParsePrefix("127.0.0.0/8"), PortUnreach: 3}
+		AddrType: "ipv4_addr", Loopback: netip.MustParsePrefix("127.0.0.0/8")}
 	IPv6 = &Family{PF: proxier.IPv6, Name: "ip6", NFProto: unix.NFPROTO_IPV6, AddrLen: 16, SaddrOff: 8, DaddrOff: 24,
-		AddrType: "ipv6_addr", Loopback: netip.MustParsePrefix("::1/128"), PortUnreach: 4}
+		AddrType: "ipv6_addr", Loopback: netip.MustParsePrefix("::1/128")}
 )
 
 // FamilyOf returns the Family of f.
