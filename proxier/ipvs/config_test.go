@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // configStates are testState under the settings that change node-port virtual servers or the
@@ -72,7 +73,7 @@ func TestConfigTablesMatchNft(t *testing.T) {
 				if out, err := inNS(viaNft, renderTable(st, pf), "nft", "-f", "-"); err != nil {
 					t.Fatalf("%s: %v %s", pf, err, out)
 				}
-				f := familyOf(pf)
+				f := nft.FamilyOf(pf)
 				if a, b := listed(t, viaNetlink, f), listed(t, viaNft, f); a != b {
 					t.Errorf("%s: netlink and nft differ:\nnetlink:\n%s\nnft:\n%s", pf, a, b)
 				}

@@ -13,6 +13,7 @@ import (
 
 	"nodeagent/proxier"
 	"nodeagent/proxier/conntrack"
+	"nodeagent/proxier/nft"
 )
 
 var _ Cleaner = (*conntrack.Cleaner)(nil)
@@ -143,11 +144,11 @@ func (n *stubNet) close()                               {}
 // stubNft accepts every table.
 type stubNft struct{}
 
-func (stubNft) replace(*nftTable) error        { return nil }
-func (stubNft) update(_, _ *nftTable) error    { return nil }
-func (stubNft) remove(*family) error           { return nil }
-func (stubNft) owned(*family) ([]vsKey, error) { return nil, nil }
-func (stubNft) close()                         {}
+func (stubNft) replace(*nftTable) error            { return nil }
+func (stubNft) update(_, _ *nftTable) error        { return nil }
+func (stubNft) remove(*nft.Family) error           { return nil }
+func (stubNft) owned(*nft.Family) ([]vsKey, error) { return nil, nil }
+func (stubNft) close()                             {}
 
 // recordingCleaner records what each Clean call got.
 type recordingCleaner struct {

@@ -7,11 +7,10 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // vsKey identifies an IPVS virtual server: address, IP protocol number and port.
@@ -22,7 +21,7 @@ type vsKey struct {
 }
 
 func (k vsKey) String() string {
-	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), protoName(k.Proto))
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), nft.ProtoName(k.Proto))
 }
 
 func compareVSKey(a, b vsKey) int {
@@ -87,28 +86,6 @@ func CheckScheduler(name string) error {
 // DefaultScheduler is the scheduler of services that do not ask for one, as kube-proxy's.
 const DefaultScheduler = "rr"
 
-func protoNum(p v1.Protocol) uint8 {
-	switch p {
-	case v1.ProtocolUDP:
-		return unix.IPPROTO_UDP
-	case v1.ProtocolSCTP:
-		return unix.IPPROTO_SCTP
-	}
-	return unix.IPPROTO_TCP
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	}
-	return fmt.Sprint(p)
-}
-
 // nodePortAddrs are the node addresses of family f that get node-port virtual servers: all of
 // them, or those --nodeport-addresses selects (primary: the Node's primary address).
 func nodePortAddrs(st *proxier.State, f proxier.Family) []netip.Addr {
@@ -165,7 +142,7 @@ func (d *desired) addService(sp *proxier.ServicePort, npAddrs []netip.Addr, defa
 		}
 		timeout = uint32((t + time.Second - 1) / time.Second)
 	}
-	proto := protoNum(sp.Name.Protocol)
+	proto := nft.ProtoNum(sp.Name.Protocol)
 	dests := func(eps []proxier.Endpoint) []netip.AddrPort {
 		out := make([]netip.AddrPort, 0, len(eps))
 		for _, ep := range eps {

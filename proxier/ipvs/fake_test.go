@@ -8,6 +8,8 @@ import (
 
 	mipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
+
+	"nodeagent/proxier/nft"
 )
 
 // fakeIPVS is an in-memory IPVS that refuses the schedulers in missing with ENOENT, as a kernel
@@ -208,7 +210,7 @@ func (n *fakeNet) close()                                 {}
 
 // fakeNft keeps the helper tables it was given.
 type fakeNft struct {
-	tables map[*family]*nftTable
+	tables map[*nft.Family]*nftTable
 }
 
 var _ nftKernel = (*fakeNft)(nil)
@@ -218,8 +220,8 @@ func (k *fakeNft) update(_, t *nftTable) error {
 	k.tables[t.fam] = t
 	return nil
 }
-func (k *fakeNft) remove(f *family) error { delete(k.tables, f); return nil }
-func (k *fakeNft) owned(*family) ([]vsKey, error) {
+func (k *fakeNft) remove(f *nft.Family) error { delete(k.tables, f); return nil }
+func (k *fakeNft) owned(*nft.Family) ([]vsKey, error) {
 	return nil, nil
 }
 func (k *fakeNft) close() {}
@@ -227,5 +229,5 @@ func (k *fakeNft) close() {}
 // fakeProxier is a Proxier over the fakes, logging to log.
 func fakeProxier(log *slog.Logger, missing ...string) (*Proxier, *fakeIPVS) {
 	f := newFakeIPVS(missing...)
-	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*family]*nftTable{}}), f
+	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*nft.Family]*nftTable{}}), f
 }

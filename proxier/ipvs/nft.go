@@ -1,21 +1,17 @@
 package ipvs
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"io"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
-	gnft "github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // The helper table: what IPVS cannot express. One table per family, owned entirely by the proxier.
@@ -56,10 +52,6 @@ const (
 	chainMarkMasq       = "mark-for-masquerade"
 	chainEndpointsCheck = "endpoints-check"
 	chainReject         = "reject-chain"
-
-	// Registers: concatenations are loaded from the first 32-bit register on.
-	regConcat = 8 // NFT_REG32_00
-	regWork   = 1 // NFT_REG_1
 )
 
 // Chain priorities relative to IPVS's own hooks (see the comment above).
@@ -70,146 +62,38 @@ const (
 	prioBeforeIPVSLO = -110 // local output: before IPVS (-98) and NAT (-100)
 )
 
-// family holds what differs between the ip and ip6 tables.
-type family struct {
-	pf       proxier.Family
-	nf       gnft.TableFamily
-	name     string // nft family keyword and payload prefix: "ip", "ip6"
-	addrType gnft.SetDatatype
-	addrLen  uint32
-	saddrOff uint32
-	daddrOff uint32
-	// icmp is the reject rule's text and code for "port unreachable".
-	icmpText string
-	icmpCode uint8
+func vsElem(k vsKey) nft.Key { return nft.Key{Addr: k.Addr, Proto: k.Proto, Port: k.Port} }
+
+// compareElem orders keys by virtual server (the hairpin set's second address is the first).
+func compareElem(a, b nft.Key) int {
+	return compareVSKey(vsKey{a.Addr, a.Proto, a.Port}, vsKey{b.Addr, b.Proto, b.Port})
 }
 
-var (
-	familyIPv4 = &family{pf: proxier.IPv4, nf: gnft.TableFamilyIPv4, name: "ip", addrType: gnft.TypeIPAddr,
-		addrLen: 4, saddrOff: 12, daddrOff: 16, icmpText: "reject with icmp port-unreachable", icmpCode: 3}
-	familyIPv6 = &family{pf: proxier.IPv6, nf: gnft.TableFamilyIPv6, name: "ip6", addrType: gnft.TypeIP6Addr,
-		addrLen: 16, saddrOff: 8, daddrOff: 24, icmpText: "reject with icmpv6 port-unreachable", icmpCode: 4}
-)
-
-func familyOf(f proxier.Family) *family {
-	if f == proxier.IPv6 {
-		return familyIPv6
-	}
-	return familyIPv4
-}
-
-// setKind is the key layout of a set.
-type setKind int
-
-const (
-	keyVS      setKind = iota // addr . inet_proto . inet_service
-	keyHairpin                // addr . inet_proto . inet_service . addr
-)
-
-// elemKey is a set element's key; addr2 only for keyHairpin.
-type elemKey struct {
-	addr  netip.Addr
-	proto uint8
-	port  uint16
-	addr2 netip.Addr
-}
-
-func vsElem(k vsKey) elemKey { return elemKey{addr: k.Addr, proto: k.Proto, port: k.Port} }
-
-func compareElem(a, b elemKey) int {
-	if c := compareVSKey(vsKey{a.addr, a.proto, a.port}, vsKey{b.addr, b.proto, b.port}); c != 0 {
-		return c
-	}
-	return a.addr2.Compare(b.addr2)
-}
-
-func (k elemKey) text() string {
-	s := fmt.Sprintf("%s . %s . %d", k.addr, protoName(k.proto), k.port)
-	if k.addr2.IsValid() {
-		s += " . " + k.addr2.String()
-	}
-	return s
-}
-
-// bytes is the key as the kernel stores it: every field padded to 4 bytes.
-func (k elemKey) bytes() []byte {
-	b := append([]byte{}, k.addr.AsSlice()...)
-	b = append(b, k.proto, 0, 0, 0)
-	b = append(b, byte(k.port>>8), byte(k.port), 0, 0)
-	if k.addr2.IsValid() {
-		b = append(b, k.addr2.AsSlice()...)
-	}
-	return b
-}
-
-// nftSet is a named set, or a verdict map (values are chain names to go to).
+// nftSet is a set (or verdict map: values are chain names to go to) with its elements.
 type nftSet struct {
-	name    string
-	comment string
-	kind    setKind
-	isMap   bool
-	elems   map[elemKey]string
-}
-
-// nftRule is one rule as text and as expressions.
-type nftRule struct {
-	text  string
-	exprs []expr.Any
-}
-
-func (r nftRule) then(o nftRule) nftRule {
-	t := r.text
-	if t != "" && o.text != "" {
-		t += " "
-	}
-	return nftRule{text: t + o.text, exprs: append(slices.Clip(r.exprs), o.exprs...)}
-}
-
-type chainHook struct {
-	typ  gnft.ChainType
-	hook *gnft.ChainHook
-	name string // hook keyword
-	prio int32
-}
-
-type nftChain struct {
-	name  string
-	hook  *chainHook
-	rules []nftRule
-}
-
-func (c *nftChain) text() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "\tchain %s {\n", c.name)
-	if c.hook != nil {
-		fmt.Fprintf(&b, "\t\ttype %s hook %s priority %d; policy accept;\n", c.hook.typ, c.hook.name, c.hook.prio)
-	}
-	for _, r := range c.rules {
-		fmt.Fprintf(&b, "\t\t%s\n", r.text)
-	}
-	b.WriteString("\t}\n")
-	return b.String()
+	nft.Set
+	elems map[nft.Key]string
 }
 
 // nftTable is the helper table of one family.
 type nftTable struct {
-	fam    *family
+	fam    *nft.Family
 	sets   []*nftSet // fixed order
-	chains []*nftChain
+	chains []*nft.Chain
 }
 
 func (t *nftTable) set(name string) *nftSet {
 	for _, s := range t.sets {
-		if s.name == name {
+		if s.Name == name {
 			return s
 		}
 	}
 	return nil
 }
 
-func (t *nftTable) chain(name string) *nftChain {
+func (t *nftTable) chain(name string) *nft.Chain {
 	for _, c := range t.chains {
-		if c.name == name {
+		if c.Name == name {
 			return c
 		}
 	}
@@ -220,11 +104,11 @@ func (t *nftTable) chain(name string) *nftChain {
 func (t *nftTable) baseText() string {
 	var b strings.Builder
 	for _, s := range t.sets {
-		fmt.Fprintf(&b, "%s %v %v\n", s.name, s.kind, s.isMap)
+		fmt.Fprintf(&b, "%s %v %v\n", s.Name, s.Kind, s.IsMap)
 	}
 	for _, c := range t.chains {
-		if c.hook != nil || !strings.HasPrefix(c.name, "firewall-") {
-			b.WriteString(c.text())
+		if c.Hook != nil || !strings.HasPrefix(c.Name, "firewall-") {
+			b.Write(c.AppendText(nil, t.fam))
 		}
 	}
 	return b.String()
@@ -233,22 +117,17 @@ func (t *nftTable) baseText() string {
 // writeText writes the table in nft -f syntax.
 func (t *nftTable) writeText(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "table %s %s {\n", t.fam.name, tableName)
+	fmt.Fprintf(&b, "table %s %s {\n", t.fam.Name, tableName)
 	for _, s := range t.sets {
 		kw := "set"
-		typ := t.fam.addrType.Name + " . inet_proto . inet_service"
-		if s.kind == keyHairpin {
-			typ += " . " + t.fam.addrType.Name
-		}
-		if s.isMap {
+		if s.IsMap {
 			kw = "map"
-			typ += " : verdict"
 		}
-		fmt.Fprintf(&b, "\t%s %s {\n\t\ttype %s\n", kw, s.name, typ)
-		if s.comment != "" {
-			fmt.Fprintf(&b, "\t\tcomment %q\n", s.comment)
+		fmt.Fprintf(&b, "\t%s %s {\n\t\t%s\n", kw, s.Name, s.TypeText(t.fam))
+		if s.Comment != "" {
+			fmt.Fprintf(&b, "\t\tcomment %q\n", s.Comment)
 		}
-		keys := make([]elemKey, 0, len(s.elems))
+		keys := make([]nft.Key, 0, len(s.elems))
 		for k := range s.elems {
 			keys = append(keys, k)
 		}
@@ -259,8 +138,8 @@ func (t *nftTable) writeText(w io.Writer) error {
 				if i > 0 {
 					b.WriteString(",")
 				}
-				b.WriteString("\n\t\t\t" + k.text())
-				if s.isMap {
+				b.WriteString("\n\t\t\t" + string(nft.AppendKey(nil, s.Kind, k)))
+				if s.IsMap {
 					b.WriteString(" : goto " + s.elems[k])
 				}
 			}
@@ -269,173 +148,135 @@ func (t *nftTable) writeText(w io.Writer) error {
 		b.WriteString("\t}\n")
 	}
 	for _, c := range t.chains {
-		b.WriteString(c.text())
+		b.Write(c.AppendText(nil, t.fam))
 	}
 	b.WriteString("}\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// Rule pieces.
+// Terms whose text (or expressions) the ipvs mode's render has always shown its own way.
 
-func (f *family) loadAddr(off, reg uint32) expr.Any {
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.addrLen}
+// relabel is a shared term under another text.
+type relabel struct {
+	nft.Term
+	text string
 }
 
-// matchVS is "ip daddr . meta l4proto . th dport @set" (or vmap @set).
-func (f *family) matchVS(set string, vmap bool, extraSaddr bool) nftRule {
-	r := regConcat
-	ex := []expr.Any{f.loadAddr(f.daddrOff, uint32(r))}
-	r += int(f.addrLen / 4)
-	ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: uint32(r)})
-	r++
-	ex = append(ex, &expr.Payload{DestRegister: uint32(r), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-	r++
-	text := f.name + " daddr . meta l4proto . th dport"
-	if extraSaddr {
-		ex = append(ex, f.loadAddr(f.saddrOff, uint32(r)))
-		text += " . " + f.name + " saddr"
-	}
-	l := &expr.Lookup{SourceRegister: regConcat, SetName: set}
-	if vmap {
-		l.IsDestRegSet = true
-		l.DestRegister = 0
-		text += " vmap @" + set
-	} else {
-		text += " @" + set
-	}
-	return nftRule{text: text, exprs: append(ex, l)}
+func (r relabel) AppendText(b []byte, _ *nft.Family) []byte { return append(b, r.text...) }
+
+// hairpinMatch is "ip daddr . meta l4proto . th dport . ip saddr @set": a connection from an
+// address to a virtual server on its own port.
+type hairpinMatch struct{ set string }
+
+func (m hairpinMatch) AppendText(b []byte, f *nft.Family) []byte {
+	return append(b, f.Name+" daddr . meta l4proto . th dport . "+f.Name+" saddr @"+m.set...)
 }
 
-// matchSourceVS is "ip saddr . meta l4proto . th dport @set": a packet sent from the address of
+func (m hairpinMatch) Exprs(f *nft.Family) []expr.Any {
+	r := uint32(nft.RegConcat)
+	return []expr.Any{
+		nft.LoadAddr(f, false, r, f.AddrLen),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.AddrLen/4},
+		&expr.Payload{DestRegister: r + f.AddrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		nft.LoadAddr(f, true, r+f.AddrLen/4+2, f.AddrLen),
+		&expr.Lookup{SourceRegister: r, SetName: m.set},
+	}
+}
+
+// sourceVSMatch is "ip saddr . meta l4proto . th dport @set": a packet sent from the address of
 // a virtual server to its port.
-func (f *family) matchSourceVS(set string) nftRule {
-	r := uint32(regConcat)
-	ex := []expr.Any{f.loadAddr(f.saddrOff, r)}
-	r += f.addrLen / 4
-	ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
-		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: regConcat, SetName: set})
-	return nftRule{text: f.name + " saddr . meta l4proto . th dport @" + set, exprs: ex}
+type sourceVSMatch struct{ set string }
+
+func (m sourceVSMatch) AppendText(b []byte, f *nft.Family) []byte {
+	return append(b, f.Name+" saddr . meta l4proto . th dport @"+m.set...)
 }
 
-func (f *family) matchPrefix(p netip.Prefix, src bool) nftRule {
-	off, dir := f.daddrOff, "daddr"
-	if src {
-		off, dir = f.saddrOff, "saddr"
+func (m sourceVSMatch) Exprs(f *nft.Family) []expr.Any {
+	r := uint32(nft.RegConcat)
+	return []expr.Any{
+		nft.LoadAddr(f, true, r, f.AddrLen),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.AddrLen/4},
+		&expr.Payload{DestRegister: r + f.AddrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: r, SetName: m.set},
 	}
-	p = p.Masked()
-	ex := []expr.Any{f.loadAddr(off, regWork)}
+}
+
+// prefixMatch matches the source or destination address against a prefix: the whole address is
+// loaded, and masked unless the prefix is one address.
+type prefixMatch struct {
+	src bool
+	p   netip.Prefix
+}
+
+func (m prefixMatch) AppendText(b []byte, f *nft.Family) []byte {
+	dir := "daddr"
+	if m.src {
+		dir = "saddr"
+	}
+	return append(b, f.Name+" "+dir+" "+m.p.Masked().String()...)
+}
+
+func (m prefixMatch) Exprs(f *nft.Family) []expr.Any {
+	p := m.p.Masked()
+	ex := []expr.Any{nft.LoadAddr(f, m.src, nft.Reg1, f.AddrLen)}
 	if p.Bits() < p.Addr().BitLen() {
-		m := make([]byte, p.Addr().BitLen()/8)
+		mask := make([]byte, p.Addr().BitLen()/8)
 		for i := 0; i < p.Bits(); i++ {
-			m[i/8] |= 0x80 >> (i % 8)
+			mask[i/8] |= 0x80 >> (i % 8)
 		}
-		ex = append(ex, &expr.Bitwise{SourceRegister: regWork, DestRegister: regWork, Len: f.addrLen, Mask: m, Xor: make([]byte, len(m))})
+		ex = append(ex, &expr.Bitwise{SourceRegister: nft.Reg1, DestRegister: nft.Reg1, Len: f.AddrLen, Mask: mask, Xor: make([]byte, len(mask))})
 	}
-	ex = append(ex, &expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: p.Addr().AsSlice()})
-	return nftRule{text: fmt.Sprintf("%s %s %s", f.name, dir, p), exprs: ex}
-}
-
-var (
-	ruleCtNew = nftRule{text: "ct state new", exprs: []expr.Any{
-		&expr.Ct{Register: regWork, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: regWork, DestRegister: regWork, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: regWork, Data: binaryutil.NativeEndian.PutUint32(0)},
-	}}
-	ruleTCP = nftRule{text: "meta l4proto tcp", exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regWork},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: []byte{unix.IPPROTO_TCP}},
-	}}
-	ruleMasq     = nftRule{text: "masquerade", exprs: []expr.Any{&expr.Masq{}}}
-	ruleTCPReset = nftRule{text: "reject with tcp reset", exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}}
-	ruleDrop     = verdict("drop", expr.VerdictDrop, "")
-	ruleReturn   = verdict("return", expr.VerdictReturn, "")
-)
-
-// ruleMarkSet sets the masquerade bit mark (Config.MasqMark: kube-proxy's 0x4000 unless
-// configured).
-func ruleMarkSet(mark uint32) nftRule {
-	return nftRule{text: fmt.Sprintf("meta mark set meta mark | 0x%x", mark), exprs: markOp(^mark, mark)}
-}
-
-// ruleMarkUnset returns when the masquerade bit is not set.
-func ruleMarkUnset(mark uint32) nftRule {
-	return nftRule{text: fmt.Sprintf("meta mark & 0x%x == 0 return", mark), exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: regWork},
-		&expr.Bitwise{SourceRegister: regWork, DestRegister: regWork, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(mark), Xor: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Verdict{Kind: expr.VerdictReturn},
-	}}
-}
-
-// ruleMarkClear clears the masquerade bit.
-func ruleMarkClear(mark uint32) nftRule {
-	return nftRule{text: fmt.Sprintf("meta mark set meta mark xor 0x%x", mark), exprs: markOp(^uint32(0), mark)}
-}
-
-// matchIif matches the input interface by name, or by name prefix (iifname "veth*"), as nft
-// compiles it: a whole name with its NUL padding to IFNAMSIZ, a prefix on its own bytes.
-func matchIif(name string, prefix bool) nftRule {
-	data := []byte(name)
-	text := name
-	if prefix {
-		text += "*"
-	} else {
-		data = append(data, make([]byte, 16-len(data))...)
-	}
-	return nftRule{text: "iifname " + strconv.Quote(text), exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: regWork},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regWork, Data: data},
-	}}
+	return append(ex, &expr.Cmp{Op: expr.CmpOpEq, Register: nft.Reg1, Data: p.Addr().AsSlice()})
 }
 
 // matchLocal matches traffic from pods as the detector recognises it; d must be implemented.
-func (f *family) matchLocal(d proxier.LocalDetector) nftRule {
+func matchLocal(d proxier.LocalDetector) nft.Term {
 	if d.CIDR.IsValid() {
-		return f.matchPrefix(d.CIDR, true)
+		return prefixMatch{src: true, p: d.CIDR}
 	}
-	return matchIif(d.Interface, d.Prefix)
+	return nft.IifMatch{Name: d.Interface, Prefix: d.Prefix}
 }
 
-// markOp sets mark = (mark & and) ^ xor.
-func markOp(and, xor uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: regWork},
-		&expr.Bitwise{SourceRegister: regWork, DestRegister: regWork, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(and), Xor: binaryutil.NativeEndian.PutUint32(xor)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regWork},
-	}
+// markSet sets the masquerade bit mark (Config.MasqMark: kube-proxy's 0x4000 unless
+// configured).
+func markSet(mark uint32) nft.Term {
+	return relabel{nft.MarkOp{Op: nft.MarkSet, Mark: mark}, fmt.Sprintf("meta mark set meta mark | 0x%x", mark)}
 }
 
-func verdict(text string, kind expr.VerdictKind, chain string) nftRule {
-	if chain != "" {
-		text += " " + chain
-	}
-	return nftRule{text: text, exprs: []expr.Any{&expr.Verdict{Kind: kind, Chain: chain}}}
+// markUnset matches when the masquerade bit is not set.
+func markUnset(mark uint32) nft.Term {
+	return relabel{nft.MarkOp{Op: nft.MarkUnset, Mark: mark}, fmt.Sprintf("meta mark & 0x%x == 0", mark)}
 }
 
-func jump(chain string) nftRule { return verdict("jump", expr.VerdictJump, chain) }
-func goTo(chain string) nftRule { return verdict("goto", expr.VerdictGoto, chain) }
-func (f *family) reject() nftRule {
-	return nftRule{text: f.icmpText, exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: f.icmpCode}}}
+// markClear clears the masquerade bit.
+func markClear(mark uint32) nft.Term {
+	return relabel{nft.MarkOp{Op: nft.MarkClear, Mark: mark}, fmt.Sprintf("meta mark set meta mark xor 0x%x", mark)}
+}
+
+// rejectICMP rejects with port unreachable.
+func rejectICMP(f *nft.Family) nft.Term {
+	text := "reject with icmp port-unreachable"
+	if f.PF == proxier.IPv6 {
+		text = "reject with icmpv6 port-unreachable"
+	}
+	return relabel{nft.Reject{}, text}
 }
 
 // tableBuilder accumulates one family's table while the desired state is built.
 type tableBuilder struct {
 	st *proxier.State
-	f  *family
+	f  *nft.Family
 	t  *nftTable
 }
 
 func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
-	f := familyOf(pf)
+	f := nft.FamilyOf(pf)
 	t := &nftTable{fam: f}
-	newSet := func(name, comment string, kind setKind, isMap bool) {
-		t.sets = append(t.sets, &nftSet{name: name, comment: comment, kind: kind, isMap: isMap, elems: map[elemKey]string{}})
+	newSet := func(name, comment string, kind nft.SetKind, isMap bool) {
+		t.sets = append(t.sets, &nftSet{Set: nft.Set{Name: name, Comment: comment, Kind: kind, IsMap: isMap}, elems: map[nft.Key]string{}})
 	}
+	const keyVS, keyHairpin = nft.KeyAddrProtoPort, nft.KeyAddrProtoPortAddr
 	newSet(setVirtualServers, "every virtual server this proxier owns", keyVS, false)
 	newSet(setClusterIPs, "cluster IP virtual servers", keyVS, false)
 	newSet(setMasquerade, "external virtual servers of services with externalTrafficPolicy Cluster", keyVS, false)
@@ -444,69 +285,61 @@ func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
 	newSet(setHairpin, "local endpoint . endpoint address: an endpoint reaching itself", keyHairpin, false)
 	newSet(mapFirewall, "load-balancer virtual servers with source ranges", keyVS, true)
 
-	base := func(name string, typ gnft.ChainType, hook *gnft.ChainHook, hookName string, prio int32, rules ...nftRule) {
-		t.chains = append(t.chains, &nftChain{name: name, hook: &chainHook{typ: typ, hook: hook, name: hookName, prio: prio}, rules: rules})
+	base := func(name, typ string, hooknum uint32, prio int32, rules ...nft.Rule) {
+		t.chains = append(t.chains, &nft.Chain{Name: name, Hook: &nft.Hook{Type: typ, Hooknum: hooknum, Priority: prio}, Rules: rules})
 	}
-	helper := func(name string, rules ...nftRule) {
-		t.chains = append(t.chains, &nftChain{name: name, rules: rules})
+	helper := func(name string, rules ...nft.Rule) {
+		t.chains = append(t.chains, &nft.Chain{Name: name, Rules: rules})
 	}
-	base(chainFilterPrerout, gnft.ChainTypeFilter, gnft.ChainHookPrerouting, "prerouting", prioDstNAT-10,
-		ruleCtNew.then(f.matchVS(mapFirewall, true, false)))
-	base(chainFilterInput, gnft.ChainTypeFilter, gnft.ChainHookInput, "input", prioFilter,
-		ruleCtNew.then(jump(chainEndpointsCheck)))
-	base(chainFilterOutput, gnft.ChainTypeFilter, gnft.ChainHookOutput, "output", prioBeforeIPVSLO,
-		ruleCtNew.then(f.matchVS(mapFirewall, true, false)), ruleCtNew.then(jump(chainEndpointsCheck)))
-	base(chainNATPrerouting, gnft.ChainTypeNAT, gnft.ChainHookPrerouting, "prerouting", prioDstNAT, jump(chainServices))
-	base(chainNATOutput, gnft.ChainTypeNAT, gnft.ChainHookOutput, "output", prioDstNAT, jump(chainServices))
+	newConn := nft.CtStateNew{}
+	base(chainFilterPrerout, "filter", unix.NF_INET_PRE_ROUTING, prioDstNAT-10,
+		nft.Rule{newConn, nft.ServiceVmap{Set: mapFirewall}})
+	base(chainFilterInput, "filter", unix.NF_INET_LOCAL_IN, prioFilter,
+		nft.Rule{newConn, nft.Jump(chainEndpointsCheck)})
+	base(chainFilterOutput, "filter", unix.NF_INET_LOCAL_OUT, prioBeforeIPVSLO,
+		nft.Rule{newConn, nft.ServiceVmap{Set: mapFirewall}}, nft.Rule{newConn, nft.Jump(chainEndpointsCheck)})
+	base(chainNATPrerouting, "nat", unix.NF_INET_PRE_ROUTING, prioDstNAT, nft.Rule{nft.Jump(chainServices)})
+	base(chainNATOutput, "nat", unix.NF_INET_LOCAL_OUT, prioDstNAT, nft.Rule{nft.Jump(chainServices)})
 	cfg := &st.Config
 	mark := cfg.MasqMark()
-	base(chainNATPostrouting, gnft.ChainTypeNAT, gnft.ChainHookPostrouting, "postrouting", prioSrcNAT,
-		f.matchVS(setHairpin, false, true).then(ruleMasq), ruleMarkUnset(mark), ruleMarkClear(mark), ruleMasq)
+	base(chainNATPostrouting, "nat", unix.NF_INET_POST_ROUTING, prioSrcNAT,
+		nft.Rule{hairpinMatch{set: setHairpin}, nft.Masquerade{}}, nft.Rule{markUnset(mark), nft.Return},
+		nft.Rule{markClear(mark)}, nft.Rule{nft.Masquerade{}})
 
-	var services []nftRule
+	var services []nft.Rule
 	switch local := st.LocalDetector(pf); {
 	case cfg.MasqueradeAll:
-		services = append(services, f.matchVS(setClusterIPs, false, false).then(jump(chainMarkMasq)))
+		services = append(services, nft.Rule{nft.TupleInSet{Set: setClusterIPs}, nft.Jump(chainMarkMasq)})
 	case local.Implemented():
 		// Traffic to a cluster IP that does not come from a pod may come from outside through
 		// a route to the service range, and go on to another node: masquerade it.
-		services = append(services, f.matchVS(setClusterIPs, false, false).then(jump(chainMarkOffCluster)))
-		helper(chainMarkOffCluster, f.matchLocal(local).then(ruleReturn), ruleMarkSet(mark))
+		services = append(services, nft.Rule{nft.TupleInSet{Set: setClusterIPs}, nft.Jump(chainMarkOffCluster)})
+		helper(chainMarkOffCluster, nft.Rule{matchLocal(local), nft.Return}, nft.Rule{markSet(mark)})
 	default:
 		// Without pod detection, as kube-proxy's ipvs mode: the node's own connections to a
 		// cluster IP take that address (bound to the dummy interface) as their source, which
 		// an endpoint on another node cannot answer; masquerade what has a cluster IP and
 		// port as source ("src,dst" of KUBE-CLUSTER-IP).
-		services = append(services, f.matchSourceVS(setClusterIPs).then(jump(chainMarkMasq)))
+		services = append(services, nft.Rule{sourceVSMatch{set: setClusterIPs}, nft.Jump(chainMarkMasq)})
 	}
-	services = append(services, f.matchVS(setMasquerade, false, false).then(jump(chainMarkMasq)))
+	services = append(services, nft.Rule{nft.TupleInSet{Set: setMasquerade}, nft.Jump(chainMarkMasq)})
 	helper(chainServices, services...)
-	helper(chainMarkMasq, ruleMarkSet(mark))
+	helper(chainMarkMasq, nft.Rule{markSet(mark)})
 	helper(chainEndpointsCheck,
-		f.matchVS(setLocalOnly, false, false).then(ruleDrop),
-		f.matchVS(setNoEndpoints, false, false).then(goTo(chainReject)))
-	helper(chainReject, ruleTCP.then(ruleTCPReset), f.reject())
+		nft.Rule{nft.TupleInSet{Set: setLocalOnly}, nft.Drop},
+		nft.Rule{nft.TupleInSet{Set: setNoEndpoints}, nft.Goto(chainReject)})
+	helper(chainReject, nft.Rule{nft.L4Proto{Proto: unix.IPPROTO_TCP}, nft.Reject{TCPReset: true}}, nft.Rule{rejectICMP(f)})
 	return &tableBuilder{st: st, f: f, t: t}
 }
 
-// objectName is prefix-HASH-readable, stable and unique, within the kernel's name limit.
-func objectName(prefix, readable string) string {
-	sum := sha256.Sum256([]byte(readable))
-	name := prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	return name
-}
-
-func (b *tableBuilder) elem(set string, k elemKey, v string) { b.t.set(set).elems[k] = v }
+func (b *tableBuilder) elem(set string, k nft.Key, v string) { b.t.set(set).elems[k] = v }
 
 // addService adds sp's elements (and its firewall chain) to the table.
 func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs []netip.Addr) {
-	vs := func(a netip.Addr, port uint16) elemKey { return elemKey{addr: a.Unmap(), proto: proto, port: port} }
+	vs := func(a netip.Addr, port uint16) nft.Key { return nft.Key{Addr: a.Unmap(), Proto: proto, Port: port} }
 	// Traffic the model drops or rejects for want of endpoints: its key goes into the set the
 	// endpoints-check chain drops (or rejects) from.
-	noEndpoints := func(v proxier.Verdict, k elemKey) {
+	noEndpoints := func(v proxier.Verdict, k nft.Key) {
 		switch v {
 		case proxier.Drop:
 			b.elem(setLocalOnly, k, "")
@@ -518,7 +351,7 @@ func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs 
 	b.elem(setVirtualServers, cip, "")
 	b.elem(setClusterIPs, cip, "")
 	noEndpoints(sp.InternalVerdict(), cip)
-	var external []elemKey
+	var external []nft.Key
 	for _, a := range sp.ExternalIPs {
 		external = append(external, vs(a, sp.Port))
 	}
@@ -541,17 +374,18 @@ func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs 
 	for _, ep := range sp.AllEndpoints {
 		if ep.Local {
 			a := ep.Addr.Unmap()
-			b.elem(setHairpin, elemKey{addr: a, proto: proto, port: ep.Port, addr2: a}, "")
+			b.elem(setHairpin, nft.Key{Addr: a, Proto: proto, Port: ep.Port}, "")
 		}
 	}
 	if len(sp.LoadBalancerSourceRanges) > 0 && len(sp.LoadBalancerIPs) > 0 {
 		n := sp.Name
-		name := objectName("firewall", fmt.Sprintf("%s/%s/%s/%s", n.Namespace, n.Name, strings.ToLower(string(n.Protocol)), n.Port))
-		c := &nftChain{name: name}
+		readable := fmt.Sprintf("%s/%s/%s/%s", n.Namespace, n.Name, strings.ToLower(string(n.Protocol)), n.Port)
+		name := nft.ObjectName("firewall", readable, readable)
+		c := &nft.Chain{Name: name}
 		for _, p := range sp.LoadBalancerSourceRanges {
-			c.rules = append(c.rules, b.f.matchPrefix(p, true).then(ruleReturn))
+			c.Rules = append(c.Rules, nft.Rule{prefixMatch{src: true, p: p}, nft.Return})
 		}
-		c.rules = append(c.rules, ruleDrop)
+		c.Rules = append(c.Rules, nft.Rule{nft.Drop})
 		b.t.chains = append(b.t.chains, c)
 		for _, a := range sp.LoadBalancerIPs {
 			b.elem(mapFirewall, vs(a, sp.Port), name)
@@ -567,14 +401,14 @@ func (t *nftTable) withOwned(keys []vsKey) *nftTable {
 	c := *t
 	c.sets = slices.Clone(t.sets)
 	for i, s := range c.sets {
-		if s.name == setVirtualServers {
+		if s.Name == setVirtualServers {
 			n := *s
-			n.elems = make(map[elemKey]string, len(s.elems)+len(keys))
+			n.elems = make(map[nft.Key]string, len(s.elems)+len(keys))
 			for k, v := range s.elems {
 				n.elems[k] = v
 			}
 			for _, k := range keys {
-				if proxier.FamilyOf(k.Addr) == t.fam.pf {
+				if proxier.FamilyOf(k.Addr) == t.fam.PF {
 					n.elems[vsElem(k)] = ""
 				}
 			}

@@ -11,13 +11,14 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // listed is `nft list table` of our table in ns, without handles, with lines sorted inside each
 // element list so that two tables built different ways compare equal.
-func listed(t *testing.T, ns string, f *family) string {
+func listed(t *testing.T, ns string, f *nft.Family) string {
 	t.Helper()
-	out := mustNS(t, ns, "nft", "list", "table", f.name, tableName)
+	out := mustNS(t, ns, "nft", "list", "table", f.Name, tableName)
 	// Join element lists onto one line each, then sort their items.
 	var b strings.Builder
 	inElems := false
@@ -77,7 +78,7 @@ func TestTablesMatchNft(t *testing.T) {
 		if out, err := inNS(viaNft, renderTable(st, pf), "nft", "-f", "-"); err != nil {
 			t.Fatalf("%s: %v %s", pf, err, out)
 		}
-		f := familyOf(pf)
+		f := nft.FamilyOf(pf)
 		if a, b := listed(t, viaNetlink, f), listed(t, viaNft, f); a != b {
 			t.Errorf("%s: netlink and nft differ:\nnetlink:\n%s\nnft:\n%s", pf, a, b)
 		}
@@ -131,7 +132,7 @@ func TestTableUpdate(t *testing.T) {
 	if err := ks.replace(cur); err != nil {
 		t.Fatal(err)
 	}
-	f := familyOf(pf)
+	f := nft.FamilyOf(pf)
 	if a, b := listed(t, incremental, f), listed(t, scratch, f); a != b {
 		t.Errorf("updated table differs from a fresh one:\nupdated:\n%s\nfresh:\n%s", a, b)
 	}

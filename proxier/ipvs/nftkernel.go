@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -10,6 +11,9 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // nftKernel programs the helper tables.
@@ -20,9 +24,9 @@ type nftKernel interface {
 	// firewall chains differ), in one transaction.
 	update(old, t *nftTable) error
 	// remove deletes the table of family f; a missing table is not an error.
-	remove(f *family) error
+	remove(f *nft.Family) error
 	// owned lists the virtual servers recorded in the kernel's table of f.
-	owned(f *family) ([]vsKey, error)
+	owned(f *nft.Family) ([]vsKey, error)
 	close()
 }
 
@@ -83,26 +87,32 @@ func (k *gnftKernel) conn() (*gnft.Conn, error) {
 	return gnft.New(opts...)
 }
 
-func table(f *family) *gnft.Table { return &gnft.Table{Name: tableName, Family: f.nf} }
+func table(f *nft.Family) *gnft.Table {
+	return &gnft.Table{Name: tableName, Family: gnft.TableFamily(f.NFProto)}
+}
 
-func (s *nftSet) gnft(t *gnft.Table, f *family) *gnft.Set {
-	key := gnft.MustConcatSetType(f.addrType, gnft.TypeInetProto, gnft.TypeInetService)
-	if s.kind == keyHairpin {
-		key = gnft.MustConcatSetType(f.addrType, gnft.TypeInetProto, gnft.TypeInetService, f.addrType)
+func (s *nftSet) gnft(t *gnft.Table, f *nft.Family) *gnft.Set {
+	addr := gnft.TypeIPAddr
+	if f.PF == proxier.IPv6 {
+		addr = gnft.TypeIP6Addr
 	}
-	gs := &gnft.Set{Table: t, Name: s.name, KeyType: key, Concatenation: true, Comment: s.comment}
-	if s.isMap {
+	key := gnft.MustConcatSetType(addr, gnft.TypeInetProto, gnft.TypeInetService)
+	if s.Kind == nft.KeyAddrProtoPortAddr {
+		key = gnft.MustConcatSetType(addr, gnft.TypeInetProto, gnft.TypeInetService, addr)
+	}
+	gs := &gnft.Set{Table: t, Name: s.Name, KeyType: key, Concatenation: true, Comment: s.Comment}
+	if s.IsMap {
 		gs.IsMap = true
 		gs.DataType = gnft.TypeVerdict
 	}
 	return gs
 }
 
-func elements(s *nftSet, keys []elemKey) []gnft.SetElement {
+func elements(s *nftSet, keys []nft.Key) []gnft.SetElement {
 	out := make([]gnft.SetElement, 0, len(keys))
 	for _, k := range keys {
-		e := gnft.SetElement{Key: k.bytes()}
-		if s.isMap {
+		e := gnft.SetElement{Key: nft.AppendKeyBytes(nil, s.Kind, k)}
+		if s.IsMap {
 			e.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: s.elems[k]}
 		}
 		out = append(out, e)
@@ -147,26 +157,26 @@ func withSetIDs(exprs []expr.Any, ids map[string]uint32) []expr.Any {
 }
 
 // addChains adds chains, then their rules (a rule may jump to a chain added after its own).
-func addChains(c *gnft.Conn, t *gnft.Table, chs []*nftChain, ids map[string]uint32) {
+func addChains(c *gnft.Conn, t *gnft.Table, f *nft.Family, chs []*nft.Chain, ids map[string]uint32) {
 	gcs := make([]*gnft.Chain, len(chs))
 	for i, ch := range chs {
-		gc := &gnft.Chain{Name: ch.name, Table: t}
-		if ch.hook != nil {
-			prio := gnft.ChainPriority(ch.hook.prio)
+		gc := &gnft.Chain{Name: ch.Name, Table: t}
+		if h := ch.Hook; h != nil {
+			prio := gnft.ChainPriority(h.Priority)
 			policy := gnft.ChainPolicyAccept
-			gc.Type, gc.Hooknum, gc.Priority, gc.Policy = ch.hook.typ, ch.hook.hook, &prio, &policy
+			gc.Type, gc.Hooknum, gc.Priority, gc.Policy = gnft.ChainType(h.Type), gnft.ChainHookRef(gnft.ChainHook(h.Hooknum)), &prio, &policy
 		}
 		gcs[i] = c.AddChain(gc)
 	}
 	for i, ch := range chs {
-		for _, r := range ch.rules {
-			c.AddRule(&gnft.Rule{Table: t, Chain: gcs[i], Exprs: withSetIDs(r.exprs, ids)})
+		for _, r := range ch.Rules {
+			c.AddRule(&gnft.Rule{Table: t, Chain: gcs[i], Exprs: withSetIDs(r.Exprs(f), ids)})
 		}
 	}
 }
 
-func sortedElemKeys(s *nftSet) []elemKey {
-	keys := make([]elemKey, 0, len(s.elems))
+func sortedElemKeys(s *nftSet) []nft.Key {
+	keys := make([]nft.Key, 0, len(s.elems))
 	for k := range s.elems {
 		keys = append(keys, k)
 	}
@@ -188,19 +198,19 @@ func (k *gnftKernel) replace(t *nftTable) error {
 	for _, s := range t.sets {
 		gs := s.gnft(tbl, t.fam)
 		if err := c.AddSet(gs, nil); err != nil {
-			return fmt.Errorf("set %s: %w", s.name, err)
+			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
-		ids[s.name] = gs.ID
-		gsets[s.name] = gs
+		ids[s.Name] = gs.ID
+		gsets[s.Name] = gs
 	}
-	addChains(c, tbl, t.chains, ids)
+	addChains(c, tbl, t.fam, t.chains, ids)
 	for _, s := range t.sets {
-		if err := addElements(c, gsets[s.name], elements(s, sortedElemKeys(s))); err != nil {
-			return fmt.Errorf("set %s: %w", s.name, err)
+		if err := addElements(c, gsets[s.Name], elements(s, sortedElemKeys(s))); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("replace table %s %s: %w", t.fam.name, tableName, err)
+		return fmt.Errorf("replace table %s %s: %w", t.fam.Name, tableName, err)
 	}
 	return nil
 }
@@ -215,8 +225,8 @@ func (k *gnftKernel) update(old, t *nftTable) error {
 	// Elements first go (vmap elements may point at chains deleted below), new chains come
 	// before the elements that point at them.
 	for _, s := range t.sets {
-		os := old.set(s.name)
-		var gone []elemKey
+		os := old.set(s.Name)
+		var gone []nft.Key
 		for key, v := range os.elems {
 			if nv, ok := s.elems[key]; !ok || nv != v {
 				gone = append(gone, key)
@@ -230,26 +240,26 @@ func (k *gnftKernel) update(old, t *nftTable) error {
 		}
 	}
 	for _, ch := range t.chains {
-		if ch.hook != nil {
+		if ch.Hook != nil {
 			continue
 		}
-		oc := old.chain(ch.name)
+		oc := old.chain(ch.Name)
 		switch {
 		case oc == nil:
-			addChains(c, tbl, []*nftChain{ch}, nil)
+			addChains(c, tbl, t.fam, []*nft.Chain{ch}, nil)
 			n++
-		case oc.text() != ch.text():
-			gc := &gnft.Chain{Name: ch.name, Table: tbl}
+		case !bytes.Equal(oc.AppendText(nil, old.fam), ch.AppendText(nil, t.fam)):
+			gc := &gnft.Chain{Name: ch.Name, Table: tbl}
 			c.FlushChain(gc)
-			for _, r := range ch.rules {
-				c.AddRule(&gnft.Rule{Table: tbl, Chain: gc, Exprs: r.exprs})
+			for _, r := range ch.Rules {
+				c.AddRule(&gnft.Rule{Table: tbl, Chain: gc, Exprs: r.Exprs(t.fam)})
 			}
 			n++
 		}
 	}
 	for _, s := range t.sets {
-		os := old.set(s.name)
-		var added []elemKey
+		os := old.set(s.Name)
+		var added []nft.Key
 		for key, v := range s.elems {
 			if ov, ok := os.elems[key]; !ok || ov != v {
 				added = append(added, key)
@@ -263,8 +273,8 @@ func (k *gnftKernel) update(old, t *nftTable) error {
 		}
 	}
 	for _, oc := range old.chains {
-		if oc.hook == nil && t.chain(oc.name) == nil {
-			c.DelChain(&gnft.Chain{Name: oc.name, Table: tbl})
+		if oc.Hook == nil && t.chain(oc.Name) == nil {
+			c.DelChain(&gnft.Chain{Name: oc.Name, Table: tbl})
 			n++
 		}
 	}
@@ -272,12 +282,12 @@ func (k *gnftKernel) update(old, t *nftTable) error {
 		return nil
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("update table %s %s: %w", t.fam.name, tableName, err)
+		return fmt.Errorf("update table %s %s: %w", t.fam.Name, tableName, err)
 	}
 	return nil
 }
 
-func (k *gnftKernel) remove(f *family) error {
+func (k *gnftKernel) remove(f *nft.Family) error {
 	c, err := k.conn()
 	if err != nil {
 		return err
@@ -286,12 +296,12 @@ func (k *gnftKernel) remove(f *family) error {
 	c.AddTable(tbl)
 	c.DelTable(tbl)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete table %s %s: %w", f.name, tableName, err)
+		return fmt.Errorf("delete table %s %s: %w", f.Name, tableName, err)
 	}
 	return nil
 }
 
-func (k *gnftKernel) owned(f *family) ([]vsKey, error) {
+func (k *gnftKernel) owned(f *nft.Family) ([]vsKey, error) {
 	c, err := k.conn()
 	if err != nil {
 		return nil, err
@@ -310,11 +320,11 @@ func (k *gnftKernel) owned(f *family) ([]vsKey, error) {
 	var out []vsKey
 	for _, e := range els {
 		b := e.Key
-		if len(b) != int(f.addrLen)+8 {
+		if len(b) != int(f.AddrLen)+8 {
 			continue
 		}
-		a, _ := netip.AddrFromSlice(b[:f.addrLen])
-		b = b[f.addrLen:]
+		a, _ := netip.AddrFromSlice(b[:f.AddrLen])
+		b = b[f.AddrLen:]
 		out = append(out, vsKey{Addr: a.Unmap(), Proto: b[0], Port: uint16(b[4])<<8 | uint16(b[5])})
 	}
 	return out, nil

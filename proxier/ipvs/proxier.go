@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"nodeagent/proxier"
+	"nodeagent/proxier/nft"
 )
 
 // DummyInterface holds the service addresses.
@@ -466,7 +467,7 @@ func (s *syncer) run(ch proxier.Changes) error {
 func (p *Proxier) learnOwned(bound map[netip.Addr]bool) error {
 	owned := map[vsKey]bool{}
 	for _, pf := range p.fams {
-		ks, err := p.nft.owned(familyOf(pf))
+		ks, err := p.nft.owned(nft.FamilyOf(pf))
 		if err != nil {
 			return err
 		}
@@ -935,7 +936,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	p.tables = map[proxier.Family]*nftTable{}
 	p.draining = map[vsKey]map[netip.AddrPort]bool{}
 	owned := map[vsKey]bool{}
-	for _, f := range []*family{familyIPv4, familyIPv6} {
+	for _, f := range []*nft.Family{nft.IPv4, nft.IPv6} {
 		ks, err := p.nft.owned(f)
 		if err != nil {
 			return fmt.Errorf("cleanup: %w", err)
@@ -966,7 +967,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 		n++
 	}
 	errs = append(errs, p.net.deleteDummy())
-	for _, f := range []*family{familyIPv4, familyIPv6} {
+	for _, f := range []*nft.Family{nft.IPv4, nft.IPv6} {
 		errs = append(errs, p.nft.remove(f))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"nodeagent/proxier/nft"
 	"os"
 	"slices"
 	"strings"
@@ -132,60 +133,60 @@ func (b *batch) setErr(err error) {
 	}
 }
 
-func (b *batch) addTable(f *family) {
-	m := b.nftMsg(unix.NFT_MSG_NEWTABLE, unix.NLM_F_CREATE, f.nfproto, tableName)
+func (b *batch) addTable(f *nft.Family) {
+	m := b.nftMsg(unix.NFT_MSG_NEWTABLE, unix.NLM_F_CREATE, f.NFProto, tableName)
 	b.attrString(unix.NFTA_TABLE_NAME, tableName)
 	b.end(m)
 }
 
-func (b *batch) delTable(f *family) {
-	m := b.nftMsg(unix.NFT_MSG_DELTABLE, 0, f.nfproto, tableName)
+func (b *batch) delTable(f *nft.Family) {
+	m := b.nftMsg(unix.NFT_MSG_DELTABLE, 0, f.NFProto, tableName)
 	b.attrString(unix.NFTA_TABLE_NAME, tableName)
 	b.end(m)
 }
 
-func (b *batch) addChain(f *family, c *chain) {
-	m := b.nftMsg(unix.NFT_MSG_NEWCHAIN, unix.NLM_F_CREATE, f.nfproto, c.name)
+func (b *batch) addChain(f *nft.Family, c *nft.Chain) {
+	m := b.nftMsg(unix.NFT_MSG_NEWCHAIN, unix.NLM_F_CREATE, f.NFProto, c.Name)
 	b.attrString(unix.NFTA_CHAIN_TABLE, tableName)
-	b.attrString(unix.NFTA_CHAIN_NAME, c.name)
-	if h := c.hook; h != nil {
+	b.attrString(unix.NFTA_CHAIN_NAME, c.Name)
+	if h := c.Hook; h != nil {
 		n := b.nest(unix.NFTA_CHAIN_HOOK)
-		b.attrU32(unix.NFTA_HOOK_HOOKNUM, h.hooknum)
-		b.attrU32(unix.NFTA_HOOK_PRIORITY, uint32(h.priority))
+		b.attrU32(unix.NFTA_HOOK_HOOKNUM, h.Hooknum)
+		b.attrU32(unix.NFTA_HOOK_PRIORITY, uint32(h.Priority))
 		b.endNest(n)
 		b.attrU32(unix.NFTA_CHAIN_POLICY, nfAccept)
-		b.attrString(unix.NFTA_CHAIN_TYPE, h.typ)
+		b.attrString(unix.NFTA_CHAIN_TYPE, h.Type)
 	}
 	b.end(m)
 }
 
 // flushChain deletes every rule of a chain.
-func (b *batch) flushChain(f *family, name string) {
-	m := b.nftMsg(unix.NFT_MSG_DELRULE, 0, f.nfproto, name)
+func (b *batch) flushChain(f *nft.Family, name string) {
+	m := b.nftMsg(unix.NFT_MSG_DELRULE, 0, f.NFProto, name)
 	b.attrString(unix.NFTA_RULE_TABLE, tableName)
 	b.attrString(unix.NFTA_RULE_CHAIN, name)
 	b.end(m)
 }
 
-func (b *batch) delChain(f *family, name string) {
-	m := b.nftMsg(unix.NFT_MSG_DELCHAIN, 0, f.nfproto, name)
+func (b *batch) delChain(f *nft.Family, name string) {
+	m := b.nftMsg(unix.NFT_MSG_DELCHAIN, 0, f.NFProto, name)
 	b.attrString(unix.NFTA_CHAIN_TABLE, tableName)
 	b.attrString(unix.NFTA_CHAIN_NAME, name)
 	b.end(m)
 }
 
 // addRule appends r to the chain.
-func (b *batch) addRule(f *family, chainName string, r rule) {
+func (b *batch) addRule(f *nft.Family, chainName string, r nft.Rule) {
 	var es []expr.Any
 	for _, t := range r {
-		es = append(es, t.exprs(f)...)
+		es = append(es, t.Exprs(f)...)
 	}
-	m := b.nftMsg(unix.NFT_MSG_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_APPEND, f.nfproto, chainName)
+	m := b.nftMsg(unix.NFT_MSG_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_APPEND, f.NFProto, chainName)
 	b.attrString(unix.NFTA_RULE_TABLE, tableName)
 	b.attrString(unix.NFTA_RULE_CHAIN, chainName)
 	list := b.nest(unix.NFTA_RULE_EXPRESSIONS)
 	for _, e := range es {
-		data, err := expr.Marshal(f.nfproto, e)
+		data, err := expr.Marshal(f.NFProto, e)
 		if err != nil {
 			b.setErr(fmt.Errorf("encode rule in chain %s: %w", chainName, err))
 			return
@@ -196,16 +197,10 @@ func (b *batch) addRule(f *family, chainName string, r rule) {
 	b.end(m)
 }
 
-// Set key encodings: nft's type numbers and the per-field lengths (each padded to 4 bytes).
+// Set encodings.
 const (
-	typeIPv4Addr    = 7
-	typeIPv6Addr    = 8
-	typeInetProto   = 12
-	typeInetService = 13
-	typeInteger     = 4
-	concatBits      = 6
-	byteOrderBig    = 2
-	elemListLimit   = 60000 // start a new message once an element list is this long
+	byteOrderBig  = 2
+	elemListLimit = 60000 // start a new message once an element list is this long
 
 	// Kernel constants golang.org/x/sys/unix does not export.
 	nfAccept          = 1    // NF_ACCEPT
@@ -214,83 +209,58 @@ const (
 	nftaSetFieldLen   = 1    // NFTA_SET_FIELD_LEN
 )
 
-func (f *family) addrTypeNum() uint32 {
-	if f.addrLen == 16 {
-		return typeIPv6Addr
-	}
-	return typeIPv4Addr
-}
-
-// keyLayout returns the nft type numbers and byte lengths of the key's fields.
-func keyLayout(f *family, kind setKind) (types []uint32, lens []uint32) {
-	switch kind {
-	case keyAddr:
-		return []uint32{f.addrTypeNum()}, []uint32{f.addrLen}
-	case keyAddrAddr:
-		return []uint32{f.addrTypeNum(), f.addrTypeNum()}, []uint32{f.addrLen, f.addrLen}
-	case keyAddrProtoPort:
-		return []uint32{f.addrTypeNum(), typeInetProto, typeInetService}, []uint32{f.addrLen, 1, 2}
-	case keyAddrProtoPortSlot:
-		return []uint32{f.addrTypeNum(), typeInetProto, typeInetService, typeInteger}, []uint32{f.addrLen, 1, 2, 4}
-	case keyProtoPortSlot:
-		return []uint32{typeInetProto, typeInetService, typeInteger}, []uint32{1, 2, 4}
-	default:
-		return []uint32{typeInetProto, typeInetService}, []uint32{1, 2}
-	}
-}
-
 // endpointUdata is what nft stores in an endpoint map's user data for its typeof clause
 // ("typeof [ip daddr .] meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport"),
 // byte for byte as nft 1.0.6 writes it: nft needs it to list the map (the numgen field has no
 // type of its own) and the golden comparison with nft's own rendering needs it equal.
-var endpointUdata = map[setKind]map[byte]string{
-	keyAddrProtoPortSlot: {
+var endpointUdata = map[nft.SetKind]map[byte]string{
+	nft.KeyAddrProtoPortSlot: {
 		unix.NFPROTO_IPV4: "000400000000010400000000036000040d00000001580014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
 		unix.NFPROTO_IPV6: "000400000000010400000000036000040d00000001580014000407000000010c00040d000000010409000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
 	},
-	keyProtoPortSlot: {
+	nft.KeyProtoPortSlot: {
 		unix.NFPROTO_IPV4: "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
 		unix.NFPROTO_IPV6: "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
 	},
 }
 
-func (b *batch) addSet(f *family, s *set) {
-	types, lens := keyLayout(f, s.kind)
+func (b *batch) addSet(f *nft.Family, s *nft.Set) {
+	types, lens := nft.KeyLayout(f, s.Kind)
 	var typ, keyLen uint32
 	for i := range types {
-		typ = typ<<concatBits | types[i]
+		typ = typ<<nft.ConcatBits | types[i]
 		keyLen += (lens[i] + 3) &^ 3
 	}
 	if len(types) == 1 {
 		keyLen = lens[0]
 	}
 	var flags uint32
-	if s.isMap || s.endpoints {
+	if s.IsMap || s.Endpoints {
 		flags |= unix.NFT_SET_MAP
 	}
 	if len(types) > 1 {
 		flags |= nftSetConcat
 	}
-	if s.timeout > 0 {
+	if s.Timeout > 0 {
 		flags |= unix.NFT_SET_TIMEOUT | unix.NFT_SET_EVAL
 	}
 	b.setID++
-	m := b.nftMsg(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE, f.nfproto, s.name)
+	m := b.nftMsg(unix.NFT_MSG_NEWSET, unix.NLM_F_CREATE, f.NFProto, s.Name)
 	b.attrString(unix.NFTA_SET_TABLE, tableName)
-	b.attrString(unix.NFTA_SET_NAME, s.name)
+	b.attrString(unix.NFTA_SET_NAME, s.Name)
 	b.attrU32(unix.NFTA_SET_FLAGS, flags)
 	b.attrU32(unix.NFTA_SET_KEY_TYPE, typ)
 	b.attrU32(unix.NFTA_SET_KEY_LEN, keyLen)
-	if s.isMap {
+	if s.IsMap {
 		b.attrU32(unix.NFTA_SET_DATA_TYPE, unix.NFT_DATA_VERDICT)
 	}
-	if s.endpoints {
-		b.attrU32(unix.NFTA_SET_DATA_TYPE, f.addrTypeNum()<<concatBits|typeInetService)
-		b.attrU32(unix.NFTA_SET_DATA_LEN, f.addrLen+4)
+	if s.Endpoints {
+		b.attrU32(unix.NFTA_SET_DATA_TYPE, f.AddrTypeNum()<<nft.ConcatBits|nft.TypeInetService)
+		b.attrU32(unix.NFTA_SET_DATA_LEN, f.AddrLen+4)
 	}
 	b.attrU32(unix.NFTA_SET_ID, b.setID)
-	if s.timeout > 0 {
-		b.attrU64(unix.NFTA_SET_TIMEOUT, uint64(s.timeout.Milliseconds()))
+	if s.Timeout > 0 {
+		b.attrU64(unix.NFTA_SET_TIMEOUT, uint64(s.Timeout.Milliseconds()))
 	}
 	if len(types) > 1 {
 		desc := b.nest(unix.NFTA_SET_DESC)
@@ -304,80 +274,39 @@ func (b *batch) addSet(f *family, s *set) {
 		b.endNest(desc)
 	}
 	udata := userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, byteOrderBig)
-	if s.endpoints {
-		udata, _ = hex.DecodeString(endpointUdata[s.kind][f.nfproto])
+	if s.Endpoints {
+		udata, _ = hex.DecodeString(endpointUdata[s.Kind][f.NFProto])
 	}
-	if s.comment != "" {
-		udata = userdata.AppendString(udata, userdata.NFTNL_UDATA_SET_COMMENT, s.comment)
+	if s.Comment != "" {
+		udata = userdata.AppendString(udata, userdata.NFTNL_UDATA_SET_COMMENT, s.Comment)
 	}
 	b.attr(unix.NFTA_SET_USERDATA, udata)
 	b.end(m)
 }
 
-func (b *batch) delSet(f *family, name string) {
-	m := b.nftMsg(unix.NFT_MSG_DELSET, 0, f.nfproto, name)
+func (b *batch) delSet(f *nft.Family, name string) {
+	m := b.nftMsg(unix.NFT_MSG_DELSET, 0, f.NFProto, name)
 	b.attrString(unix.NFTA_SET_TABLE, tableName)
 	b.attrString(unix.NFTA_SET_NAME, name)
 	b.end(m)
 }
 
-func (b *batch) verdictData(v verdict) {
+func (b *batch) verdictData(v nft.Verdict) {
 	d := b.nest(unix.NFTA_SET_ELEM_DATA)
 	vd := b.nest(unix.NFTA_DATA_VERDICT)
-	b.attrU32(unix.NFTA_VERDICT_CODE, uint32(v.code))
-	if v.chain != "" {
-		b.attrString(unix.NFTA_VERDICT_CHAIN, v.chain)
+	b.attrU32(unix.NFTA_VERDICT_CODE, uint32(v.Code))
+	if v.Chain != "" {
+		b.attrString(unix.NFTA_VERDICT_CHAIN, v.Chain)
 	}
 	b.endNest(vd)
 	b.endNest(d)
-}
-
-// appendKeyBytes encodes an element key: fields in network order, each padded to 4 bytes.
-func appendKeyBytes(dst []byte, kind setKind, k elemKey) []byte {
-	padAddr := func(a netip.Addr) { dst = appendAddr(dst, a) }
-	switch kind {
-	case keyAddr:
-		padAddr(k.addr)
-	case keyAddrAddr:
-		padAddr(k.addr)
-		padAddr(k.addr)
-	case keyAddrProtoPort:
-		padAddr(k.addr)
-		dst = append(dst, k.proto, 0, 0, 0)
-		dst = binary.BigEndian.AppendUint16(dst, k.port)
-		dst = append(dst, 0, 0)
-	case keyProtoPort:
-		dst = append(dst, k.proto, 0, 0, 0)
-		dst = binary.BigEndian.AppendUint16(dst, k.port)
-		dst = append(dst, 0, 0)
-	case keyAddrProtoPortSlot:
-		padAddr(k.addr)
-		fallthrough
-	case keyProtoPortSlot:
-		dst = append(dst, k.proto, 0, 0, 0)
-		dst = binary.BigEndian.AppendUint16(dst, k.port)
-		dst = append(dst, 0, 0)
-		dst = binary.NativeEndian.AppendUint32(dst, k.slot) // numgen writes host order
-	}
-	return dst
-}
-
-// appendAddr appends a's bytes (4 or 16) without the allocation of AsSlice: a first sync
-// encodes half a million addresses.
-func appendAddr(dst []byte, a netip.Addr) []byte {
-	if a.Is4() {
-		b := a.As4()
-		return append(dst, b[:]...)
-	}
-	b := a.As16()
-	return append(dst, b[:]...)
 }
 
 // endpointData is an endpoint map's value: address, then port in network order padded to 4.
 func (b *batch) endpointData(to netip.AddrPort) {
 	d := b.nest(unix.NFTA_SET_ELEM_DATA)
 	var buf [20]byte
-	v := appendAddr(buf[:0], to.Addr())
+	v := nft.AppendAddr(buf[:0], to.Addr())
 	v = binary.BigEndian.AppendUint16(v, to.Port())
 	b.attr(unix.NFTA_DATA_VALUE, append(v, 0, 0))
 	b.endNest(d)
@@ -386,7 +315,7 @@ func (b *batch) endpointData(to netip.AddrPort) {
 // elements adds (del false) or deletes (del true) n elements of one named set or map, element
 // i being at(i). An element list is one netlink attribute, limited to 64 KiB, so long lists
 // take several messages.
-func (b *batch) elements(f *family, s *set, n int, at func(i int) element, del bool) {
+func (b *batch) elements(f *nft.Family, s *nft.Set, n int, at func(i int) element, del bool) {
 	msg := uint16(unix.NFT_MSG_NEWSETELEM)
 	var flags uint16 = unix.NLM_F_CREATE
 	if del {
@@ -400,20 +329,20 @@ func (b *batch) elements(f *family, s *set, n int, at func(i int) element, del b
 	for i := range n {
 		el := at(i)
 		if m < 0 {
-			m = b.nftMsg(msg, flags, f.nfproto, s.name)
+			m = b.nftMsg(msg, flags, f.NFProto, s.Name)
 			b.attrString(unix.NFTA_SET_ELEM_LIST_TABLE, tableName)
-			b.attrString(unix.NFTA_SET_ELEM_LIST_SET, s.name)
+			b.attrString(unix.NFTA_SET_ELEM_LIST_SET, s.Name)
 			list = b.nest(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
 		}
 		e := b.nest(unix.NFTA_LIST_ELEM)
 		k := b.nest(unix.NFTA_SET_ELEM_KEY)
-		key = appendKeyBytes(key[:0], s.kind, el.key)
+		key = nft.AppendKeyBytes(key[:0], s.Kind, el.key)
 		b.attr(unix.NFTA_DATA_VALUE, key)
 		b.endNest(k)
-		if s.isMap && !del {
+		if s.IsMap && !del {
 			b.verdictData(el.val)
 		}
-		if s.endpoints && !del {
+		if s.Endpoints && !del {
 			b.endpointData(el.to)
 		}
 		b.endNest(e)
@@ -677,3 +606,7 @@ func extackMessage(msg []byte, flags uint16) string {
 	}
 	return ""
 }
+
+var _ tx = (*batch)(nil)
+
+func (b *batch) size() (msgs, bytes int) { return b.msgs, len(b.buf) }

@@ -3,6 +3,7 @@ package nftables
 import (
 	"encoding/binary"
 	"errors"
+	"nodeagent/proxier/nft"
 	"os"
 	"strings"
 	"testing"
@@ -43,9 +44,9 @@ func errorAnswer(seq uint32, code int32, msg string) []byte {
 
 func testBatch(seq uint32) *batch {
 	b := newBatch(seq)
-	b.addTable(familyIPv4)
-	b.addChain(familyIPv4, &chain{name: "services"})
-	b.delSet(familyIPv4, "no-endpoints")
+	b.addTable(nft.IPv4)
+	b.addChain(nft.IPv4, &nft.Chain{Name: "services"})
+	b.delSet(nft.IPv4, "no-endpoints")
 	b.bytes()
 	return b
 }
@@ -119,7 +120,7 @@ func TestStaleAnswerNotBlamed(t *testing.T) {
 	// Deleting a table that does not exist fails; its answer is never read.
 	s.seq += 2
 	failing := newBatch(s.seq)
-	failing.delTable(familyIPv4)
+	failing.delTable(nft.IPv4)
 	wire := failing.bytes()
 	rc, err := s.conn.SyscallConn()
 	if err != nil {
@@ -134,7 +135,7 @@ func TestStaleAnswerNotBlamed(t *testing.T) {
 	}
 	s.seq = failing.seq + 2
 	ok := newBatch(s.seq)
-	ok.addTable(familyIPv4)
+	ok.addTable(nft.IPv4)
 	if err := s.send(ok); err != nil {
 		t.Errorf("a good batch after an unread failure: %v", err)
 	}

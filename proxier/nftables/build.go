@@ -1,15 +1,13 @@
 package nftables
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"net/netip"
+	"nodeagent/proxier/nft"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
-	v1 "k8s.io/api/core/v1"
 
 	"nodeagent/proxier"
 )
@@ -48,10 +46,6 @@ const (
 	chainMarkOffCluster          = "mark-for-masquerade-off-cluster"
 	chainMasquerading            = "masquerading"
 	chainNodePorts               = "nodeports"
-
-	// maxNameLen keeps generated names well inside the kernel's 256-byte limit; the hash in
-	// every generated name keeps truncated names unique.
-	maxNameLen = 200
 )
 
 // Base chain priorities, as kube-proxy's: the firewall runs just before DNAT.
@@ -61,18 +55,33 @@ const (
 	prioFilter = 0
 )
 
+// elemID names one element of one set or map (builders use it to deduplicate).
+type elemID struct {
+	set string
+	key nft.Key
+}
+
+// element is one element of a set or map: Val is a verdict map's value, To an endpoint map's
+// (both are ignored for plain sets).
+type element struct {
+	set string
+	key nft.Key
+	val nft.Verdict
+	to  netip.AddrPort
+}
+
 // fragment is what one owner (the base ruleset, or one ServicePort) puts into a table.
 type fragment struct {
-	sets   []*set
-	chains []*chain
+	sets   []*nft.Set
+	chains []*nft.Chain
 	elems  []element
 	counts []int // endpoint counts whose dispatch objects (see buildBase) the elements use
 }
 
 // chain returns the fragment's chain called name, or nil.
-func (fr *fragment) chain(name string) *chain {
+func (fr *fragment) chain(name string) *nft.Chain {
 	for _, c := range fr.chains {
-		if c.name == name {
+		if c.Name == name {
 			return c
 		}
 	}
@@ -81,7 +90,7 @@ func (fr *fragment) chain(name string) *chain {
 
 // addElem adds an element once per seen; with seen nil it adds it as often as asked (the
 // programmed table counts references, so repeats cost nothing but a little bookkeeping).
-func (fr *fragment) addElem(seen map[elemID]bool, set string, key elemKey, val verdict) {
+func (fr *fragment) addElem(seen map[elemID]bool, set string, key nft.Key, val nft.Verdict) {
 	if seen != nil {
 		id := elemID{set: set, key: key}
 		if seen[id] {
@@ -104,21 +113,21 @@ var verdictMaps = map[string]bool{mapServiceIPs: true, mapServiceNodePorts: true
 	mapNoEndpointNodePorts: true, mapFirewallIPs: true}
 
 // baseSets are the named sets and maps every table has.
-func baseSets(st *proxier.State, f *family) []*set {
-	sets := []*set{
-		{name: setClusterIPs, kind: keyAddr, comment: "active cluster IPs"},
-		{name: setHairpin, kind: keyAddrAddr, comment: "local endpoint . itself, to masquerade hairpin traffic"},
-		{name: mapServiceIPs, kind: keyAddrProtoPort, isMap: true, comment: "cluster, external and load-balancer IPs"},
-		{name: mapServiceNodePorts, kind: keyProtoPort, isMap: true, comment: "node ports"},
-		{name: mapNoEndpointServices, kind: keyAddrProtoPort, isMap: true, comment: "reject or drop traffic to services without endpoints"},
-		{name: mapNoEndpointNodePorts, kind: keyProtoPort, isMap: true, comment: "reject or drop traffic to node ports without endpoints"},
-		{name: mapFirewallIPs, kind: keyAddrProtoPort, isMap: true, comment: "load-balancer IPs with source ranges"},
-		{name: mapServiceEndpoints, kind: keyAddrProtoPortSlot, endpoints: true},
-		{name: mapNodePortEndpoints, kind: keyProtoPortSlot, endpoints: true},
-		{name: setExternalIPs, kind: keyAddrProtoPort, comment: "external and load-balancer IPs picked through service-endpoints"},
+func baseSets(st *proxier.State, f *nft.Family) []*nft.Set {
+	sets := []*nft.Set{
+		{Name: setClusterIPs, Kind: nft.KeyAddr, Comment: "active cluster IPs"},
+		{Name: setHairpin, Kind: nft.KeyAddrAddr, Comment: "local endpoint . itself, to masquerade hairpin traffic"},
+		{Name: mapServiceIPs, Kind: nft.KeyAddrProtoPort, IsMap: true, Comment: "cluster, external and load-balancer IPs"},
+		{Name: mapServiceNodePorts, Kind: nft.KeyProtoPort, IsMap: true, Comment: "node ports"},
+		{Name: mapNoEndpointServices, Kind: nft.KeyAddrProtoPort, IsMap: true, Comment: "reject or drop traffic to services without endpoints"},
+		{Name: mapNoEndpointNodePorts, Kind: nft.KeyProtoPort, IsMap: true, Comment: "reject or drop traffic to node ports without endpoints"},
+		{Name: mapFirewallIPs, Kind: nft.KeyAddrProtoPort, IsMap: true, Comment: "load-balancer IPs with source ranges"},
+		{Name: mapServiceEndpoints, Kind: nft.KeyAddrProtoPortSlot, Endpoints: true},
+		{Name: mapNodePortEndpoints, Kind: nft.KeyProtoPortSlot, Endpoints: true},
+		{Name: setExternalIPs, Kind: nft.KeyAddrProtoPort, Comment: "external and load-balancer IPs picked through service-endpoints"},
 	}
-	if _, restricted := st.NodePortIPs(f.pf); restricted {
-		sets = append(sets, &set{name: setNodePortIPs, kind: keyAddr, comment: "node addresses that accept node ports"})
+	if _, restricted := st.NodePortIPs(f.PF); restricted {
+		sets = append(sets, &nft.Set{Name: setNodePortIPs, Kind: nft.KeyAddr, Comment: "node addresses that accept node ports"})
 	}
 	return sets
 }
@@ -129,19 +138,19 @@ func baseSets(st *proxier.State, f *family) []*set {
 // of the node ports) that have n endpoints, and a chain that DNATs them through the shared
 // endpoint map with "numgen random mod n". A classification rule per count in the services
 // chain sends a packet to its count's chain: a few hash lookups however many services exist.
-func buildBase(st *proxier.State, f *family, counts []int) *fragment {
+func buildBase(st *proxier.State, f *nft.Family, counts []int) *fragment {
 	cfg := &st.Config
 	fr := &fragment{sets: baseSets(st, f), counts: counts}
-	local := st.LocalDetector(f.pf)
+	local := st.LocalDetector(f.PF)
 	mark := cfg.MasqMark()
-	setMark := markOp{op: markSet, mark: mark}
-	base := func(name, typ string, hooknum uint32, prio int32, rules ...rule) {
-		fr.chains = append(fr.chains, &chain{name: name, hook: &hook{typ: typ, hooknum: hooknum, priority: prio}, rules: rules})
+	setMark := nft.MarkOp{Op: nft.MarkSet, Mark: mark}
+	base := func(name, typ string, hooknum uint32, prio int32, rules ...nft.Rule) {
+		fr.chains = append(fr.chains, &nft.Chain{Name: name, Hook: &nft.Hook{Type: typ, Hooknum: hooknum, Priority: prio}, Rules: rules})
 	}
-	helper := func(name string, rules ...rule) {
-		fr.chains = append(fr.chains, &chain{name: name, rules: rules})
+	helper := func(name string, rules ...nft.Rule) {
+		fr.chains = append(fr.chains, &nft.Chain{Name: name, Rules: rules})
 	}
-	newConn := func(target string) rule { return rule{ctStateNew{}, jumpChain(target)} }
+	newConn := func(target string) nft.Rule { return nft.Rule{nft.CtStateNew{}, nft.Jump(target)} }
 
 	base(chainFilterPreroutingPreDNAT, "filter", unix.NF_INET_PRE_ROUTING, prioDstNAT-10, newConn(chainFirewallCheck))
 	base(chainFilterOutputPreDNAT, "filter", unix.NF_INET_LOCAL_OUT, prioDstNAT-10, newConn(chainFirewallCheck))
@@ -151,75 +160,75 @@ func buildBase(st *proxier.State, f *family, counts []int) *fragment {
 		newConn(chainServiceEndpointsCheck), newConn(chainClusterIPsCheck))
 	base(chainFilterOutput, "filter", unix.NF_INET_LOCAL_OUT, prioFilter,
 		newConn(chainServiceEndpointsCheck), newConn(chainClusterIPsCheck))
-	base(chainNATPrerouting, "nat", unix.NF_INET_PRE_ROUTING, prioDstNAT, rule{jumpChain(chainServices)})
-	base(chainNATOutput, "nat", unix.NF_INET_LOCAL_OUT, prioDstNAT, rule{jumpChain(chainServices)})
-	base(chainNATPostrouting, "nat", unix.NF_INET_POST_ROUTING, prioSrcNAT, rule{jumpChain(chainMasquerading)})
+	base(chainNATPrerouting, "nat", unix.NF_INET_PRE_ROUTING, prioDstNAT, nft.Rule{nft.Jump(chainServices)})
+	base(chainNATOutput, "nat", unix.NF_INET_LOCAL_OUT, prioDstNAT, nft.Rule{nft.Jump(chainServices)})
+	base(chainNATPostrouting, "nat", unix.NF_INET_POST_ROUTING, prioSrcNAT, nft.Rule{nft.Jump(chainMasquerading)})
 
 	// Node ports: on the configured addresses (--nodeport-addresses, primary by default as in
 	// kube-proxy's nftables mode), else on every local address but loopback (kube-proxy's
 	// nftables mode never offers localhost node ports).
-	nodePortIPs, restricted := st.NodePortIPs(f.pf)
-	var nodePortMatch rule
+	nodePortIPs, restricted := st.NodePortIPs(f.PF)
+	var nodePortMatch nft.Rule
 	if restricted {
-		nodePortMatch = rule{addrInSet{set: setNodePortIPs}}
+		nodePortMatch = nft.Rule{nft.AddrInSet{Set: setNodePortIPs}}
 	} else {
-		nodePortMatch = rule{fibLocal{}, addrMatch{neg: true, prefix: f.loopback}}
+		nodePortMatch = nft.Rule{nft.FibLocal{}, nft.AddrMatch{Neg: true, Prefix: f.Loopback}}
 	}
-	helper(chainFirewallCheck, rule{serviceVmap{set: mapFirewallIPs}})
-	services := []rule{
-		{serviceVmap{set: mapServiceIPs}},
-		{tupleInSet{set: setExternalIPs}, jumpChain(chainMarkForMasquerade)},
+	helper(chainFirewallCheck, nft.Rule{nft.ServiceVmap{Set: mapFirewallIPs}})
+	services := []nft.Rule{
+		{nft.ServiceVmap{Set: mapServiceIPs}},
+		{nft.TupleInSet{Set: setExternalIPs}, nft.Jump(chainMarkForMasquerade)},
 	}
-	nodePorts := []rule{{portVmap{set: mapServiceNodePorts}}}
+	nodePorts := []nft.Rule{{nft.PortVmap{Set: mapServiceNodePorts}}}
 	// Traffic to a cluster IP from outside the cluster is masqueraded so that replies come
 	// back here; external IPs were marked in the services chain, node ports are marked here.
-	var clusterMasq rule
+	var clusterMasq nft.Rule
 	switch {
 	case cfg.MasqueradeAll:
-		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkForMasquerade)}
+		clusterMasq = nft.Rule{nft.AddrInSet{Set: setClusterIPs}, nft.Jump(chainMarkForMasquerade)}
 	case local.Implemented():
-		clusterMasq = rule{addrInSet{set: setClusterIPs}, jumpChain(chainMarkOffCluster)}
+		clusterMasq = nft.Rule{nft.AddrInSet{Set: setClusterIPs}, nft.Jump(chainMarkOffCluster)}
 	}
 	for _, n := range counts {
 		fr.sets = append(fr.sets,
-			&set{name: servicesWith(n), kind: keyAddrProtoPort},
-			&set{name: nodePortsWith(n), kind: keyProtoPort})
-		services = append(services, rule{tupleInSet{set: servicesWith(n)}, gotoChain(dnatChain(n))})
-		nodePorts = append(nodePorts, rule{portInSet{set: nodePortsWith(n)}, gotoChain(nodePortDNAT(n))})
-		var rules []rule
+			&nft.Set{Name: servicesWith(n), Kind: nft.KeyAddrProtoPort},
+			&nft.Set{Name: nodePortsWith(n), Kind: nft.KeyProtoPort})
+		services = append(services, nft.Rule{nft.TupleInSet{Set: servicesWith(n)}, nft.Goto(dnatChain(n))})
+		nodePorts = append(nodePorts, nft.Rule{nft.PortInSet{Set: nodePortsWith(n)}, nft.Goto(nodePortDNAT(n))})
+		var rules []nft.Rule
 		if clusterMasq != nil {
 			rules = append(rules, clusterMasq)
 		}
-		helper(dnatChain(n), append(rules, rule{dnatSlot{byAddr: true, mod: uint32(n), set: mapServiceEndpoints}})...)
-		helper(nodePortDNAT(n), rule{jumpChain(chainMarkForMasquerade)},
-			rule{dnatSlot{mod: uint32(n), set: mapNodePortEndpoints}})
+		helper(dnatChain(n), append(rules, nft.Rule{nft.DNATSlot{ByAddr: true, Mod: uint32(n), Set: mapServiceEndpoints}})...)
+		helper(nodePortDNAT(n), nft.Rule{nft.Jump(chainMarkForMasquerade)},
+			nft.Rule{nft.DNATSlot{Mod: uint32(n), Set: mapNodePortEndpoints}})
 	}
-	helper(chainServices, append(services, append(append(rule{}, nodePortMatch...), gotoChain(chainNodePorts)))...)
+	helper(chainServices, append(services, append(append(nft.Rule{}, nodePortMatch...), nft.Goto(chainNodePorts)))...)
 	helper(chainNodePorts, nodePorts...)
-	helper(chainServiceEndpointsCheck, rule{serviceVmap{set: mapNoEndpointServices}})
-	helper(chainNodePortEndpointsCheck, append(append(rule{}, nodePortMatch...), portVmap{set: mapNoEndpointNodePorts}))
+	helper(chainServiceEndpointsCheck, nft.Rule{nft.ServiceVmap{Set: mapNoEndpointServices}})
+	helper(chainNodePortEndpointsCheck, append(append(nft.Rule{}, nodePortMatch...), nft.PortVmap{Set: mapNoEndpointNodePorts}))
 	// New connections that reach the filter hooks with a cluster IP as destination were not
 	// DNAT-ed: a port the service does not have is rejected, an address of the service CIDRs
 	// no service holds is dropped (kube-proxy's "drop traffic to unallocated ClusterIPs").
-	clusterIPsCheck := []rule{{addrInSet{set: setClusterIPs}, gotoChain(chainReject)}}
-	for _, p := range st.ServiceCIDRsOf(f.pf) {
-		clusterIPsCheck = append(clusterIPsCheck, rule{addrMatch{prefix: p}, verdictDrop})
+	clusterIPsCheck := []nft.Rule{{nft.AddrInSet{Set: setClusterIPs}, nft.Goto(chainReject)}}
+	for _, p := range st.ServiceCIDRsOf(f.PF) {
+		clusterIPsCheck = append(clusterIPsCheck, nft.Rule{nft.AddrMatch{Prefix: p}, nft.Drop})
 	}
 	helper(chainClusterIPsCheck, clusterIPsCheck...)
-	helper(chainReject, rule{l4proto{unix.IPPROTO_TCP}, reject{tcpReset: true}}, rule{reject{}})
-	helper(chainMarkForMasquerade, rule{setMark})
+	helper(chainReject, nft.Rule{nft.L4Proto{Proto: unix.IPPROTO_TCP}, nft.Reject{TCPReset: true}}, nft.Rule{nft.Reject{}})
+	helper(chainMarkForMasquerade, nft.Rule{setMark})
 	if local.Implemented() && !cfg.MasqueradeAll {
-		helper(chainMarkOffCluster, rule{localMatch(local, false), verdictReturn}, rule{setMark})
+		helper(chainMarkOffCluster, nft.Rule{nft.LocalMatch(local, false), nft.Return}, nft.Rule{setMark})
 	}
 	helper(chainMasquerading,
-		rule{ctStatusDNAT{}, addrPairInSet{set: setHairpin}, setMark},
-		rule{markOp{op: markUnset, mark: mark}, verdictReturn},
-		rule{markOp{op: markClear, mark: mark}},
-		rule{masquerade{}})
+		nft.Rule{nft.CtStatusDNAT{}, nft.AddrPairInSet{Set: setHairpin}, setMark},
+		nft.Rule{nft.MarkOp{Op: nft.MarkUnset, Mark: mark}, nft.Return},
+		nft.Rule{nft.MarkOp{Op: nft.MarkClear, Mark: mark}},
+		nft.Rule{nft.Masquerade{FullyRandom: true}})
 
 	seen := map[elemID]bool{}
 	for _, a := range nodePortIPs {
-		fr.addElem(seen, setNodePortIPs, elemKey{addr: a}, verdict{})
+		fr.addElem(seen, setNodePortIPs, nft.Key{Addr: a}, nft.Verdict{})
 	}
 	return fr
 }
@@ -229,29 +238,9 @@ func nameBase(sp *proxier.ServicePort) string {
 	return sp.Name.Namespace + "/" + sp.Name.Name + "/" + strings.ToLower(string(sp.Name.Protocol)) + "/" + sp.Name.Port
 }
 
-// objectName is prefix-HASH-readable, truncated: stable across restarts and unique.
-func objectName(prefix, readable, hashInput string) string {
-	sum := sha256.Sum256([]byte(hashInput))
-	name := prefix + "-" + base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
-	if len(name) > maxNameLen {
-		name = name[:maxNameLen]
-	}
-	return name
-}
-
 // endpointText is the endpoint as it appears in names: nft identifiers may not contain ':'.
 func endpointText(ep proxier.Endpoint) string {
 	return strings.ReplaceAll(ep.Addr.String(), ":", ".") + "/" + strconv.Itoa(int(ep.Port))
-}
-
-func protoNum(p v1.Protocol) uint8 {
-	switch p {
-	case v1.ProtocolUDP:
-		return unix.IPPROTO_UDP
-	case v1.ProtocolSCTP:
-		return unix.IPPROTO_SCTP
-	}
-	return unix.IPPROTO_TCP
 }
 
 // chainsNeeded reports whether a service port needs chains of its own: ClientIP affinity
@@ -265,7 +254,7 @@ func chainsNeeded(sp *proxier.ServicePort) bool {
 // buildService is everything one ServicePort programs.
 // into, when not nil, is a fragment to reuse: a sync builds 25,000 fragments only to compare
 // them, and reusing one spares their allocation.
-func buildService(st *proxier.State, f *family, sp *proxier.ServicePort, into *fragment) *fragment {
+func buildService(st *proxier.State, f *nft.Family, sp *proxier.ServicePort, into *fragment) *fragment {
 	if chainsNeeded(sp) {
 		return buildChains(st, f, sp)
 	}
@@ -275,7 +264,7 @@ func buildService(st *proxier.State, f *family, sp *proxier.ServicePort, into *f
 // buildShared programs a service port into the shared objects of its endpoint counts: each
 // address (cluster IP, external and load-balancer IPs, node port) goes into the set of its
 // count, and its endpoints into slots 0..n-1 of the endpoint map under the same key.
-func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fragment) *fragment {
+func buildShared(st *proxier.State, f *nft.Family, sp *proxier.ServicePort, into *fragment) *fragment {
 	fr := into
 	if fr == nil {
 		// Sized for the common case: a cluster IP and its endpoints' slots and hairpin elements.
@@ -284,7 +273,7 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 		*fr = fragment{elems: fr.elems[:0], counts: fr.counts[:0]}
 	}
 	var seen map[elemID]bool // no deduplication needed, see addElem
-	proto := protoNum(sp.Name.Protocol)
+	proto := nft.ProtoNum(sp.Name.Protocol)
 	// No chains of its own means External policy Cluster (chainsNeeded): external traffic uses
 	// the cluster endpoints.
 	internal, external := sp.InternalEndpoints(), sp.ExternalEndpoints()
@@ -294,12 +283,12 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 			fr.counts = append(fr.counts, n)
 		}
 	}
-	slots := func(setName, mapName string, k elemKey, eps []proxier.Endpoint) {
+	slots := func(setName, mapName string, k nft.Key, eps []proxier.Endpoint) {
 		count(len(eps))
-		fr.addElem(seen, setName, k, verdict{})
+		fr.addElem(seen, setName, k, nft.Verdict{})
 		for i, ep := range eps {
 			sk := k
-			sk.slot = uint32(i)
+			sk.Slot = uint32(i)
 			fr.elems = append(fr.elems, element{set: mapName, key: sk, to: ep.AddrPort()})
 			// Only an endpoint on this node can receive its own traffic back through us: a
 			// pod's packets to a service are translated by its own node's proxy. So remote
@@ -307,13 +296,13 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 			// with 10 endpoints per service those elements were almost half of the table).
 			if ep.Local && !slices.Contains(hairpins, ep.Addr) {
 				hairpins = append(hairpins, ep.Addr)
-				fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr}, verdict{})
+				fr.addElem(seen, setHairpin, nft.Key{Addr: ep.Addr}, nft.Verdict{})
 			}
 		}
 	}
 
-	fr.addElem(seen, setClusterIPs, elemKey{addr: sp.ClusterIP}, verdict{})
-	cipKey := elemKey{addr: sp.ClusterIP, proto: proto, port: sp.Port}
+	fr.addElem(seen, setClusterIPs, nft.Key{Addr: sp.ClusterIP}, nft.Verdict{})
+	cipKey := nft.Key{Addr: sp.ClusterIP, Proto: proto, Port: sp.Port}
 	if len(internal) > 0 {
 		slots(servicesWith(len(internal)), mapServiceEndpoints, cipKey, internal)
 	} else {
@@ -322,9 +311,9 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 	// External traffic (Cluster policy here) is masqueraded and may use any endpoint.
 	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, a := range addrs {
-			k := elemKey{addr: a, proto: proto, port: sp.Port}
+			k := nft.Key{Addr: a, Proto: proto, Port: sp.Port}
 			if len(external) > 0 {
-				fr.addElem(seen, setExternalIPs, k, verdict{})
+				fr.addElem(seen, setExternalIPs, k, nft.Verdict{})
 				slots(servicesWith(len(external)), mapServiceEndpoints, k, external)
 			} else {
 				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(sp.ExternalVerdict()))
@@ -332,7 +321,7 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 		}
 	}
 	if sp.NodePort != 0 {
-		k := elemKey{proto: proto, port: sp.NodePort}
+		k := nft.Key{Proto: proto, Port: sp.NodePort}
 		if len(external) > 0 {
 			slots(nodePortsWith(len(external)), mapNodePortEndpoints, k, external)
 		} else {
@@ -345,45 +334,45 @@ func buildShared(st *proxier.State, f *family, sp *proxier.ServicePort, into *fr
 
 // noEndpoints is the nftables verdict for traffic the model drops or rejects for want of
 // endpoints.
-func noEndpoints(v proxier.Verdict) verdict {
+func noEndpoints(v proxier.Verdict) nft.Verdict {
 	if v == proxier.Drop {
-		return verdictDrop
+		return nft.Drop
 	}
-	return gotoChain(chainReject)
+	return nft.Goto(chainReject)
 }
 
 // firewall adds the chain that enforces loadBalancerSourceRanges: only the listed sources
 // reach the load-balancer IPs.
-func firewall(fr *fragment, seen map[elemID]bool, f *family, sp *proxier.ServicePort, proto uint8) {
+func firewall(fr *fragment, seen map[elemID]bool, f *nft.Family, sp *proxier.ServicePort, proto uint8) {
 	if len(sp.LoadBalancerSourceRanges) == 0 || len(sp.LoadBalancerIPs) == 0 {
 		return
 	}
 	base := nameBase(sp)
-	fwChain := objectName("firewall", base, base)
-	c := &chain{name: fwChain}
+	fwChain := nft.ObjectName("firewall", base, base)
+	c := &nft.Chain{Name: fwChain}
 	for _, p := range sp.LoadBalancerSourceRanges {
-		c.rules = append(c.rules, rule{addrMatch{src: true, prefix: p}, verdictReturn})
+		c.Rules = append(c.Rules, nft.Rule{nft.AddrMatch{Src: true, Prefix: p}, nft.Return})
 	}
-	c.rules = append(c.rules, rule{verdictDrop})
+	c.Rules = append(c.Rules, nft.Rule{nft.Drop})
 	fr.chains = append(fr.chains, c)
 	for _, a := range sp.LoadBalancerIPs {
-		fr.addElem(seen, mapFirewallIPs, elemKey{addr: a, proto: proto, port: sp.Port}, gotoChain(fwChain))
+		fr.addElem(seen, mapFirewallIPs, nft.Key{Addr: a, Proto: proto, Port: sp.Port}, nft.Goto(fwChain))
 	}
 }
 
 // buildChains is what a service port that needs chains of its own programs: dispatch chains,
 // endpoint chains, affinity sets and the elements that route its addresses to them (or reject
 // them).
-func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragment {
+func buildChains(st *proxier.State, f *nft.Family, sp *proxier.ServicePort) *fragment {
 	cfg := &st.Config
-	podTraffic := st.LocalDetector(f.pf)
+	podTraffic := st.LocalDetector(f.PF)
 	fr := &fragment{}
 	seen := map[elemID]bool{}
 	base := nameBase(sp)
-	svcChain := objectName("service", base, base)
-	localChain := objectName("local", base, base)
-	extChain := objectName("external", base, base)
-	proto := protoNum(sp.Name.Protocol)
+	svcChain := nft.ObjectName("service", base, base)
+	localChain := nft.ObjectName("local", base, base)
+	extChain := nft.ObjectName("external", base, base)
+	proto := nft.ProtoNum(sp.Name.Protocol)
 
 	// The cluster-policy chain serves internal traffic (Cluster policy) and external traffic
 	// (Cluster policy, or pod/node-originated traffic short-circuited under Local policy).
@@ -402,37 +391,37 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 	}
 	epChain := func(ep proxier.Endpoint) string {
 		t := endpointText(ep)
-		return objectName("endpoint", base+"__"+t, base+"__"+t)
+		return nft.ObjectName("endpoint", base+"__"+t, base+"__"+t)
 	}
 	affinitySet := func(ep proxier.Endpoint) string {
 		t := endpointText(ep)
-		return objectName("affinity", base+"__"+t, base+"__"+t+"__"+timeout.String())
+		return nft.ObjectName("affinity", base+"__"+t, base+"__"+t+"__"+timeout.String())
 	}
 
 	// Off-cluster traffic to the cluster IP is masqueraded so that replies come back here.
-	var masq rule
+	var masq nft.Rule
 	switch {
 	case cfg.MasqueradeAll:
-		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkForMasquerade)}
+		masq = nft.Rule{nft.AddrMatch{Prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, nft.Jump(chainMarkForMasquerade)}
 	case podTraffic.Implemented():
-		masq = rule{addrMatch{prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, jumpChain(chainMarkOffCluster)}
+		masq = nft.Rule{nft.AddrMatch{Prefix: netip.PrefixFrom(sp.ClusterIP, sp.ClusterIP.BitLen())}, nft.Jump(chainMarkOffCluster)}
 	}
 	dispatch := func(name string, eps []proxier.Endpoint, internal bool) {
-		c := &chain{name: name}
+		c := &nft.Chain{Name: name}
 		if internal && masq != nil {
-			c.rules = append(c.rules, masq)
+			c.Rules = append(c.Rules, masq)
 		}
 		if sp.SessionAffinity {
 			// A client seen recently goes back to its endpoint, before any random choice.
 			for _, ep := range eps {
-				c.rules = append(c.rules, rule{addrInSet{src: true, set: affinitySet(ep)}, gotoChain(epChain(ep))})
+				c.Rules = append(c.Rules, nft.Rule{nft.AddrInSet{Src: true, Set: affinitySet(ep)}, nft.Goto(epChain(ep))})
 			}
 		}
 		for i, ep := range eps {
 			if left := len(eps) - i; left > 1 {
-				c.rules = append(c.rules, rule{numgenZero{mod: uint32(left)}, gotoChain(epChain(ep))})
+				c.Rules = append(c.Rules, nft.Rule{nft.NumgenZero{Mod: uint32(left)}, nft.Goto(epChain(ep))})
 			} else {
-				c.rules = append(c.rules, rule{gotoChain(epChain(ep))})
+				c.Rules = append(c.Rules, nft.Rule{nft.Goto(epChain(ep))})
 			}
 		}
 		fr.chains = append(fr.chains, c)
@@ -444,20 +433,20 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 		dispatch(localChain, local, sp.InternalPolicyLocal)
 	}
 	if needExternal {
-		c := &chain{name: extChain}
+		c := &nft.Chain{Name: extChain}
 		if !sp.ExternalPolicyLocal {
-			c.rules = []rule{{jumpChain(chainMarkForMasquerade)}, {gotoChain(svcChain)}}
+			c.Rules = []nft.Rule{{nft.Jump(chainMarkForMasquerade)}, {nft.Goto(svcChain)}}
 		} else {
 			// Local policy keeps the client address, but traffic from pods and from the node
 			// itself goes to any endpoint (masqueraded when from the node), as kube-proxy does.
 			if podTraffic.Implemented() {
-				c.rules = append(c.rules, rule{localMatch(podTraffic, false), gotoChain(svcChain)})
+				c.Rules = append(c.Rules, nft.Rule{nft.LocalMatch(podTraffic, false), nft.Goto(svcChain)})
 			}
-			c.rules = append(c.rules,
-				rule{fibLocal{src: true}, jumpChain(chainMarkForMasquerade)},
-				rule{fibLocal{src: true}, gotoChain(svcChain)})
+			c.Rules = append(c.Rules,
+				nft.Rule{nft.FibLocal{Src: true}, nft.Jump(chainMarkForMasquerade)},
+				nft.Rule{nft.FibLocal{Src: true}, nft.Goto(svcChain)})
 			if needLocal {
-				c.rules = append(c.rules, rule{gotoChain(localChain)})
+				c.Rules = append(c.Rules, nft.Rule{nft.Goto(localChain)})
 			}
 		}
 		fr.chains = append(fr.chains, c)
@@ -470,16 +459,16 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 			return
 		}
 		used[ep.AddrPort()] = true
-		r := rule{l4proto{proto}}
+		r := nft.Rule{nft.L4Proto{Proto: proto}}
 		if sp.SessionAffinity {
 			aff := affinitySet(ep)
-			fr.sets = append(fr.sets, &set{name: aff, kind: keyAddr, timeout: timeout})
-			r = append(r, updateSource{set: aff})
+			fr.sets = append(fr.sets, &nft.Set{Name: aff, Kind: nft.KeyAddr, Timeout: timeout})
+			r = append(r, nft.UpdateSource{Set: aff})
 		}
-		r = append(r, dnat{to: ep.AddrPort()})
-		fr.chains = append(fr.chains, &chain{name: epChain(ep), rules: []rule{r}})
+		r = append(r, nft.DNAT{To: ep.AddrPort()})
+		fr.chains = append(fr.chains, &nft.Chain{Name: epChain(ep), Rules: []nft.Rule{r}})
 		if ep.Local { // see buildShared
-			fr.addElem(seen, setHairpin, elemKey{addr: ep.Addr}, verdict{})
+			fr.addElem(seen, setHairpin, nft.Key{Addr: ep.Addr}, nft.Verdict{})
 		}
 	}
 	if needCluster {
@@ -494,19 +483,19 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 	}
 
 	// Where the addresses go: to a chain, or (no usable endpoint) dropped or rejected.
-	fr.addElem(seen, setClusterIPs, elemKey{addr: sp.ClusterIP}, verdict{})
-	cipKey := elemKey{addr: sp.ClusterIP, proto: proto, port: sp.Port}
+	fr.addElem(seen, setClusterIPs, nft.Key{Addr: sp.ClusterIP}, nft.Verdict{})
+	cipKey := nft.Key{Addr: sp.ClusterIP, Proto: proto, Port: sp.Port}
 	if v := sp.InternalVerdict(); v == proxier.Forward {
-		fr.addElem(seen, mapServiceIPs, cipKey, gotoChain(internalChain))
+		fr.addElem(seen, mapServiceIPs, cipKey, nft.Goto(internalChain))
 	} else {
 		fr.addElem(seen, mapNoEndpointServices, cipKey, noEndpoints(v))
 	}
 	externalVerdict := sp.ExternalVerdict()
 	for _, addrs := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, a := range addrs {
-			k := elemKey{addr: a, proto: proto, port: sp.Port}
+			k := nft.Key{Addr: a, Proto: proto, Port: sp.Port}
 			if needExternal {
-				fr.addElem(seen, mapServiceIPs, k, gotoChain(extChain))
+				fr.addElem(seen, mapServiceIPs, k, nft.Goto(extChain))
 			}
 			if externalVerdict != proxier.Forward {
 				fr.addElem(seen, mapNoEndpointServices, k, noEndpoints(externalVerdict))
@@ -514,9 +503,9 @@ func buildChains(st *proxier.State, f *family, sp *proxier.ServicePort) *fragmen
 		}
 	}
 	if sp.NodePort != 0 {
-		k := elemKey{proto: proto, port: sp.NodePort}
+		k := nft.Key{Proto: proto, Port: sp.NodePort}
 		if needExternal {
-			fr.addElem(seen, mapServiceNodePorts, k, gotoChain(extChain))
+			fr.addElem(seen, mapServiceNodePorts, k, nft.Goto(extChain))
 		}
 		if externalVerdict != proxier.Forward {
 			fr.addElem(seen, mapNoEndpointNodePorts, k, noEndpoints(externalVerdict))

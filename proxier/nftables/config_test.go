@@ -3,6 +3,7 @@ package nftables
 import (
 	"bytes"
 	"net/netip"
+	"nodeagent/proxier/nft"
 	"os"
 	"path/filepath"
 	"testing"
@@ -59,7 +60,7 @@ func configStates() map[string]*proxier.State {
 func TestRenderConfigGolden(t *testing.T) {
 	for name, st := range configStates() {
 		t.Run(name, func(t *testing.T) {
-			p := &Proxier{fams: []*family{familyIPv4, familyIPv6}, rebuild: true}
+			p := &Proxier{fams: []*nft.Family{nft.IPv4, nft.IPv6}, rebuild: true}
 			var buf bytes.Buffer
 			if err := p.Render(&buf, st); err != nil {
 				t.Fatal(err)

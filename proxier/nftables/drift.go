@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"nodeagent/proxier/nft"
 	"slices"
 
 	"github.com/mdlayher/netlink"
@@ -20,7 +21,7 @@ type kernelCounts struct {
 
 // dumpCounts reads the rules of family f's table and the elements of the named sets in sets
 // (one netlink dump each) through conn.
-func dumpCounts(conn *netlink.Conn, f *family, sets []string) (kernelCounts, error) {
+func dumpCounts(conn *netlink.Conn, f *nft.Family, sets []string) (kernelCounts, error) {
 	kc := kernelCounts{rules: map[string]int{}, elems: map[string]int{}}
 	msgs, err := dump(conn, unix.NFT_MSG_GETRULE, f, func(ae *netlink.AttributeEncoder) {
 		ae.String(unix.NFTA_RULE_TABLE, tableName)
@@ -100,7 +101,7 @@ func generation(conn *netlink.Conn) (uint32, error) {
 }
 
 // dump sends an nftables GET request with NLM_F_DUMP for family f and returns the answers.
-func dump(conn *netlink.Conn, msg uint16, f *family, encode func(*netlink.AttributeEncoder)) ([]netlink.Message, error) {
+func dump(conn *netlink.Conn, msg uint16, f *nft.Family, encode func(*netlink.AttributeEncoder)) ([]netlink.Message, error) {
 	ae := netlink.NewAttributeEncoder()
 	encode(ae)
 	data, err := ae.Encode()
@@ -112,7 +113,7 @@ func dump(conn *netlink.Conn, msg uint16, f *family, encode func(*netlink.Attrib
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msg),
 			Flags: netlink.Request | netlink.Dump,
 		},
-		Data: append([]byte{f.nfproto, unix.NFNETLINK_V0, 0, 0}, data...),
+		Data: append([]byte{f.NFProto, unix.NFNETLINK_V0, 0, 0}, data...),
 	}
 	return conn.Execute(req)
 }
@@ -139,7 +140,7 @@ func (t *programmed) wantCounts() (kernelCounts, []string) {
 	}
 	var sets []string
 	for name, s := range t.sets {
-		if s.timeout > 0 {
+		if s.Timeout > 0 {
 			continue
 		}
 		sets = append(sets, name)

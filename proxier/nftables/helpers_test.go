@@ -49,8 +49,8 @@ func netns(t testing.TB) string {
 	return name
 }
 
-// nft runs the nft binary inside ns with stdin.
-func nft(t testing.TB, ns string, stdin string, args ...string) (string, error) {
+// runNft runs the nft binary inside ns with stdin.
+func runNft(t testing.TB, ns string, stdin string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
@@ -65,7 +65,7 @@ func nft(t testing.TB, ns string, stdin string, args ...string) (string, error) 
 
 func mustNft(t testing.TB, ns string, stdin string, args ...string) string {
 	t.Helper()
-	out, err := nft(t, ns, stdin, args...)
+	out, err := runNft(t, ns, stdin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

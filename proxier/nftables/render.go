@@ -3,6 +3,7 @@ package nftables
 import (
 	"bufio"
 	"io"
+	"nodeagent/proxier/nft"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,16 +14,16 @@ import (
 // desired is a family's whole table: the base fragment, then one per service port in state
 // order.
 type desired struct {
-	f      *family
+	f      *nft.Family
 	frags  []*fragment
 	owners []proxier.ServicePortName // owners[i] built frags[i+1]
 }
 
-func buildTable(st *proxier.State, f *family) *desired {
+func buildTable(st *proxier.State, f *nft.Family) *desired {
 	d := &desired{f: f, frags: []*fragment{nil}}
 	var counts []int
 	for _, sp := range st.Services {
-		if sp.Name.Family != f.pf {
+		if sp.Name.Family != f.PF {
 			continue
 		}
 		fr := buildService(st, f, sp, nil)
@@ -48,11 +49,11 @@ func mergeCounts(counts, more []int) []int {
 // atomic: whatever table of that name exists is replaced as a whole.
 func (d *desired) writeText(w *bufio.Writer) {
 	f := d.f
-	w.WriteString("add table " + f.name + " " + tableName + "\n")
-	w.WriteString("delete table " + f.name + " " + tableName + "\n")
-	w.WriteString("table " + f.name + " " + tableName + " {\n")
+	w.WriteString("add table " + f.Name + " " + tableName + "\n")
+	w.WriteString("delete table " + f.Name + " " + tableName + "\n")
+	w.WriteString("table " + f.Name + " " + tableName + " {\n")
 
-	var sets []*set
+	var sets []*nft.Set
 	elems := map[string][]element{}
 	for _, fr := range d.frags {
 		sets = append(sets, fr.sets...)
@@ -63,28 +64,28 @@ func (d *desired) writeText(w *bufio.Writer) {
 	var b []byte
 	for _, s := range sets {
 		kw := "set"
-		if s.isMap || s.endpoints {
+		if s.IsMap || s.Endpoints {
 			kw = "map"
 		}
-		w.WriteString("\t" + kw + " " + s.name + " {\n\t\t" + s.typeText(f) + "\n")
-		if s.timeout > 0 {
-			w.WriteString("\t\tflags dynamic,timeout\n\t\ttimeout " + strconv.FormatInt(int64(s.timeout.Seconds()), 10) + "s\n")
+		w.WriteString("\t" + kw + " " + s.Name + " {\n\t\t" + s.TypeText(f) + "\n")
+		if s.Timeout > 0 {
+			w.WriteString("\t\tflags dynamic,timeout\n\t\ttimeout " + strconv.FormatInt(int64(s.Timeout.Seconds()), 10) + "s\n")
 		}
-		if s.comment != "" {
-			w.WriteString("\t\tcomment " + strconv.Quote(s.comment) + "\n")
+		if s.Comment != "" {
+			w.WriteString("\t\tcomment " + strconv.Quote(s.Comment) + "\n")
 		}
-		if es := elems[s.name]; len(es) > 0 {
+		if es := elems[s.Name]; len(es) > 0 {
 			// Deduplicate shared keys (a cluster IP serves several ports) and sort for stable output.
 			lines := make([]string, 0, len(es))
 			for _, e := range es {
-				b = appendKey(b[:0], s.kind, e.key)
-				if s.isMap {
+				b = nft.AppendKey(b[:0], s.Kind, e.key)
+				if s.IsMap {
 					b = append(b, " : "...)
-					b = e.val.appendText(b, f)
+					b = e.val.AppendText(b, f)
 				}
-				if s.endpoints {
+				if s.Endpoints {
 					b = append(b, " : "...)
-					b = appendEndpoint(b, e.to)
+					b = nft.AppendEndpoint(b, e.to)
 				}
 				lines = append(lines, string(b))
 			}
@@ -96,24 +97,15 @@ func (d *desired) writeText(w *bufio.Writer) {
 	}
 	for _, fr := range d.frags {
 		for _, c := range fr.chains {
-			w.WriteString("\tchain " + c.name + " {\n")
-			if h := c.hook; h != nil {
-				w.WriteString("\t\ttype " + h.typ + " hook " + hookNames[h.hooknum] + " priority " +
-					strconv.Itoa(int(h.priority)) + "; policy accept;\n")
-			}
-			for _, r := range c.rules {
-				b = appendRule(append(b[:0], "\t\t"...), f, r)
-				b = append(b, '\n')
-				w.Write(b)
-			}
-			w.WriteString("\t}\n")
+			b = c.AppendText(b[:0], f)
+			w.Write(b)
 		}
 	}
 	w.WriteString("}\n")
 }
 
 // renderText renders st for the given families.
-func renderText(w io.Writer, st *proxier.State, fams []*family) error {
+func renderText(w io.Writer, st *proxier.State, fams []*nft.Family) error {
 	bw := bufio.NewWriter(w)
 	for _, f := range fams {
 		buildTable(st, f).writeText(bw)

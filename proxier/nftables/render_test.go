@@ -3,6 +3,7 @@ package nftables
 import (
 	"bytes"
 	"flag"
+	"nodeagent/proxier/nft"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,7 +13,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 func render(t *testing.T) string {
 	t.Helper()
-	p := &Proxier{fams: []*family{familyIPv4, familyIPv6}, rebuild: true}
+	p := &Proxier{fams: []*nft.Family{nft.IPv4, nft.IPv6}, rebuild: true}
 	var buf bytes.Buffer
 	if err := p.Render(&buf, testState()); err != nil {
 		t.Fatal(err)
