@@ -11,7 +11,6 @@ import (
 	"nodeagent/agent"
 	"nodeagent/agent/config"
 	"nodeagent/proxier"
-	"nodeagent/source"
 )
 
 // renderCmd prints what run would program for the inputs, touching nothing.
@@ -105,7 +104,7 @@ func getServicesCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	source.WriteServiceTable(stdout, svcs, time.Now())
+	writeServiceTable(stdout, svcs, time.Now())
 	return nil
 }
 
