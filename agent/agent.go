@@ -68,11 +68,11 @@ func Run(ctx context.Context, o Options) error {
 	tracker := proxier.NewTracker(node, mc, log)
 	metrics := health.NewMetrics()
 	kubeProxy := metrics.AddKubeProxy(c.Mode, tracker.ChangeCounts)
-	// What a run in another mode left behind would act before (or instead of) this mode's
-	// rules: kube-proxy removes it at start too.
 	newProxier := o.NewProxier
 	if newProxier == nil {
 		newProxier = func(rec proxier.Recorder) (proxier.Proxier, error) {
+			// What a run in another mode left behind would act before (or instead of) this
+			// mode's rules: kube-proxy removes it at start too.
 			if err := cleanup.Others(ctx, c.Mode, log); err != nil {
 				log.Error("removing other modes' leftovers", "err", err)
 			}
