@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +100,25 @@ func (p *fakeProxier) waitSync(t *testing.T, what string, cond func(i int, s syn
 		return false
 	})
 	return found
+}
+
+// testOptions are Options for a run without root: the node given, no start-up steps, no servers,
+// no layer 2, no API server whatever the environment says.
+func testOptions(t *testing.T, src source.Runner, px proxier.Proxier, configure func(*config.Config)) Options {
+	c := config.Default()
+	c.Manifests = t.TempDir()
+	c.Layer2 = false
+	c.HealthzBindAddress, c.MetricsBindAddress = "", ""
+	if configure != nil {
+		configure(&c)
+	}
+	return Options{Config: &c, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: "test",
+		Node: func() (proxier.Node, error) {
+			return proxier.Node{Name: "node01", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, nil
+		},
+		Source:     src,
+		NewProxier: func(proxier.Recorder) (proxier.Proxier, error) { return px, nil },
+		Prepare:    func() error { return nil }}
 }
 
 // startAgent runs the agent with src and px until the test ends; configure may change the
@@ -201,6 +221,23 @@ func TestRunPeriodicFullSyncs(t *testing.T) {
 		}
 		return n >= 2
 	})
+}
+
+// failingSource stops at once, as a source that lost its API server for good.
+type failingSource struct{}
+
+func (failingSource) Run(context.Context, source.Sink) error { return errors.New("watch gone") }
+
+// A source that stops ends the run with its error; the proxier saw no sync (nothing was synced).
+func TestRunEndsWhenTheSourceStops(t *testing.T) {
+	px := &fakeProxier{}
+	err := Run(context.Background(), testOptions(t, failingSource{}, px, nil))
+	if err == nil || !strings.Contains(err.Error(), "source stopped: watch gone") {
+		t.Fatalf("Run: %v, want the source's error", err)
+	}
+	if n := len(px.recorded()); n != 0 {
+		t.Errorf("%d syncs before the source delivered anything", n)
+	}
 }
 
 func ptrTo[T any](v T) *T { return &v }
