@@ -10,6 +10,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/object"
 )
 
 // Service annotations MetalLB reads, current and legacy (metallb.universe.tf) spellings.
@@ -50,14 +52,9 @@ type Assignment struct {
 	Pool string
 }
 
-// Problem is a Service that gets no address, or a pool left out, and why.
-type Problem struct {
-	Kind   string // "Service" or "IPAddressPool"
-	Object types.NamespacedName
-	Reason string
-}
-
-func (p Problem) String() string { return fmt.Sprintf("%s %s: %s", p.Kind, p.Object, p.Reason) }
+// Problem is a Service that gets no address, or a pool left out (Kind "Service" or
+// "IPAddressPool"), and why.
+type Problem = object.Problem
 
 // Result is the outcome of Assign.
 type Result struct {

@@ -393,7 +393,7 @@ const invalidEdit = "invalid edit ignored, the previous version stays in force: 
 // peerProblem says why a BGPPeer cannot be used ("": it can).
 func peerProblem(p *lb.BGPPeer) string {
 	why := lb.ValidateBGPPeer(p)
-	if _, err := peerOf(p); err != nil {
+	if _, err := lb.BGPPeerConfig(p); err != nil {
 		why = append(why, err.Error())
 	}
 	return strings.Join(why, "; ")
@@ -679,7 +679,7 @@ func (s *Speaker) replanBGP() {
 	if s.o.BGP == nil {
 		return
 	}
-	in := BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
+	in := lb.BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
 		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
 		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms)),
 		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
@@ -700,7 +700,7 @@ func (s *Speaker) replanBGP() {
 			in.EndpointSlices = append(in.EndpointSlices, sl)
 		}
 	}
-	peers, advs, problems := PlanBGP(in)
+	peers, advs, problems := lb.PlanBGP(in)
 	for _, p := range problems {
 		if !s.problems[p] {
 			s.problems[p] = true

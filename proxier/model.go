@@ -10,13 +10,15 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/object"
 )
 
 const (
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = discovery.LabelServiceName
 	// LabelServiceProxyName marks services handled by another proxy; kube-proxy skips them.
-	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelServiceProxyName = object.LabelServiceProxyName
 	// LabelHeadless marks headless services and their slices; kube-proxy skips them.
 	LabelHeadless = v1.IsHeadlessService
 

@@ -15,6 +15,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"nodeagent/object"
 )
 
 // Family is an IP family.
@@ -305,14 +307,9 @@ func (s *State) NodeIPsOf(f Family) []netip.Addr {
 	return out
 }
 
-// Problem is an object, or part of one, that the model left out.
-type Problem struct {
-	Kind   string // "Service" or "EndpointSlice"
-	Object types.NamespacedName
-	Reason string
-}
-
-func (p Problem) String() string { return fmt.Sprintf("%s %s: %s", p.Kind, p.Object, p.Reason) }
+// Problem is an object, or part of one, that the model left out (Kind "Service" or
+// "EndpointSlice").
+type Problem = object.Problem
 
 // Changes says which services changed since the previous State handed to a proxier. A proxier
 // may rewrite only those; Full asks it to rewrite everything (node or config change, first sync).

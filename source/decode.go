@@ -10,10 +10,10 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -64,8 +64,8 @@ func (d *document) object() runtime.Object {
 }
 
 func (d *document) problem(format string, a ...any) Problem {
-	return Problem{File: d.file, Doc: d.doc, Item: d.item, Kind: d.key.Kind, Namespace: d.key.Namespace,
-		Name: d.key.Name, Reason: fmt.Sprintf(format, a...)}
+	return Problem{File: d.file, Doc: d.doc, Item: d.item, Kind: d.key.Kind,
+		Object: types.NamespacedName{Namespace: d.key.Namespace, Name: d.key.Name}, Reason: fmt.Sprintf(format, a...)}
 }
 
 // parsed is what one manifest file yields.
@@ -168,7 +168,7 @@ func (p *parsed) decodeDocument(file string, doc, item int, raw []byte, def sche
 	fail := func(format string, a ...any) {
 		p.ok = false
 		p.problems = append(p.problems, Problem{File: file, Doc: doc, Item: item, Kind: h.Kind,
-			Namespace: h.Metadata.Namespace, Name: h.Metadata.Name, Reason: oneLine(fmt.Sprintf(format, a...))})
+			Object: types.NamespacedName{Namespace: h.Metadata.Namespace, Name: h.Metadata.Name}, Reason: oneLine(fmt.Sprintf(format, a...))})
 	}
 	if err := json.Unmarshal(raw, &h); err != nil {
 		var typeErr *json.UnmarshalTypeError

@@ -76,7 +76,7 @@ func FuzzCustomObject(f *testing.F) {
 		h.OnAdd(out, true)
 		switch o := out.(type) {
 		case *invalid:
-			if len(reported) != 1 || reported[0].Name != "x" || len(rec.snapshot()) != 0 {
+			if len(reported) != 1 || reported[0].Object.Name != "x" || len(rec.snapshot()) != 0 {
 				t.Fatalf("invalid object: reported %v, delivered %v", reported, rec.snapshot())
 			}
 			h.OnDelete(o)

@@ -17,24 +17,25 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"nodeagent/object"
 )
 
 const (
-	// labelServiceProxyName marks objects another proxy handles.
-	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 	// proxyLabelSelector is kube-proxy's label selector for Services and EndpointSlices.
-	proxyLabelSelector = "!" + labelServiceProxyName + ",!" + v1.IsHeadlessService
+	proxyLabelSelector = "!" + object.LabelServiceProxyName + ",!" + v1.IsHeadlessService
 )
 
 // proxySelector is proxyLabelSelector parsed, to filter on the client side too (a fake
 // clientset's watches do not filter by label).
 var proxySelector = func() labels.Selector {
-	a, _ := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	a, _ := labels.NewRequirement(object.LabelServiceProxyName, selection.DoesNotExist, nil)
 	b, _ := labels.NewRequirement(v1.IsHeadlessService, selection.DoesNotExist, nil)
 	return labels.NewSelector().Add(*a, *b)
 }()
@@ -258,7 +259,7 @@ func (i *invalid) DeepCopyObject() runtime.Object {
 }
 
 func (i *invalid) problem(reason string) Problem {
-	return Problem{Kind: i.Kind, Namespace: i.Namespace, Name: i.Name, Reason: reason}
+	return Problem{Kind: i.Kind, Object: types.NamespacedName{Namespace: i.Namespace, Name: i.Name}, Reason: reason}
 }
 
 // proxied reports whether kube-proxy would see an object with m's labels.
@@ -271,9 +272,9 @@ func proxied(m metav1.Object) bool { return proxySelector.Matches(labels.Set(m.G
 func handler(sink Sink, keep func(metav1.Object) bool, log *slog.Logger, report func(Problem)) cache.ResourceEventHandler {
 	tell := func(p Problem, resolved bool) {
 		if resolved {
-			log.Info("invalid object resolved", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name)
+			log.Info("invalid object resolved", "kind", p.Kind, "namespace", p.Object.Namespace, "name", p.Object.Name)
 		} else {
-			log.Warn("invalid object; not served", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "reason", p.Reason)
+			log.Warn("invalid object; not served", "kind", p.Kind, "namespace", p.Object.Namespace, "name", p.Object.Name, "reason", p.Reason)
 		}
 		if report != nil {
 			report(p)

@@ -39,7 +39,7 @@ func (p *problems) has(name, reason string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, pr := range p.list {
-		if pr.Name == name && strings.Contains(pr.Reason, reason) {
+		if pr.Object.Name == name && strings.Contains(pr.Reason, reason) {
 			return true
 		}
 	}

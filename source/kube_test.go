@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"nodeagent/lb"
+	"nodeagent/object"
 )
 
 // normalized returns a copy of obj without what an API server adds or a source may leave out
@@ -180,7 +181,7 @@ spec: {selector: {app: x}, ports: [{port: 80}]}
 	eventually(t, "slice delete", func() bool { return fromAPI.get(sliceKey("default", "redis-x7k2p")) == nil })
 
 	// A service labelled for another proxy leaves, as it would leave a filtered watch.
-	redis.Labels = map[string]string{labelServiceProxyName: "someone-else"}
+	redis.Labels = map[string]string{object.LabelServiceProxyName: "someone-else"}
 	if _, err := client.CoreV1().Services("default").Update(ctx, redis, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

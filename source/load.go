@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Load reads every manifest in dir with the API server's default service CIDR and node-port
@@ -304,7 +305,7 @@ func (l *loader) combine(docs []*document) (Objects, []Problem) {
 		for _, es := range g.slices {
 			k := objectKey(es)
 			if _, taken := out[k]; taken {
-				problems = append(problems, Problem{Kind: "EndpointSlice", Namespace: es.Namespace, Name: es.Name,
+				problems = append(problems, Problem{Kind: "EndpointSlice", Object: types.NamespacedName{Namespace: es.Namespace, Name: es.Name},
 					Reason: fmt.Sprintf("generated for service %s from its pods, but the name is taken", svc.Name)})
 				continue
 			}

@@ -44,7 +44,7 @@ func TestLoadSeed(t *testing.T) {
 	// externalip.yaml is the tutorial's second version of demoapp-clusterip: in one directory the
 	// later file (by name) wins, as kubectl apply -f DIR would leave it.
 	if len(problems) != 1 || problems[0].File != filepath.Join("testdata/seed", "demoapp.yaml") || problems[0].Doc != 1 ||
-		problems[0].Kind != "Service" || problems[0].Name != "demoapp-clusterip" || !strings.Contains(problems[0].Reason, "duplicate") {
+		problems[0].Kind != "Service" || problems[0].Object.Name != "demoapp-clusterip" || !strings.Contains(problems[0].Reason, "duplicate") {
 		t.Errorf("problems: %v", problems)
 	}
 	var names []string
@@ -311,7 +311,7 @@ func TestConflicts(t *testing.T) {
 		t.Fatalf("problems: %v", problems)
 	}
 	for _, p := range problems {
-		if w := want[p.Namespace+"/"+p.Name]; !strings.Contains(p.Reason, w) || w == "" {
+		if w := want[p.Object.Namespace+"/"+p.Object.Name]; !strings.Contains(p.Reason, w) || w == "" {
 			t.Errorf("problem %v, want %q", p, w)
 		}
 	}

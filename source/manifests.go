@@ -337,7 +337,7 @@ func logProblems(log *slog.Logger, problems []Problem, reported map[Problem]bool
 		now[p] = true
 		if !reported[p] {
 			log.Warn("manifest problem", "file", p.File, "document", p.Doc, "item", p.Item,
-				"kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "reason", p.Reason)
+				"kind", p.Kind, "namespace", p.Object.Namespace, "name", p.Object.Name, "reason", p.Reason)
 		}
 	}
 	for p := range reported {

@@ -9,14 +9,14 @@ package source
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"nodeagent/object"
 )
 
 // Sink receives the objects a source sees. Objects are *v1.Service, *discoveryv1.EndpointSlice, *v1.Node (more
@@ -28,47 +28,9 @@ type Sink interface {
 }
 
 // Problem is a manifest, or an object in one, that is not served as written: a file that does not
-// parse, an invalid object, a duplicate, or a conflict with another object.
-type Problem struct {
-	File string // path of the manifest file ("" for problems between objects of different files)
-	Doc  int    // 1-based index of the YAML/JSON document in File; 0: the file as a whole
-	Item int    // 1-based index in a List document; 0: not in a List
-	// Kind, Namespace and Name identify the object, as far as they are known.
-	Kind      string
-	Namespace string
-	Name      string
-	Reason    string
-}
-
-// String formats the problem for people: "FILE document N item M: KIND NAMESPACE/NAME: REASON".
-func (p Problem) String() string {
-	var b strings.Builder
-	if p.File != "" {
-		b.WriteString(p.File)
-		if p.Doc > 0 {
-			fmt.Fprintf(&b, " document %d", p.Doc)
-		}
-		if p.Item > 0 {
-			fmt.Fprintf(&b, " item %d", p.Item)
-		}
-		b.WriteString(": ")
-	}
-	if p.Kind != "" || p.Name != "" {
-		kind := p.Kind
-		if kind == "" {
-			kind = "object"
-		}
-		b.WriteString(kind)
-		b.WriteByte(' ')
-		if p.Namespace != "" {
-			b.WriteString(p.Namespace + "/")
-		}
-		b.WriteString(p.Name)
-		b.WriteString(": ")
-	}
-	b.WriteString(p.Reason)
-	return b.String()
-}
+// parse, an invalid object, a duplicate, or a conflict with another object. It is the one Problem
+// type of lb and proxier too.
+type Problem = object.Problem
 
 // Key identifies an object: its group and kind, namespace ("" for cluster-scoped kinds) and name.
 type Key struct {

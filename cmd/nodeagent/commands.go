@@ -5,14 +5,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
+	"nodeagent/agent"
+	"nodeagent/agent/config"
 	"nodeagent/proxier"
 )
 
 // renderCmd prints what run would program for the inputs, touching nothing.
 func renderCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := defaultConfig()
+	c := config.Default()
 	fs := flag.NewFlagSet("render", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	if err := parseWithConfig(fs, args, &c); err != nil {
@@ -22,19 +25,19 @@ func renderCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	node, err := thisNode(c.HostnameOverride)
+	node, err := agent.ThisNode(c.HostnameOverride)
 	if err != nil {
 		return err
 	}
-	mc, err := c.modelConfig()
+	mc, err := c.ModelConfig()
 	if err != nil {
 		return err
 	}
-	px, err := newRenderer(c.Mode, log)
+	px, err := agent.NewRenderer(c.Mode, &c, log)
 	if err != nil {
 		return err
 	}
-	objs, err := loadObjects(ctx, &c, node.Name, log)
+	objs, err := agent.LoadObjects(ctx, &c, node.Name, log)
 	if err != nil {
 		return err
 	}
@@ -47,7 +50,8 @@ func renderCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // cleanupCmd removes every kernel object of every mode (or of the one named by --proxy-mode).
-func cleanupCmd(ctx context.Context, args []string, stderr io.Writer) error {
+// c is the configuration of the daemon's --cleanup (nil: the defaults).
+func cleanupCmd(ctx context.Context, args []string, stderr io.Writer, c *config.Config) error {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	mode := fs.String("proxy-mode", "", "clean up only this mode (default: every mode)")
@@ -59,13 +63,13 @@ func cleanupCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	modes := allModes
+	modes := agent.AllModes
 	if *mode != "" {
 		modes = []string{*mode}
 	}
 	var failed error
 	for _, m := range modes {
-		px, err := newProxier(m, log)
+		px, err := agent.NewProxier(m, c, log, nil)
 		if err != nil {
 			if *mode != "" {
 				return err
@@ -86,7 +90,7 @@ func cleanupCmd(ctx context.Context, args []string, stderr io.Writer) error {
 // getServicesCmd lists services as `kubectl get svc` does, with the allocation a running agent
 // would compute for a manifests directory.
 func getServicesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := defaultConfig()
+	c := config.Default()
 	fs := flag.NewFlagSet("get services", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	if err := parseWithConfig(fs, args, &c); err != nil {
@@ -96,10 +100,15 @@ func getServicesCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	svcs, err := listServices(ctx, &c, log)
+	svcs, err := agent.ListServices(ctx, &c, log)
 	if err != nil {
 		return err
 	}
 	writeServiceTable(stdout, svcs, time.Now())
 	return nil
+}
+
+// newProxier returns the kernel proxier of a mode with the default settings (bench).
+func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
+	return agent.NewProxier(mode, nil, log, nil)
 }

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"nodeagent/agent"
+	"nodeagent/agent/config"
 )
 
 // kernelHasIPVS reports whether this kernel has IPVS loaded (it is not, on the project's
@@ -75,20 +78,20 @@ func TestIPVSConfig(t *testing.T) {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c := defaultConfig()
+	c := config.Default()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.DurationVar(&c.syncPeriod, "sync-period", c.syncPeriod, "")
-	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", c.minSyncPeriod, "")
+	fs.DurationVar(&c.SyncPeriod, "sync-period", c.SyncPeriod, "")
+	fs.DurationVar(&c.MinSyncPeriod, "min-sync-period", c.MinSyncPeriod, "")
 	if err := parseWithConfig(fs, []string{"--config", path, "--ipvs-udp-timeout", "5s", "--ipvs-min-sync-period", "2s"}, &c); err != nil {
 		t.Fatal(err)
 	}
-	o := ipvsOptions(nil)
+	o := agent.IPVSOptions(&c, nil)
 	if c.Mode != "ipvs" || o.Scheduler != "lc" || !o.StrictARP || o.TCPTimeout != 900*time.Second ||
 		o.TCPFinTimeout != 30*time.Second || o.UDPTimeout != 5*time.Second {
 		t.Errorf("mode %q, proxier options %+v", c.Mode, o)
 	}
-	if c.syncPeriod != 20*time.Second || c.minSyncPeriod != 2*time.Second {
-		t.Errorf("sync period %v, min %v; want 20s from the file and 2s from --ipvs-min-sync-period", c.syncPeriod, c.minSyncPeriod)
+	if c.SyncPeriod != 20*time.Second || c.MinSyncPeriod != 2*time.Second {
+		t.Errorf("sync period %v, min %v; want 20s from the file and 2s from --ipvs-min-sync-period", c.SyncPeriod, c.MinSyncPeriod)
 	}
 }

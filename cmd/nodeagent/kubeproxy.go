@@ -2,35 +2,21 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
 
-	"nodeagent/proxier/iptables"
+	"nodeagent/agent"
+	"nodeagent/agent/config"
 )
-
-// loggingConfig is the logging: block of a KubeProxyConfiguration (component-base's
-// LoggingConfiguration): format and verbosity are honoured, the rest accepted.
-type loggingConfig struct {
-	Format         string          `json:"format,omitempty"`
-	Verbosity      *int            `json:"verbosity,omitempty"`
-	FlushFrequency json.RawMessage `json:"flushFrequency,omitempty"`
-	VModule        json.RawMessage `json:"vmodule,omitempty"`
-	Options        json.RawMessage `json:"options,omitempty"`
-}
 
 // kubeProxyCLI holds kube-proxy flags that act once, at start, and have no key of their own in
 // the config file.
@@ -40,35 +26,25 @@ type kubeProxyCLI struct {
 	writeConfigTo         string
 	cleanup               bool
 	initOnly              bool
-	master                string
 	healthzPort           int
 	metricsPort           int
 	// accepted are flags given that nodeagent takes and does not act on, warned about once.
 	accepted []string
 }
 
-// kube-proxy v1.34's defaults for what nodeagent now honours.
-const (
-	defaultOOMScoreAdj = -999
-	defaultAPIQPS      = 5
-	defaultAPIBurst    = 10
-	protobufContent    = "application/vnd.kubernetes.protobuf"
-)
-
 // kubeProxyFlags binds every kube-proxy v1.34 flag run does not bind elsewhere, so that
 // kube-proxy's command line (its DaemonSet's, kubeadm's) starts nodeagent unchanged. The flags
 // nodeagent does not act on are accepted with one warning each (see accepted).
-func kubeProxyFlags(fs *flag.FlagSet, c *Config) {
-	k := &c.kp
+func kubeProxyFlags(fs *flag.FlagSet, c *config.Config, k *kubeProxyCLI) {
 	fs.DurationVar(&k.iptablesSyncPeriod, "iptables-sync-period", 0, "kube-proxy's: --sync-period when the mode is not ipvs")
 	fs.DurationVar(&k.iptablesMinSyncPeriod, "iptables-min-sync-period", 0, "kube-proxy's: --min-sync-period when the mode is not ipvs")
 	fs.StringVar(&k.writeConfigTo, "write-config-to", "", "write the configuration in force (KubeProxyConfiguration YAML) to this file and exit")
 	fs.BoolVar(&k.cleanup, "cleanup", false, "remove every mode's rules (as `nodeagent cleanup`) and exit")
 	fs.BoolVar(&k.initOnly, "init-only", false, "do the steps that need full root (conntrack sysctls, OOM score) and exit")
-	fs.StringVar(&k.master, "master", "", "the API server's address (overrides the kubeconfig's)")
+	fs.StringVar(&c.Master, "master", "", "the API server's address (overrides the kubeconfig's)")
 	fs.IntVar(&k.healthzPort, "healthz-port", -1, "deprecated (kube-proxy's): the port of --healthz-bind-address; 0 turns it off")
 	fs.IntVar(&k.metricsPort, "metrics-port", -1, "deprecated (kube-proxy's): the port of --metrics-bind-address; 0 turns it off")
-	fs.StringVar(&c.ClientConnection.ContentType, "kube-api-content-type", c.ClientConnection.ContentType, "content type of requests to the API server (default "+protobufContent+")")
+	fs.StringVar(&c.ClientConnection.ContentType, "kube-api-content-type", c.ClientConnection.ContentType, "content type of requests to the API server (default "+config.ProtobufContent+")")
 	fs.Func("kube-api-qps", "queries per second to the API server (default 5)", func(s string) error {
 		v, err := strconv.ParseFloat(s, 32)
 		c.ClientConnection.QPS = float32(v)
@@ -90,8 +66,8 @@ func kubeProxyFlags(fs *flag.FlagSet, c *Config) {
 	})
 	// The conntrack flags are set through the config's block at parse time (after the config
 	// file was read), so that a flag overrides the file key by key.
-	ct := func() *conntrackConfig {
-		full := c.conntrack()
+	ct := func() *config.Conntrack {
+		full := c.ConntrackSettings()
 		c.Conntrack = &full
 		return c.Conntrack
 	}
@@ -194,55 +170,32 @@ func int32Flag(fs *flag.FlagSet, name, usage string, set func(int32)) {
 
 func ptrTo[T any](v T) *T { return &v }
 
-// conntrack is the conntrack settings in force: the config file's block over kube-proxy's
-// defaults (a block that names only some keys keeps the defaults of the others).
-func (c *Config) conntrack() conntrackConfig {
-	d := defaultConntrack()
-	if c.Conntrack == nil {
-		return d
-	}
-	out := *c.Conntrack
-	if out.MaxPerCore == nil {
-		out.MaxPerCore = d.MaxPerCore
-	}
-	if out.Min == nil {
-		out.Min = d.Min
-	}
-	if out.TCPEstablishedTimeout == nil {
-		out.TCPEstablishedTimeout = d.TCPEstablishedTimeout
-	}
-	if out.TCPCloseWaitTimeout == nil {
-		out.TCPCloseWaitTimeout = d.TCPCloseWaitTimeout
-	}
-	return out
-}
-
 // finishKubeProxy applies what kube-proxy derives from its flags after parsing: the
 // mode-specific sync periods and the deprecated port flags.
-func (c *Config) finishKubeProxy(explicit map[string]bool) error {
+func finishKubeProxy(c *config.Config, k *kubeProxyCLI, explicit map[string]bool) error {
 	if c.Mode != "ipvs" {
 		if explicit["iptables-sync-period"] && !explicit["sync-period"] {
-			c.syncPeriod = c.kp.iptablesSyncPeriod
+			c.SyncPeriod = k.iptablesSyncPeriod
 		}
 		if explicit["iptables-min-sync-period"] && !explicit["min-sync-period"] {
-			c.minSyncPeriod = c.kp.iptablesMinSyncPeriod
+			c.MinSyncPeriod = k.iptablesMinSyncPeriod
 		}
 	}
-	if c.syncPeriod <= 0 {
+	if c.SyncPeriod <= 0 {
 		return errors.New("--sync-period must be greater than 0")
 	}
-	if c.minSyncPeriod < 0 {
+	if c.MinSyncPeriod < 0 {
 		return errors.New("--min-sync-period must not be negative")
 	}
 	var err error
 	if explicit["healthz-port"] && !explicit["healthz-bind-address"] {
-		c.HealthzBindAddress, err = withPort(c.HealthzBindAddress, c.kp.healthzPort)
+		c.HealthzBindAddress, err = withPort(c.HealthzBindAddress, k.healthzPort)
 		if err != nil {
 			return fmt.Errorf("--healthz-port: %w", err)
 		}
 	}
 	if explicit["metrics-port"] && !explicit["metrics-bind-address"] {
-		c.MetricsBindAddress, err = withPort(c.MetricsBindAddress, c.kp.metricsPort)
+		c.MetricsBindAddress, err = withPort(c.MetricsBindAddress, k.metricsPort)
 		if err != nil {
 			return fmt.Errorf("--metrics-port: %w", err)
 		}
@@ -270,24 +223,15 @@ func withPort(addr string, port int) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
-// logLevel is the slog level of --log-level, or of kube-proxy's -v when that was given and
-// --log-level was not: -v 4 and above is debug (kube-proxy logs each sync at 4).
-func (c *Config) logLevel(explicit map[string]bool) string {
-	if c.Logging.Verbosity != nil && !explicit["log-level"] && *c.Logging.Verbosity >= 4 {
-		return "debug"
-	}
-	return c.LogLevel
-}
-
 // daemonLogger is run's logger: text, or JSON for --logging-format json.
-func (c *Config) daemonLogger(w io.Writer, explicit map[string]bool) (*slog.Logger, error) {
-	return newFormatLogger(w, c.logLevel(explicit), c.Logging.Format == "json")
+func daemonLogger(c *config.Config, w io.Writer, explicit map[string]bool) (*slog.Logger, error) {
+	return newFormatLogger(w, c.Level(explicit), c.Logging.Format == "json")
 }
 
 // logAccepted warns once about each kube-proxy flag given that nodeagent does not act on.
-func (c *Config) logAccepted(log *slog.Logger) {
+func logAccepted(c *config.Config, k *kubeProxyCLI, log *slog.Logger) {
 	seen := map[string]bool{}
-	for _, f := range c.kp.accepted {
+	for _, f := range k.accepted {
 		if !seen[f] {
 			seen[f] = true
 			log.Warn("kube-proxy flag accepted but not acted on by nodeagent", "flag", f)
@@ -298,91 +242,19 @@ func (c *Config) logAccepted(log *slog.Logger) {
 	}
 }
 
-// applyClientSettings sets kube-proxy's API client settings on a typed client's configuration:
-// --master, QPS, burst and content type (protobuf by default, as kube-proxy; the dynamic client
-// for custom kinds keeps JSON, which is all custom resources speak).
-func (c *Config) applyClientSettings(cfg *rest.Config, typed bool) {
-	if c.kp.master != "" {
-		cfg.Host = c.kp.master
-	}
-	cfg.QPS, cfg.Burst = defaultAPIQPS, defaultAPIBurst
-	if c.ClientConnection.QPS > 0 {
-		cfg.QPS = c.ClientConnection.QPS
-	}
-	if c.ClientConnection.Burst > 0 {
-		cfg.Burst = int(c.ClientConnection.Burst)
-	}
-	if !typed {
-		return
-	}
-	ct := c.ClientConnection.ContentType
-	if ct == "" {
-		ct = protobufContent
-	}
-	cfg.ContentType = ct
-	if ct == protobufContent {
-		cfg.AcceptContentTypes = protobufContent + ",application/json"
-	}
-}
-
-// applyOOMScoreAdj sets the process's OOM score adjustment as kube-proxy does (-999 by
-// default). Lowering it needs CAP_SYS_RESOURCE; without it kube-proxy logs and goes on, and so
-// does nodeagent.
-func (c *Config) applyOOMScoreAdj(log *slog.Logger) {
-	v := int32(defaultOOMScoreAdj)
-	if c.OOMScoreAdj != nil {
-		v = *c.OOMScoreAdj
-	}
-	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(int(v))), 0o644); err != nil {
-		log.Info("OOM score adjustment not applied", "value", v, "err", err)
-	}
-}
-
-// initSteps are what kube-proxy's --init-only does: what needs full root, before the agent may
-// run with only CAP_NET_ADMIN.
-func (c *Config) initSteps(log *slog.Logger) error {
-	c.applyOOMScoreAdj(log)
-	return c.conntrack().apply(iptables.ProcSysctl{}, runtime.NumCPU(), log)
-}
-
-// writeConfig writes the configuration in force as a KubeProxyConfiguration, for
-// --write-config-to.
-func (c *Config) writeConfig(path string) error {
-	out := *c
-	out.APIVersion, out.Kind = kubeProxyAPIVersion, kubeProxyKind
-	mc := modeConfig{MasqueradeAll: &out.masqueradeAll}
-	mc.SyncPeriod.Duration, mc.MinSyncPeriod.Duration = out.syncPeriod, out.minSyncPeriod
-	switch out.Mode {
-	case "nftables":
-		out.NFTables.modeConfig = mc
-	case "ipvs":
-		out.IPVS.modeConfig = mc
-	default:
-		out.IPTables.modeConfig = mc
-	}
-	ct := c.conntrack()
-	out.Conntrack = &ct
-	out.MemberlistSecret = "" // a secret is never written out
-	b, err := yaml.Marshal(&out)
-	if err != nil {
-		return fmt.Errorf("write config: %w", err)
-	}
-	return os.WriteFile(path, b, 0o600)
-}
-
 // startupActions runs kube-proxy's act-and-exit flags; done reports that run should exit.
-func (c *Config) startupActions(ctx context.Context, log *slog.Logger, stderr io.Writer) (done bool, err error) {
+func startupActions(ctx context.Context, c *config.Config, k *kubeProxyCLI, log *slog.Logger, stderr io.Writer) (done bool, err error) {
 	switch {
-	case c.kp.writeConfigTo != "":
-		if err := c.writeConfig(c.kp.writeConfigTo); err != nil {
+	case k.writeConfigTo != "":
+		if err := c.WriteFile(k.writeConfigTo); err != nil {
 			return true, err
 		}
-		log.Info("wrote configuration", "file", c.kp.writeConfigTo)
+		log.Info("wrote configuration", "file", k.writeConfigTo)
 		return true, nil
-	case c.kp.cleanup:
-		return true, cleanupCmd(ctx, []string{"--log-level", c.LogLevel}, stderr)
-	case c.kp.initOnly:
-		return true, c.initSteps(log)
+	case k.cleanup:
+		return true, cleanupCmd(ctx, []string{"--log-level", c.LogLevel}, stderr, c)
+	case k.initOnly:
+		return true, agent.Prepare(c, log)
 	}
 	return false, nil
 }

@@ -11,20 +11,29 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"nodeagent/agent/config"
 )
 
 // parseRun parses args as run does, through finishKubeProxy.
-func parseRun(t *testing.T, args ...string) (*Config, map[string]bool, error) {
+func parseRun(t *testing.T, args ...string) (*parsedRun, map[string]bool, error) {
 	t.Helper()
-	c := defaultConfig()
+	c := config.Default()
+	var kp kubeProxyCLI
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	runFlags(fs, &c)
+	runFlags(fs, &c, &kp)
 	if err := parseWithConfig(fs, args, &c); err != nil {
 		return nil, nil, err
 	}
 	explicit := explicitFlags(fs)
-	return &c, explicit, c.finishKubeProxy(explicit)
+	return &parsedRun{&c, &kp}, explicit, finishKubeProxy(&c, &kp, explicit)
+}
+
+// parsedRun is what run parsed: the configuration and kube-proxy's act-at-start flags.
+type parsedRun struct {
+	*config.Config
+	kp *kubeProxyCLI
 }
 
 // kube-proxy's DaemonSet command line, with the flags users add most, starts nodeagent: every
@@ -39,15 +48,15 @@ func TestKubeProxyCommandLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.syncPeriod != time.Minute || c.minSyncPeriod != 0 {
-		t.Errorf("sync %v min %v, want 1m and 0", c.syncPeriod, c.minSyncPeriod)
+	if c.SyncPeriod != time.Minute || c.MinSyncPeriod != 0 {
+		t.Errorf("sync %v min %v, want 1m and 0", c.SyncPeriod, c.MinSyncPeriod)
 	}
-	ct := c.conntrack()
+	ct := c.ConntrackSettings()
 	if *ct.MaxPerCore != 0 || ct.TCPCloseWaitTimeout.Duration != 30*time.Minute || !ct.TCPBeLiberal || ct.TCPEstablishedTimeout.Duration != 24*time.Hour {
 		t.Errorf("conntrack %+v", ct)
 	}
-	if c.logLevel(explicit) != "debug" || c.Logging.Format != "json" {
-		t.Errorf("log level %q format %q, want debug json", c.logLevel(explicit), c.Logging.Format)
+	if c.Level(explicit) != "debug" || c.Logging.Format != "json" {
+		t.Errorf("log level %q format %q, want debug json", c.Level(explicit), c.Logging.Format)
 	}
 	if c.ClientConnection.QPS != 50 || c.ClientConnection.Burst != 100 || c.ClientConnection.ContentType != "application/json" {
 		t.Errorf("client %+v", c.ClientConnection)
@@ -69,15 +78,15 @@ func TestIPTablesSyncPeriodFlagsPerMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.minSyncPeriod != 2*time.Second {
-		t.Errorf("ipvs mode min sync %v, want --ipvs-min-sync-period's 2s", c.minSyncPeriod)
+	if c.MinSyncPeriod != 2*time.Second {
+		t.Errorf("ipvs mode min sync %v, want --ipvs-min-sync-period's 2s", c.MinSyncPeriod)
 	}
 	c, _, err = parseRun(t, "--proxy-mode=nftables", "--iptables-min-sync-period=5s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.minSyncPeriod != 5*time.Second {
-		t.Errorf("nftables mode min sync %v, want 5s", c.minSyncPeriod)
+	if c.MinSyncPeriod != 5*time.Second {
+		t.Errorf("nftables mode min sync %v, want 5s", c.MinSyncPeriod)
 	}
 }
 
@@ -92,7 +101,7 @@ func TestConntrackFlagOverridesFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ct := c.conntrack()
+	ct := c.ConntrackSettings()
 	if *ct.MaxPerCore != 0 || ct.UDPTimeout.Duration != 20*time.Second || *ct.Min != 131072 {
 		t.Errorf("conntrack %+v: want file's maxPerCore 0, flag's udp 20s, default min", ct)
 	}
@@ -106,7 +115,7 @@ func TestWriteConfigTo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, err := c.startupActions(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
+	done, err := startupActions(context.Background(), c.Config, c.kp, slog.New(slog.NewTextHandler(io.Discard, nil)), io.Discard)
 	if !done || err != nil {
 		t.Fatalf("done %v err %v", done, err)
 	}
@@ -118,8 +127,8 @@ func TestWriteConfigTo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read back: %v\n%s", err, b)
 	}
-	if back.Mode != "iptables" || back.minSyncPeriod != 3*time.Second || back.ClusterCIDR != "10.244.0.0/16" {
-		t.Errorf("read back mode %q min sync %v cluster CIDR %q\n%s", back.Mode, back.minSyncPeriod, back.ClusterCIDR, b)
+	if back.Mode != "iptables" || back.MinSyncPeriod != 3*time.Second || back.ClusterCIDR != "10.244.0.0/16" {
+		t.Errorf("read back mode %q min sync %v cluster CIDR %q\n%s", back.Mode, back.MinSyncPeriod, back.ClusterCIDR, b)
 	}
 }
 

@@ -63,7 +63,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "render":
 		return renderCmd(ctx, args, stdout, stderr)
 	case "cleanup":
-		return cleanupCmd(ctx, args, stderr)
+		return cleanupCmd(ctx, args, stderr, nil)
 	case "get":
 		if len(args) == 0 || (args[0] != "services" && args[0] != "svc" && args[0] != "service") {
 			return fmt.Errorf("get: only \"services\" (svc) can be listed")

@@ -1,4 +1,4 @@
-package metallb
+package lb
 
 import (
 	"fmt"
@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/bgp"
-	"nodeagent/lb"
 )
 
 // BGPInput is everything this node's BGP plan depends on.
@@ -23,15 +22,15 @@ type BGPInput struct {
 	Node       string
 	NodeLabels labels.Set
 	// Excluded, when set, says why this node must not advertise load-balancer (or external)
-	// addresses (lb.NodeExcludedReason): its sessions stay up, its routes are withdrawn.
+	// addresses (NodeExcludedReason): its sessions stay up, its routes are withdrawn.
 	Excluded       string
-	Assignments    map[types.NamespacedName]lb.Assignment
+	Assignments    map[types.NamespacedName]Assignment
 	Services       map[types.NamespacedName]*v1.Service
 	EndpointSlices []*discovery.EndpointSlice
-	Pools          []*lb.IPAddressPool
-	Peers          []*lb.BGPPeer
-	Advertisements []*lb.BGPAdvertisement
-	Communities    []*lb.Community
+	Pools          []*IPAddressPool
+	Peers          []*BGPPeer
+	Advertisements []*BGPAdvertisement
+	Communities    []*Community
 	// ClusterIPs and ExternalIPs also advertise every service's cluster IPs and external IPs
 	// to every peer (kube-router's --advertise-cluster-ip and --advertise-external-ip).
 	ClusterIPs, ExternalIPs bool
@@ -49,7 +48,7 @@ func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 		if !selectorsMatch(p.Spec.NodeSelectors, in.NodeLabels) {
 			continue
 		}
-		bp, err := peerOf(p)
+		bp, err := BGPPeerConfig(p)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("BGPPeer %s/%s: %v", p.Namespace, p.Name, err))
 			continue
@@ -66,7 +65,7 @@ func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 	for _, p := range in.Pools {
 		poolLabels[p.Name] = p.Labels
 	}
-	ready := lb.ReadyNodes(in.EndpointSlices)
+	ready := ReadyNodes(in.EndpointSlices)
 	var advs []bgp.Advertisement
 	for _, name := range slices.SortedFunc(maps.Keys(in.Assignments), func(a, b types.NamespacedName) int {
 		return strings.Compare(a.String(), b.String())
@@ -152,7 +151,8 @@ func eligible(svc *v1.Service, readyOn map[string]bool, node string) bool {
 	return len(readyOn) > 0
 }
 
-func peerOf(p *lb.BGPPeer) (bgp.Peer, error) {
+// BGPPeerConfig is the session configuration of a BGPPeer.
+func BGPPeerConfig(p *BGPPeer) (bgp.Peer, error) {
 	addr, err := netip.ParseAddr(p.Spec.Address)
 	if err != nil {
 		return bgp.Peer{}, fmt.Errorf("peerAddress %q: %w", p.Spec.Address, err)
@@ -180,7 +180,7 @@ func dur(d *metav1.Duration) time.Duration {
 	return d.Duration
 }
 
-func selectsPool(ad *lb.BGPAdvertisement, pool string, poolLabels labels.Set) bool {
+func selectsPool(ad *BGPAdvertisement, pool string, poolLabels labels.Set) bool {
 	if len(ad.Spec.IPAddressPools) == 0 && len(ad.Spec.IPAddressPoolSelectors) == 0 {
 		return true // MetalLB: no pool named or selected means every pool
 	}
@@ -202,17 +202,17 @@ func selectorsMatch(sels []metav1.LabelSelector, set labels.Set) bool {
 	return false
 }
 
-func sortedByName(ps []*lb.BGPPeer) []*lb.BGPPeer {
+func sortedByName(ps []*BGPPeer) []*BGPPeer {
 	out := slices.Clone(ps)
-	slices.SortFunc(out, func(a, b *lb.BGPPeer) int {
+	slices.SortFunc(out, func(a, b *BGPPeer) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	return out
 }
 
-func sortedAds(as []*lb.BGPAdvertisement) []*lb.BGPAdvertisement {
+func sortedAds(as []*BGPAdvertisement) []*BGPAdvertisement {
 	out := slices.Clone(as)
-	slices.SortFunc(out, func(a, b *lb.BGPAdvertisement) int {
+	slices.SortFunc(out, func(a, b *BGPAdvertisement) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	return out

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 
+	"nodeagent/agent/config"
 	"nodeagent/arp"
 	"nodeagent/bgp"
 	"nodeagent/member"
@@ -32,13 +33,13 @@ type loadBalancing struct {
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
 // responder when configured. In API mode the agent that writes load-balancer status also
 // records next's frontend conflicts as Events.
-func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
+func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: next, Log: log.With("component", "metallb"),
 		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP}
 	var writer *statusWriter
-	if kube, _ := c.useKube(); kube {
-		client, err := c.kubeClient()
+	if kube, _ := useKube(c); kube {
+		client, err := kubeClient(c)
 		if err != nil {
 			return nil, err
 		}
@@ -77,7 +78,7 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 		opts.Announce = r.SetOwned
 		if writer != nil {
 			// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
-			cfg, err := c.restConfig()
+			cfg, err := restConfig(c)
 			if err != nil {
 				return nil, err
 			}
@@ -130,7 +131,7 @@ func startLoadBalancing(ctx context.Context, c *Config, node string, nodeIPs []n
 	}
 	lbs.speaker = metallb.New(opts)
 	m, err := member.Start(member.Options{Name: node, Bind: bind, Join: c.MemberlistJoin,
-		Secret: c.memberlistKey, Insecure: c.MemberlistInsecure, Log: log.With("component", "memberlist"),
+		Secret: c.MemberlistKey, Insecure: c.MemberlistInsecure, Log: log.With("component", "memberlist"),
 		OnChange: lbs.speaker.MembershipChanged})
 	if err != nil {
 		return nil, err

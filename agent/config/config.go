@@ -1,10 +1,12 @@
-package main
+// Package config is the agent's configuration: kube-proxy's KubeProxyConfiguration file format
+// plus nodeagent's own keys, decoded strictly, with kube-proxy's defaults. Command-line flags are
+// the command's business (they bind to these fields); the agent reads the result.
+package config
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,8 +47,8 @@ type nftablesConfig struct {
 	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
 }
 
-// ipvsConfig is the ipvs: block of a KubeProxyConfiguration.
-type ipvsConfig struct {
+// IPVS is the ipvs: block of a KubeProxyConfiguration.
+type IPVS struct {
 	modeConfig   `json:",inline"`
 	Scheduler    string          `json:"scheduler,omitempty"`
 	StrictARP    bool            `json:"strictARP,omitempty"`
@@ -70,19 +72,19 @@ type clientConnection struct {
 // (kubeproxy.config.k8s.io/v1alpha1) with no nodeagent key of their own: the typed ones are
 // honoured (kubeproxy.go), the json.RawMessage ones accepted and warned about when set.
 type kubeProxyOnly struct {
-	FeatureGates                map[string]bool  `json:"featureGates,omitempty"`
-	Logging                     loggingConfig    `json:"logging,omitempty"`
-	BindAddressHardFail         bool             `json:"bindAddressHardFail,omitempty"`
-	OOMScoreAdj                 *int32           `json:"oomScoreAdj,omitempty"`
-	Conntrack                   *conntrackConfig `json:"conntrack,omitempty"`
-	BindAddress                 json.RawMessage  `json:"bindAddress,omitempty"`
-	ShowHiddenMetricsForVersion json.RawMessage  `json:"showHiddenMetricsForVersion,omitempty"`
-	Winkernel                   json.RawMessage  `json:"winkernel,omitempty"`
-	DetectLocalMode             string           `json:"detectLocalMode,omitempty"`
-	DetectLocal                 detectLocal      `json:"detectLocal,omitempty"`
-	ConfigSyncPeriod            json.RawMessage  `json:"configSyncPeriod,omitempty"`
-	PortRange                   json.RawMessage  `json:"portRange,omitempty"`
-	WindowsRunAsService         json.RawMessage  `json:"windowsRunAsService,omitempty"`
+	FeatureGates                map[string]bool `json:"featureGates,omitempty"`
+	Logging                     loggingConfig   `json:"logging,omitempty"`
+	BindAddressHardFail         bool            `json:"bindAddressHardFail,omitempty"`
+	OOMScoreAdj                 *int32          `json:"oomScoreAdj,omitempty"`
+	Conntrack                   *Conntrack      `json:"conntrack,omitempty"`
+	BindAddress                 json.RawMessage `json:"bindAddress,omitempty"`
+	ShowHiddenMetricsForVersion json.RawMessage `json:"showHiddenMetricsForVersion,omitempty"`
+	Winkernel                   json.RawMessage `json:"winkernel,omitempty"`
+	DetectLocalMode             string          `json:"detectLocalMode,omitempty"`
+	DetectLocal                 detectLocal     `json:"detectLocal,omitempty"`
+	ConfigSyncPeriod            json.RawMessage `json:"configSyncPeriod,omitempty"`
+	PortRange                   json.RawMessage `json:"portRange,omitempty"`
+	WindowsRunAsService         json.RawMessage `json:"windowsRunAsService,omitempty"`
 }
 
 // detectLocal is the detectLocal: block, for detectLocalMode BridgeInterface and
@@ -109,7 +111,7 @@ type Config struct {
 	ClientConnection   clientConnection `json:"clientConnection,omitempty"`
 	IPTables           iptablesConfig   `json:"iptables,omitempty"`
 	NFTables           nftablesConfig   `json:"nftables,omitempty"`
-	IPVS               ipvsConfig       `json:"ipvs,omitempty"`
+	IPVS               IPVS             `json:"ipvs,omitempty"`
 	kubeProxyOnly      `json:",inline"`
 
 	Manifests             string   `json:"manifests,omitempty"`
@@ -141,25 +143,28 @@ type Config struct {
 	// on (MetalLB's announcedInterfacesToExclude); unset: arp.DefaultExcludeInterfaces.
 	Layer2ExcludeInterfaces *[]string `json:"layer2ExcludeInterfaces,omitempty"`
 
-	// Flattened from the mode blocks, or set by flags.
-	masqueradeAll      bool
-	masqueradeBit      int
-	localhostNodePorts bool
-	syncPeriod         time.Duration
-	minSyncPeriod      time.Duration
+	// Flattened from the mode blocks, or set by flags; never read from or written to the file.
+	MasqueradeAll      bool          `json:"-"`
+	MasqueradeBit      int           `json:"-"`
+	LocalhostNodePorts bool          `json:"-"`
+	SyncPeriod         time.Duration `json:"-"`
+	MinSyncPeriod      time.Duration `json:"-"`
 	// ignored lists the kube-proxy settings the config file sets that nodeagent does not
 	// implement, logged once the logger exists.
-	ignored []string
-	// memberlistKey is the gossip secret resolved from its sources (memberlistSecret).
-	memberlistKey []byte
-	// kp holds kube-proxy's act-at-start flags (kubeproxy.go).
-	kp kubeProxyCLI
-	// refusedWait, when positive, makes API connections wait out "connection refused" that long
-	// (run sets it; one-shot commands fail at once).
-	refusedWait time.Duration
+	Ignored []string `json:"-"`
+	// MemberlistKey is the gossip secret resolved from its sources (memberlistSecret).
+	MemberlistKey []byte `json:"-"`
+	// Master is kube-proxy's --master: the API server's address over the kubeconfig's.
+	Master string `json:"-"`
+	// UserAgent is sent to the API server.
+	UserAgent string `json:"-"`
+	// RefusedWait, when positive, makes API connections wait out "connection refused" that long
+	// (the daemon sets it; one-shot commands fail at once).
+	RefusedWait time.Duration `json:"-"`
 }
 
-func defaultConfig() Config {
+// Default is the configuration without a file or flags.
+func Default() Config {
 	return Config{
 		Mode:                    "nftables",
 		HealthzBindAddress:      "0.0.0.0:10256",
@@ -170,9 +175,9 @@ func defaultConfig() Config {
 		Layer2:                  true,
 		LBAllocation:            true,
 		LeaderElectionNamespace: "kube-system",
-		syncPeriod:              30 * time.Second,
-		masqueradeBit:           14,
-		localhostNodePorts:      true,
+		SyncPeriod:              30 * time.Second,
+		MasqueradeBit:           14,
+		LocalhostNodePorts:      true,
 	}
 }
 
@@ -185,25 +190,25 @@ const (
 // maxConfigSize bounds what is read of a config file: a real one is a few kilobytes.
 const maxConfigSize = 1 << 20
 
-// loadConfigFile reads a KubeProxyConfiguration-style YAML file over c.
-func loadConfigFile(path string, c *Config) error {
+// LoadFile reads a KubeProxyConfiguration-style YAML file over c.
+func LoadFile(path string, c *Config) error {
 	b, err := readLimited(path, maxConfigSize)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	if err := decodeConfig(b, c); err != nil {
+	if err := Decode(b, c); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return nil
 }
 
-// decodeConfig decodes a config file over c, strictly: unknown keys (nodeagent's and
+// Decode decodes a config file over c, strictly: unknown keys (nodeagent's and
 // kube-proxy's known, see Config), keys given twice and keys in the wrong case are errors.
 // kube-proxy v1.34 decodes strictly too, but falls back to lenient decoding of v1alpha1 with a
 // log line; nodeagent has no such fallback, because its own keys include the gossip secret,
 // where a typo must stop the agent rather than run it unencrypted. As in kube-proxy, an empty
 // mode, healthzBindAddress or metricsBindAddress means the default (kubeadm writes them so).
-func decodeConfig(b []byte, c *Config) error {
+func Decode(b []byte, c *Config) error {
 	j, err := yaml.YAMLToJSONStrict(b)
 	if err != nil {
 		return fmt.Errorf("parse: %w", err)
@@ -233,7 +238,7 @@ func decodeConfig(b []byte, c *Config) error {
 	if c.MetricsBindAddress == "" {
 		c.MetricsBindAddress = keep.MetricsBindAddress
 	}
-	c.ignored = ignoredSettings(c)
+	c.Ignored = ignoredSettings(c)
 	return nil
 }
 
@@ -319,10 +324,10 @@ func emptyValue(v any) bool {
 	return false
 }
 
-// applyModeBlock takes masqueradeAll, syncPeriod and minSyncPeriod from the config file's block
+// ApplyModeBlock takes MasqueradeAll, SyncPeriod and MinSyncPeriod from the config file's block
 // of the mode in force — after flags, so that --proxy-mode picks the block — except where a
 // flag set them explicitly.
-func (c *Config) applyModeBlock(explicit map[string]bool) {
+func (c *Config) ApplyModeBlock(explicit map[string]bool) {
 	mc := c.IPTables.modeConfig
 	switch c.Mode {
 	case "nftables":
@@ -331,57 +336,28 @@ func (c *Config) applyModeBlock(explicit map[string]bool) {
 		mc = c.IPVS.modeConfig
 	}
 	if mc.MasqueradeAll != nil && !explicit["masquerade-all"] {
-		c.masqueradeAll = *mc.MasqueradeAll
+		c.MasqueradeAll = *mc.MasqueradeAll
 	}
 	bit := c.IPTables.MasqueradeBit // the ipvs mode reads the iptables block's, as kube-proxy
 	if c.Mode == "nftables" {
 		bit = c.NFTables.MasqueradeBit
 	}
 	if bit != nil && !explicit["iptables-masquerade-bit"] {
-		c.masqueradeBit = int(*bit)
+		c.MasqueradeBit = int(*bit)
 	}
 	if lnp := c.IPTables.LocalhostNodePorts; lnp != nil && !explicit["iptables-localhost-nodeports"] {
-		c.localhostNodePorts = *lnp
+		c.LocalhostNodePorts = *lnp
 	}
 	if mc.SyncPeriod.Duration > 0 && !explicit["sync-period"] && !explicit["ipvs-sync-period"] {
-		c.syncPeriod = mc.SyncPeriod.Duration
+		c.SyncPeriod = mc.SyncPeriod.Duration
 	}
 	if mc.MinSyncPeriod.Duration > 0 && !explicit["min-sync-period"] && !explicit["ipvs-min-sync-period"] {
-		c.minSyncPeriod = mc.MinSyncPeriod.Duration
+		c.MinSyncPeriod = mc.MinSyncPeriod.Duration
 	}
 }
 
-// commonFlags binds the flags every subcommand that reads inputs shares. Flag names are kube-proxy's.
-func commonFlags(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "which proxy mode to use: iptables, nftables or ipvs")
-	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "the name of this node (default: the hostname)")
-	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "the pod CIDRs, comma-separated; traffic from outside them to cluster IPs is masqueraded")
-	fs.Func("nodeport-addresses", "comma-separated CIDRs (or \"primary\") of the local addresses that answer node ports (default: all)", func(s string) error {
-		c.NodePortAddresses = splitList(s)
-		return nil
-	})
-	fs.BoolVar(&c.masqueradeAll, "masquerade-all", c.masqueradeAll, "SNAT all traffic sent via service cluster IPs")
-	fs.IntVar(&c.masqueradeBit, "iptables-masquerade-bit", c.masqueradeBit, "the bit of the fwmark space that marks packets needing SNAT, in [0, 31]")
-	fs.BoolVar(&c.localhostNodePorts, "iptables-localhost-nodeports", c.localhostNodePorts, "iptables mode, IPv4: node ports answer on 127.0.0.1 too (sets route_localnet)")
-	fs.StringVar(&c.DetectLocalMode, "detect-local-mode", c.DetectLocalMode, "how pod traffic is told from other traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix (default ClusterCIDR when --cluster-cidr is given)")
-	fs.StringVar(&c.DetectLocal.BridgeInterface, "pod-bridge-interface", c.DetectLocal.BridgeInterface, "the pods' bridge, for --detect-local-mode BridgeInterface")
-	fs.StringVar(&c.DetectLocal.InterfaceNamePrefix, "pod-interface-name-prefix", c.DetectLocal.InterfaceNamePrefix, "the prefix of pod interfaces, for --detect-local-mode InterfaceNamePrefix")
-	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "directory of Kubernetes manifests (YAML/JSON) to serve instead of an API server")
-	fs.StringVar(&c.ClientConnection.Kubeconfig, "kubeconfig", c.ClientConnection.Kubeconfig, "path to a kubeconfig file to watch a Kubernetes API server")
-	fs.StringVar(&c.ServiceClusterIPRange, "service-cluster-ip-range", c.ServiceClusterIPRange, "CIDRs (comma-separated, one per family) the manifests source allocates cluster IPs from")
-	fs.StringVar(&c.ServiceNodePortRange, "service-node-port-range", c.ServiceNodePortRange, "port range the manifests source allocates node ports from")
-	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&c.LBClass, "lb-class", c.LBClass, "the spec.loadBalancerClass served, alone: services without a class are then not served (MetalLB's --lb-class)")
-	fs.Func("layer2-exclude-interfaces", "comma-separated regular expressions of interface names layer 2 never answers on (MetalLB's announcedInterfacesToExclude; default: MetalLB's list, docker, CNI, veth and other virtual links; empty: none)", func(s string) error {
-		list := splitList(s)
-		c.Layer2ExcludeInterfaces = &list
-		return nil
-	})
-	fs.BoolVar(&c.LBAllocation, "lb-allocation", c.LBAllocation, "assign load-balancer addresses from IPAddressPools and announce them; false leaves status.loadBalancer.ingress to another controller (a cloud's) and only proxies")
-	ipvsFlags(fs, c)
-}
-
-func splitList(s string) []string {
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -391,46 +367,10 @@ func splitList(s string) []string {
 	return out
 }
 
-// parseWithConfig parses args into c: defaults, then the --config file, then explicit flags.
-func parseWithConfig(fs *flag.FlagSet, args []string, c *Config) error {
-	var configPath string
-	// Only --config matters in the first pass; unknown flags are the real parse's business.
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--config" || a == "-config":
-			if i+1 < len(args) {
-				configPath = args[i+1]
-			}
-		case strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "-config="):
-			configPath = a[strings.Index(a, "=")+1:]
-		}
-	}
-	if configPath != "" {
-		if err := loadConfigFile(configPath, c); err != nil {
-			return err
-		}
-	}
-	fs.String("config", configPath, "a kube-proxy style configuration file (KubeProxyConfiguration YAML); flags given too override it")
-	commonFlags(fs, c)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	c.applyModeBlock(explicitFlags(fs))
-	return nil
-}
-
-// explicitFlags returns the names of the flags given on the command line.
-func explicitFlags(fs *flag.FlagSet) map[string]bool {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	return set
-}
-
-// modelConfig converts the user's settings into the model's.
-func (c *Config) modelConfig() (proxier.Config, error) {
+// ModelConfig converts the user's settings into the model's.
+func (c *Config) ModelConfig() (proxier.Config, error) {
 	var mc proxier.Config
-	for _, s := range splitList(c.ClusterCIDR) {
+	for _, s := range SplitList(c.ClusterCIDR) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			return mc, fmt.Errorf("--cluster-cidr %q: %w", s, err)
@@ -456,13 +396,13 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 		}
 		mc.NodePortAddresses = append(mc.NodePortAddresses, p.Masked())
 	}
-	mc.MasqueradeAll = c.masqueradeAll
-	mark, err := proxier.MasqueradeMarkOfBit(c.masqueradeBit)
+	mc.MasqueradeAll = c.MasqueradeAll
+	mark, err := proxier.MasqueradeMarkOfBit(c.MasqueradeBit)
 	if err != nil {
 		return mc, fmt.Errorf("--iptables-masquerade-bit: %w", err)
 	}
 	mc.MasqueradeMark = mark
-	mc.LocalhostNodePorts = c.localhostNodePorts
+	mc.LocalhostNodePorts = c.LocalhostNodePorts
 	mc.LocalDetect = proxier.LocalDetect{Mode: proxier.LocalDetectMode(c.DetectLocalMode),
 		BridgeInterface: c.DetectLocal.BridgeInterface, InterfaceNamePrefix: c.DetectLocal.InterfaceNamePrefix}
 	if err := mc.LocalDetect.Validate(); err != nil {
@@ -470,7 +410,7 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 	}
 	if c.Manifests != "" {
 		// No API server, so no ServiceCIDR objects: the range the manifests allocate from is it.
-		for _, s := range splitList(c.ServiceClusterIPRange) {
+		for _, s := range SplitList(c.ServiceClusterIPRange) {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
 				return mc, fmt.Errorf("--service-cluster-ip-range %q: %w", s, err)
@@ -483,27 +423,27 @@ func (c *Config) modelConfig() (proxier.Config, error) {
 
 // Where the memberlist secret may come from besides --memberlist-secret and the config file.
 const (
-	// envMemberlistSecret holds the secret itself, e.g. from a Kubernetes Secret (secretKeyRef).
-	envMemberlistSecret = "NODEAGENT_MEMBERLIST_SECRET"
-	// envMetalLBSecretPath is MetalLB v0.14.8's speaker variable (its --ml-secret-key-path): a
+	// EnvMemberlistSecret holds the secret itself, e.g. from a Kubernetes Secret (secretKeyRef).
+	EnvMemberlistSecret = "NODEAGENT_MEMBERLIST_SECRET"
+	// EnvMetalLBSecretPath is MetalLB v0.14.8's speaker variable (its --ml-secret-key-path): a
 	// directory where the memberlist Secret is mounted, read as its file "secretkey".
-	envMetalLBSecretPath = "METALLB_ML_SECRET_KEY_PATH"
+	EnvMetalLBSecretPath = "METALLB_ML_SECRET_KEY_PATH"
 	metalLBSecretKeyName = "secretkey"
 	maxSecretSize        = 64 << 10
 )
 
 // errNoMemberlistSecret is returned when memberlist would run unauthenticated by accident.
 var errNoMemberlistSecret = errors.New("memberlist gossip decides which node answers for each load-balancer address, " +
-	"so it needs a shared secret: give --memberlist-secret-file (or $" + envMemberlistSecret + ", or MetalLB's $" +
-	envMetalLBSecretPath + "), or --memberlist-insecure to run without one on purpose")
+	"so it needs a shared secret: give --memberlist-secret-file (or $" + EnvMemberlistSecret + ", or MetalLB's $" +
+	EnvMetalLBSecretPath + "), or --memberlist-insecure to run without one on purpose")
 
-// resolveMemberlistSecret sets c.memberlistKey from the first source that has a secret:
+// ResolveMemberlistSecret sets c.MemberlistKey from the first source that has a secret:
 // --memberlist-secret / memberlistSecret, --memberlist-secret-file / memberlistSecretFile (not
 // both), $NODEAGENT_MEMBERLIST_SECRET, $METALLB_ML_SECRET_KEY_PATH. Without memberlist it does
 // nothing; without a secret it fails unless memberlistInsecure says so. explicit are the flags
 // given on the command line: a secret there is visible to every local user, which is warned about.
-func (c *Config) resolveMemberlistSecret(explicit map[string]bool, getenv func(string) string, log *slog.Logger) error {
-	c.memberlistKey = nil
+func (c *Config) ResolveMemberlistSecret(explicit map[string]bool, getenv func(string) string, log *slog.Logger) error {
+	c.MemberlistKey = nil
 	if c.MemberlistBind == "" {
 		return nil
 	}
@@ -514,7 +454,7 @@ func (c *Config) resolveMemberlistSecret(explicit map[string]bool, getenv func(s
 	case c.MemberlistSecret != "":
 		key = []byte(c.MemberlistSecret)
 		if explicit["memberlist-secret"] {
-			log.Warn("--memberlist-secret is visible to every local user in /proc/<pid>/cmdline; prefer --memberlist-secret-file or $" + envMemberlistSecret)
+			log.Warn("--memberlist-secret is visible to every local user in /proc/<pid>/cmdline; prefer --memberlist-secret-file or $" + EnvMemberlistSecret)
 		}
 	case c.MemberlistSecretFile != "":
 		k, err := readSecret(c.MemberlistSecretFile)
@@ -522,12 +462,12 @@ func (c *Config) resolveMemberlistSecret(explicit map[string]bool, getenv func(s
 			return fmt.Errorf("--memberlist-secret-file: %w", err)
 		}
 		key = k
-	case getenv(envMemberlistSecret) != "":
-		key = []byte(getenv(envMemberlistSecret))
-	case getenv(envMetalLBSecretPath) != "":
-		k, err := readSecret(getenv(envMetalLBSecretPath))
+	case getenv(EnvMemberlistSecret) != "":
+		key = []byte(getenv(EnvMemberlistSecret))
+	case getenv(EnvMetalLBSecretPath) != "":
+		k, err := readSecret(getenv(EnvMetalLBSecretPath))
 		if err != nil {
-			return fmt.Errorf("$%s: %w", envMetalLBSecretPath, err)
+			return fmt.Errorf("$%s: %w", EnvMetalLBSecretPath, err)
 		}
 		key = k
 	}
@@ -539,7 +479,7 @@ func (c *Config) resolveMemberlistSecret(explicit map[string]bool, getenv func(s
 			c.MemberlistBind + " can join and take load-balancer addresses over")
 		return nil
 	}
-	c.memberlistKey = key
+	c.MemberlistKey = key
 	return nil
 }
 
@@ -560,9 +500,9 @@ func readSecret(path string) ([]byte, error) {
 	return b, nil
 }
 
-// logIgnored warns about the config file's kube-proxy settings that nodeagent does not implement.
-func (c *Config) logIgnored(log *slog.Logger) {
-	if len(c.ignored) > 0 {
-		log.Warn("config file sets kube-proxy settings nodeagent does not implement; they are ignored", "settings", c.ignored)
+// LogIgnored warns about the config file's kube-proxy settings that nodeagent does not implement.
+func (c *Config) LogIgnored(log *slog.Logger) {
+	if len(c.Ignored) > 0 {
+		log.Warn("config file sets kube-proxy settings nodeagent does not implement; they are ignored", "settings", c.Ignored)
 	}
 }

@@ -1,10 +1,9 @@
-package main
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -19,13 +18,14 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"nodeagent/agent/config"
 	"nodeagent/lb"
 	"nodeagent/metallb"
 	"nodeagent/source"
 )
 
 // manifests returns the manifests source configured by c.
-func (c *Config) manifests(log *slog.Logger) (*source.Manifests, error) {
+func manifests(c *config.Config, log *slog.Logger) (*source.Manifests, error) {
 	cidrs, err := source.ParseServiceCIDRs(c.ServiceClusterIPRange)
 	if err != nil {
 		return nil, fmt.Errorf("--service-cluster-ip-range: %w", err)
@@ -38,7 +38,7 @@ func (c *Config) manifests(log *slog.Logger) (*source.Manifests, error) {
 }
 
 // restConfig is the API server connection named by --kubeconfig, or the in-cluster one.
-func (c *Config) restConfig() (*rest.Config, error) {
+func restConfig(c *config.Config) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if c.ClientConnection.Kubeconfig != "" {
@@ -49,11 +49,11 @@ func (c *Config) restConfig() (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
-	cfg.UserAgent = "nodeagent/" + version
-	if cfg.Dial == nil && c.refusedWait > 0 {
-		cfg.Dial = waitRefused(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}, c.refusedWait)
+	cfg.UserAgent = c.UserAgent
+	if cfg.Dial == nil && c.RefusedWait > 0 {
+		cfg.Dial = waitRefused(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}, c.RefusedWait)
 	}
-	c.applyClientSettings(cfg, false)
+	c.ApplyClientSettings(cfg, false)
 	return cfg, nil
 }
 
@@ -85,19 +85,19 @@ func waitRefused(d *net.Dialer, wait time.Duration) func(ctx context.Context, ne
 
 // typed returns a copy of cfg for the typed clientset, which speaks protobuf by default as
 // kube-proxy's does (--kube-api-content-type).
-func (c *Config) typed(cfg *rest.Config) *rest.Config {
+func typed(c *config.Config, cfg *rest.Config) *rest.Config {
 	cfg = rest.CopyConfig(cfg)
-	c.applyClientSettings(cfg, true)
+	c.ApplyClientSettings(cfg, true)
 	return cfg
 }
 
 // kubeClient connects to the API server named by --kubeconfig, or in-cluster.
-func (c *Config) kubeClient() (kubernetes.Interface, error) {
-	cfg, err := c.restConfig()
+func kubeClient(c *config.Config) (kubernetes.Interface, error) {
+	cfg, err := restConfig(c)
 	if err != nil {
 		return nil, err
 	}
-	return kubernetes.NewForConfig(c.typed(cfg))
+	return kubernetes.NewForConfig(typed(c, cfg))
 }
 
 // metallbKinds are the MetalLB CRD kinds the Kubernetes source watches.
@@ -111,7 +111,7 @@ var metallbKinds = []source.ExtraKind{
 
 var errNoSource = errors.New("no source: give --manifests DIR or --kubeconfig FILE (or run in a cluster)")
 
-func (c *Config) useKube() (bool, error) {
+func useKube(c *config.Config) (bool, error) {
 	switch {
 	case c.Manifests != "" && c.ClientConnection.Kubeconfig != "":
 		return false, errors.New("--manifests and --kubeconfig exclude each other")
@@ -126,20 +126,20 @@ func (c *Config) useKube() (bool, error) {
 	return false, errNoSource
 }
 
-// openSource returns the source the configuration names.
-func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error) {
-	kube, err := c.useKube()
+// OpenSource returns the source the configuration names.
+func OpenSource(c *config.Config, node string, log *slog.Logger) (source.Runner, error) {
+	kube, err := useKube(c)
 	if err != nil {
 		return nil, err
 	}
 	if !kube {
-		return c.manifests(log)
+		return manifests(c, log)
 	}
-	cfg, err := c.restConfig()
+	cfg, err := restConfig(c)
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(c.typed(cfg))
+	client, err := kubernetes.NewForConfig(typed(c, cfg))
 	if err != nil {
 		return nil, err
 	}
@@ -150,10 +150,10 @@ func openSource(c *Config, node string, log *slog.Logger) (source.Runner, error)
 	return &source.Kube{Client: client, NodeName: node, Log: log, Dynamic: dyn, Extra: metallbKinds}, nil
 }
 
-// loadObjects reads the inputs once, for render and get: the manifests, or a list from the API
+// LoadObjects reads the inputs once, for render and get: the manifests, or a list from the API
 // server; LoadBalancer services come with the addresses a running agent would assign.
-func loadObjects(ctx context.Context, c *Config, node string, log *slog.Logger) ([]runtime.Object, error) {
-	src, err := openSource(c, node, log)
+func LoadObjects(ctx context.Context, c *config.Config, node string, log *slog.Logger) ([]runtime.Object, error) {
+	src, err := OpenSource(c, node, log)
 	if err != nil {
 		return nil, err
 	}
@@ -215,14 +215,14 @@ func (r *recorder) Synced() {
 	}
 }
 
-// listServices returns the services in force, with the allocation a running agent computes.
-func listServices(ctx context.Context, c *Config, log *slog.Logger) ([]*v1.Service, error) {
-	kube, err := c.useKube()
+// ListServices returns the services in force, with the allocation a running agent computes.
+func ListServices(ctx context.Context, c *config.Config, log *slog.Logger) ([]*v1.Service, error) {
+	kube, err := useKube(c)
 	if err != nil {
 		return nil, err
 	}
 	if !kube {
-		objs, err := loadObjects(ctx, c, "", log)
+		objs, err := LoadObjects(ctx, c, "", log)
 		if err != nil {
 			return nil, err
 		}
@@ -234,7 +234,7 @@ func listServices(ctx context.Context, c *Config, log *slog.Logger) ([]*v1.Servi
 		}
 		return out, nil
 	}
-	client, err := c.kubeClient()
+	client, err := kubeClient(c)
 	if err != nil {
 		return nil, err
 	}
@@ -247,8 +247,4 @@ func listServices(ctx context.Context, c *Config, log *slog.Logger) ([]*v1.Servi
 		out[i] = &list.Items[i]
 	}
 	return out, nil
-}
-
-func writeServiceTable(w io.Writer, svcs []*v1.Service, now time.Time) {
-	source.WriteServiceTable(w, svcs, now)
 }

@@ -1,4 +1,4 @@
-package metallb
+package lb
 
 import (
 	"net/netip"
@@ -8,17 +8,15 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"nodeagent/lb"
 )
 
 func TestPlanBGP(t *testing.T) {
-	peer := &lb.BGPPeer{}
+	peer := &BGPPeer{}
 	peer.Namespace, peer.Name = "metallb-system", "router"
-	peer.Spec = lb.BGPPeerSpec{MyASN: 64513, ASN: 64512, Address: "10.0.0.254"}
-	pool := &lb.IPAddressPool{}
+	peer.Spec = BGPPeerSpec{MyASN: 64513, ASN: 64512, Address: "10.0.0.254"}
+	pool := &IPAddressPool{}
 	pool.Namespace, pool.Name = "metallb-system", "localip-pool"
-	ad := &lb.BGPAdvertisement{}
+	ad := &BGPAdvertisement{}
 	ad.Namespace, ad.Name = "metallb-system", "all"
 	local := v1.ServiceInternalTrafficPolicyLocal
 
@@ -57,7 +55,7 @@ func TestPlanBGP(t *testing.T) {
 			s.Spec.ClusterIPs = []string{"10.96.0.40"}
 		}),
 	}
-	assignments := map[types.NamespacedName]lb.Assignment{
+	assignments := map[types.NamespacedName]Assignment{
 		{Namespace: "default", Name: "lb"}:       {IPs: []netip.Addr{netip.MustParseAddr("10.0.0.51")}, Pool: "localip-pool"},
 		{Namespace: "default", Name: "lb-local"}: {IPs: []netip.Addr{netip.MustParseAddr("10.0.0.52")}, Pool: "localip-pool"},
 	}
@@ -77,8 +75,8 @@ func TestPlanBGP(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			peers, advs, problems := PlanBGP(BGPInput{Node: tc.node, Assignments: assignments, Services: services,
-				EndpointSlices: slices_, Pools: []*lb.IPAddressPool{pool}, Peers: []*lb.BGPPeer{peer},
-				Advertisements: []*lb.BGPAdvertisement{ad}, ClusterIPs: tc.clusterIPs, ExternalIPs: tc.externalIPs})
+				EndpointSlices: slices_, Pools: []*IPAddressPool{pool}, Peers: []*BGPPeer{peer},
+				Advertisements: []*BGPAdvertisement{ad}, ClusterIPs: tc.clusterIPs, ExternalIPs: tc.externalIPs})
 			if len(problems) != 0 || len(peers) != 1 {
 				t.Fatalf("peers %v problems %v", peers, problems)
 			}

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"fmt"
@@ -53,7 +53,9 @@ func localAddrs() ([]netip.Addr, error) {
 	return slices.Compact(out), nil
 }
 
-func thisNode(override string) (proxier.Node, error) {
+// ThisNode is this node: its name (kube-proxy's, from override) and the addresses of this network
+// namespace.
+func ThisNode(override string) (proxier.Node, error) {
 	name, err := nodeName(override)
 	if err != nil {
 		return proxier.Node{}, err

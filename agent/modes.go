@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"nodeagent/agent/config"
 	"nodeagent/proxier"
 	"nodeagent/proxier/conntrack"
 	"nodeagent/proxier/iptables"
@@ -13,16 +14,12 @@ import (
 	"nodeagent/proxier/nftables"
 )
 
-// allModes lists every proxy mode, in the order cleanup visits them.
-var allModes = []string{"iptables", "nftables", "ipvs"}
+// AllModes lists every proxy mode, in the order cleanup visits them.
+var AllModes = []string{"iptables", "nftables", "ipvs"}
 
-// newProxier returns the proxier of a mode, ready to program this network namespace.
-func newProxier(mode string, log *slog.Logger) (proxier.Proxier, error) {
-	return newRecordedProxier(mode, log, nil)
-}
-
-// newRecordedProxier is newProxier with a recorder of the mode's metrics (nil: none).
-func newRecordedProxier(mode string, log *slog.Logger, rec proxier.Recorder) (proxier.Proxier, error) {
+// NewProxier returns the proxier of a mode, ready to program this network namespace, with the
+// ipvs: settings of c (nil: the defaults) and a recorder of the mode's metrics (nil: none).
+func NewProxier(mode string, c *config.Config, log *slog.Logger, rec proxier.Recorder) (proxier.Proxier, error) {
 	switch mode {
 	case "iptables":
 		ct, err := newConntrack(log)
@@ -40,7 +37,7 @@ func newRecordedProxier(mode string, log *slog.Logger, rec proxier.Recorder) (pr
 		return nftables.New(nftables.Options{Log: log, Conntrack: ct, Recorder: rec})
 	case "ipvs":
 		// New fails at once, naming the module, on a kernel without IPVS.
-		o := ipvsOptions(log)
+		o := IPVSOptions(c, log)
 		o.Recorder = rec
 		// ipvs.Options.Conntrack (stale UDP/SCTP entries cleared after a sync, as kube-proxy's
 		// ipvs mode) is not wired yet: with it the lab's EndpointRemoved row saw a new TCP
@@ -58,8 +55,8 @@ func familiesOf(px proxier.Proxier) []proxier.Family {
 	return proxier.Families
 }
 
-// newRenderer returns a proxier of the mode used only to Render: it must not need the kernel.
-func newRenderer(mode string, log *slog.Logger) (proxier.Proxier, error) {
+// NewRenderer returns a proxier of the mode used only to Render: it must not need the kernel.
+func NewRenderer(mode string, c *config.Config, log *slog.Logger) (proxier.Proxier, error) {
 	switch mode {
 	case "iptables":
 		// Render both families whatever binaries this machine has.
@@ -67,14 +64,14 @@ func newRenderer(mode string, log *slog.Logger) (proxier.Proxier, error) {
 	case "nftables":
 		return nftables.New(nftables.Options{Log: log, Families: proxier.Families})
 	case "ipvs":
-		o := ipvsOptions(log)
+		o := IPVSOptions(c, log)
 		o.Families = proxier.Families
 		if err := ipvs.CheckScheduler(o.Scheduler); err != nil {
 			return nil, err
 		}
 		return ipvs.NewRenderer(o), nil
 	}
-	return newProxier(mode, log)
+	return NewProxier(mode, c, log, nil)
 }
 
 // newConntrack returns the cleaner of stale UDP/SCTP flows in this network namespace.

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -13,8 +13,8 @@ import (
 	"nodeagent/proxier/iptables"
 )
 
-// conntrackConfig is kube-proxy's conntrack: block (and its --conntrack-* flags).
-type conntrackConfig struct {
+// Conntrack is kube-proxy's conntrack: block (and its --conntrack-* flags).
+type Conntrack struct {
 	MaxPerCore            *int32           `json:"maxPerCore,omitempty"`
 	Min                   *int32           `json:"min,omitempty"`
 	TCPEstablishedTimeout *metav1.Duration `json:"tcpEstablishedTimeout,omitempty"`
@@ -25,9 +25,9 @@ type conntrackConfig struct {
 }
 
 // defaultConntrack is kube-proxy v1.34's default.
-func defaultConntrack() conntrackConfig {
+func defaultConntrack() Conntrack {
 	maxPerCore, minimum := int32(32768), int32(131072)
-	return conntrackConfig{
+	return Conntrack{
 		MaxPerCore:            &maxPerCore,
 		Min:                   &minimum,
 		TCPEstablishedTimeout: &metav1.Duration{Duration: 24 * time.Hour},
@@ -45,7 +45,7 @@ func netfilterSysctl(name string) string { return "net/netfilter/" + name }
 
 // conntrackMax is kube-proxy's: maxPerCore × CPUs, at least min; 0 when maxPerCore is 0 (leave
 // the kernel's value).
-func (c conntrackConfig) conntrackMax(cpus int) int {
+func (c Conntrack) conntrackMax(cpus int) int {
 	if c.MaxPerCore == nil || *c.MaxPerCore <= 0 {
 		return 0
 	}
@@ -56,11 +56,11 @@ func (c conntrackConfig) conntrackMax(cpus int) int {
 	return max(int(*c.MaxPerCore)*cpus, floor)
 }
 
-// apply sets the conntrack sysctls as kube-proxy does at start: only settings that are non-zero,
+// Apply sets the conntrack sysctls as kube-proxy does at start: only settings that are non-zero,
 // and only when the kernel's value differs. Unlike kube-proxy, a nf_conntrack_max the namespace
 // may not write (any namespace but the host's) is a warning, not a reason to stop: agents in
 // network namespaces are a normal way to run nodeagent.
-func (c conntrackConfig) apply(sys sysctls, cpus int, log *slog.Logger) error {
+func (c Conntrack) Apply(sys sysctls, cpus int, log *slog.Logger) error {
 	set := func(name string, value int) error {
 		if cur, err := sys.Get(netfilterSysctl(name)); err == nil && cur == strconv.Itoa(value) {
 			return nil

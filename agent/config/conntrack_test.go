@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"io"
@@ -48,7 +48,7 @@ func TestConntrackSettings(t *testing.T) {
 	off.MaxPerCore = &zero
 	for _, tc := range []struct {
 		name     string
-		cfg      conntrackConfig
+		cfg      Conntrack
 		cpus     int
 		current  map[string]int
 		readOnly map[string]bool
@@ -67,11 +67,11 @@ func TestConntrackSettings(t *testing.T) {
 				"nf_conntrack_tcp_be_liberal": 1, "nf_conntrack_udp_timeout": 30}},
 		{"a network namespace cannot write the maximum: the rest still applies", defaultConntrack(), 2, map[string]int{},
 			map[string]bool{"nf_conntrack_max": true}, map[string]int{"nf_conntrack_tcp_timeout_established": 86400, "nf_conntrack_tcp_timeout_close_wait": 3600}},
-		{"all zero writes nothing", conntrackConfig{}, 2, map[string]int{}, nil, map[string]int{}},
+		{"all zero writes nothing", Conntrack{}, 2, map[string]int{}, nil, map[string]int{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeSysctls{values: tc.current, writes: map[string]int{}, readOnly: tc.readOnly}
-			if err := tc.cfg.apply(f, tc.cpus, quiet); err != nil {
+			if err := tc.cfg.Apply(f, tc.cpus, quiet); err != nil {
 				t.Fatal(err)
 			}
 			if !maps.Equal(f.writes, tc.want) {

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"encoding/json"
@@ -19,22 +19,22 @@ func FuzzConfigFile(f *testing.F) {
 	f.Add([]byte("a: &a [*a]\n"))
 	f.Add([]byte("{\"mode\": \"ipvs\", \"ipvs\": {\"scheduler\": \"lc\", \"tcpTimeout\": \"15m\"}}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := defaultConfig()
-		if err := decodeConfig(b, &c); err != nil {
+		c := Default()
+		if err := Decode(b, &c); err != nil {
 			return
 		}
-		c.applyModeBlock(nil)
+		c.ApplyModeBlock(nil)
 		again, err := json.Marshal(&c)
 		if err != nil {
 			t.Fatalf("encode accepted config: %v", err)
 		}
-		d := defaultConfig()
-		if err := decodeConfig(again, &d); err != nil {
+		d := Default()
+		if err := Decode(again, &d); err != nil {
 			t.Fatalf("accepted %q, but not its encoding %s: %v", b, again, err)
 		}
-		d.applyModeBlock(nil)
+		d.ApplyModeBlock(nil)
 		if d.Mode != c.Mode || d.MemberlistSecret != c.MemberlistSecret || d.MemberlistSecretFile != c.MemberlistSecretFile ||
-			d.MemberlistInsecure != c.MemberlistInsecure || d.syncPeriod != c.syncPeriod || d.masqueradeAll != c.masqueradeAll {
+			d.MemberlistInsecure != c.MemberlistInsecure || d.SyncPeriod != c.SyncPeriod || d.MasqueradeAll != c.MasqueradeAll {
 			t.Fatalf("%q and its encoding %s differ", b, again)
 		}
 	})

@@ -1,4 +1,4 @@
-package source
+package main
 
 import (
 	"bytes"
@@ -9,17 +9,19 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"nodeagent/source"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 
 func TestServiceTableSeed(t *testing.T) {
-	objs, _, err := Load("testdata/seed")
+	objs, _, err := source.Load("../../source/testdata/seed")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
-	WriteServiceTable(&b, objs.Services(), time.Now())
+	writeServiceTable(&b, objs.Services(), time.Now())
 	const golden = "testdata/services.golden"
 	if *update {
 		if err := os.WriteFile(golden, b.Bytes(), 0o644); err != nil {
@@ -52,7 +54,7 @@ func TestServiceTableNamespacesAndAges(t *testing.T) {
 		Ports: []v1.ServicePort{{Port: 53, Protocol: v1.ProtocolUDP}}}}
 	dns.Name, dns.Namespace = "kube-dns", "kube-system"
 	var b bytes.Buffer
-	WriteServiceTable(&b, []*v1.Service{lb, dns, many}, now)
+	writeServiceTable(&b, []*v1.Service{lb, dns, many}, now)
 	// kubectl cuts the load-balancer part to 13 characters and "..." (here "10.0.0.52,10.").
 	const want = `NAMESPACE     NAME       TYPE           CLUSTER-IP   EXTERNAL-IP                   PORT(S)                     AGE
 kube-system   kube-dns   ClusterIP      10.96.0.10   <none>                        53/UDP                      90s

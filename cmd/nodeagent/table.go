@@ -1,4 +1,4 @@
-package source
+package main
 
 import (
 	"cmp"
@@ -13,11 +13,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 )
 
-// WriteServiceTable prints svcs the way `kubectl get services` does: columns NAME, TYPE,
+// writeServiceTable prints svcs the way `kubectl get services` does: columns NAME, TYPE,
 // CLUSTER-IP, EXTERNAL-IP, PORT(S) and AGE (relative to now), sorted by namespace and name, with
 // a NAMESPACE column first when the services span more than one namespace (as with -A). Write
 // errors are ignored, as with fmt.Fprint to a terminal.
-func WriteServiceTable(w io.Writer, svcs []*v1.Service, now time.Time) {
+func writeServiceTable(w io.Writer, svcs []*v1.Service, now time.Time) {
 	svcs = slices.Clone(svcs)
 	slices.SortFunc(svcs, func(a, b *v1.Service) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
