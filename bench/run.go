@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +35,13 @@ type Options struct {
 	// NewProxier makes the proxier of a mode in this network namespace.
 	NewProxier func(mode string) (proxier.Proxier, error)
 	Log        *slog.Logger
+	// HeapProfile, when set, is a path prefix: Run writes Go heap profiles (in-use and
+	// allocated since start) right after the first sync (PREFIX-first-sync.pprof) and at the
+	// end (PREFIX-end.pprof), to see where memory goes.
+	HeapProfile string
+	// SkipKernelObjects leaves KernelObjects 0: listing a million map elements takes the
+	// kernel minutes (its dump is quadratic in a set's size).
+	SkipKernelObjects bool
 }
 
 // Result is what one measurement found. Latencies are in milliseconds, connect times in
@@ -88,10 +97,15 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		tr.Upsert(Slice(i, eps[i]))
 	}
 	tr.Synced()
+	stage(log, "objects fed")
 	if err := sync(); err != nil {
 		return res, fmt.Errorf("first sync: %w", err)
 	}
 	res.FirstSyncMs = ms(time.Since(start))
+	stage(log, "first sync")
+	if err := writeHeapProfile(o.HeapProfile, "first-sync"); err != nil {
+		return res, err
+	}
 
 	// (2) Single-endpoint changes: event in, kernel acknowledged out.
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -130,8 +144,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.AddP50Ms, res.AddP99Ms = ms(pct(lat, 50)), ms(pct(lat, 99))
 
 	res.PeakRSSMB = peakRSSMB()
-	if res.KernelObjects, err = kernelObjects(o.Mode); err != nil {
-		log.Warn("count kernel objects", "err", err)
+	if err := writeHeapProfile(o.HeapProfile, "end"); err != nil {
+		return res, err
+	}
+	if !o.SkipKernelObjects {
+		if res.KernelObjects, err = kernelObjects(o.Mode); err != nil {
+			log.Warn("count kernel objects", "err", err)
+		}
 	}
 
 	// (6) The packet path: connect through the probed service, and directly, while everything exists.
@@ -150,6 +169,30 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		res.DirectP50Us, res.DirectP99Us = us(pct(floor, 50)), us(pct(floor, 99))
 	}
 	return res, nil
+}
+
+// stage logs the peak RSS so far and the heap's size at a stage of the run, at debug level.
+func stage(log *slog.Logger, name string) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	log.Debug("bench stage", "stage", name, "peakRSSMB", peakRSSMB(), "heapAllocMB", m.HeapAlloc>>20, "heapSysMB", m.HeapSys>>20)
+}
+
+// writeHeapProfile writes the heap profile to prefix-stage.pprof; an empty prefix writes nothing.
+func writeHeapProfile(prefix, stage string) error {
+	if prefix == "" {
+		return nil
+	}
+	runtime.GC() // the profile shows the heap as of the last collection: make that now
+	f, err := os.Create(prefix + "-" + stage + ".pprof")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
 }
 
 func connectTimes(addr string, n int) ([]time.Duration, error) {
