@@ -63,6 +63,7 @@ func namedSlice(svc string, addrs []netip.Addr) *discovery.EndpointSlice {
 		Ports:       []discovery.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
 	}
 	ready := true
+	s.Endpoints = make([]discovery.Endpoint, 0, len(addrs))
 	for _, a := range addrs {
 		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{a.String()},
 			Conditions: discovery.EndpointConditions{Ready: &ready}})

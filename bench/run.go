@@ -37,7 +37,8 @@ type Options struct {
 	Log        *slog.Logger
 	// HeapProfile, when set, is a path prefix: Run writes Go heap profiles (in-use and
 	// allocated since start) right after the first sync (PREFIX-first-sync.pprof) and at the
-	// end (PREFIX-end.pprof), to see where memory goes.
+	// end (PREFIX-end.pprof), to see where memory goes, and a CPU profile of the first sync
+	// (PREFIX-first-sync-cpu.pprof).
 	HeapProfile string
 	// SkipKernelObjects leaves KernelObjects 0: listing a million map elements takes the
 	// kernel minutes (its dump is quadratic in a set's size).
@@ -86,6 +87,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	probe := o.Services - 1
 
 	// (1) First full sync: every object fed through the tracker, then one sync.
+	stopCPU, err := startCPUProfile(o.HeapProfile, "first-sync-cpu")
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	eps := make([][]netip.Addr, o.Services)
 	for i := range o.Services {
@@ -102,6 +107,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, fmt.Errorf("first sync: %w", err)
 	}
 	res.FirstSyncMs = ms(time.Since(start))
+	stopCPU()
 	stage(log, "first sync")
 	if err := writeHeapProfile(o.HeapProfile, "first-sync"); err != nil {
 		return res, err
@@ -176,6 +182,26 @@ func stage(log *slog.Logger, name string) {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	log.Debug("bench stage", "stage", name, "peakRSSMB", peakRSSMB(), "heapAllocMB", m.HeapAlloc>>20, "heapSysMB", m.HeapSys>>20)
+}
+
+// startCPUProfile starts a CPU profile to prefix-stage.pprof and returns what stops it; an
+// empty prefix profiles nothing.
+func startCPUProfile(prefix, stage string) (stop func(), err error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(prefix + "-" + stage + ".pprof")
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
 
 // writeHeapProfile writes the heap profile to prefix-stage.pprof; an empty prefix writes nothing.
