@@ -92,14 +92,21 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	start := time.Now()
-	eps := make([][]netip.Addr, o.Services)
-	for i := range o.Services {
-		eps[i] = Endpoints(i, o.EndpointsPerService)
-		if i == probe && o.Backend.IsValid() {
-			eps[i] = []netip.Addr{o.Backend}
+	// Only the endpoints of services changed since are kept: the others are generated again
+	// (a copy of every address would be the harness's memory, not the proxy's: 21 MB at 100,000).
+	changed := map[int][]netip.Addr{}
+	if o.Backend.IsValid() {
+		changed[probe] = []netip.Addr{o.Backend}
+	}
+	eps := func(i int) []netip.Addr {
+		if e, ok := changed[i]; ok {
+			return e
 		}
+		return Endpoints(i, o.EndpointsPerService)
+	}
+	for i := range o.Services {
 		tr.Upsert(Service(i))
-		tr.Upsert(Slice(i, eps[i]))
+		tr.Upsert(Slice(i, eps(i)))
 	}
 	tr.Synced()
 	stage(log, "objects fed")
@@ -122,10 +129,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		if i == probe {
 			break
 		}
-		j := rng.IntN(len(eps[i]))
-		eps[i][j] = nth(endpointBase, next)
+		e := eps(i)
+		e[rng.IntN(len(e))] = nth(endpointBase, next)
+		changed[i] = e
 		next++
-		s := Slice(i, eps[i])
+		s := Slice(i, e)
 		t0 := time.Now()
 		tr.Upsert(s)
 		if err := sync(); err != nil {
