@@ -164,6 +164,9 @@ func parseTrafficAnswer(first time.Time, f []string) (TrafficResult, error) {
 	return r, nil
 }
 
+// fullRate is how long a traffic probe makes Parallel attempts every millisecond.
+const fullRate = 100 * time.Millisecond
+
 // probeTraffic runs p from the current network namespace.
 func probeTraffic(ctx context.Context, p TrafficProbe) (TrafficResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
@@ -175,8 +178,15 @@ func probeTraffic(ctx context.Context, p TrafficProbe) (TrafficResult, error) {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	inFlight := 0
+	start := time.Now()
 	fire := func() {
-		for range p.Parallel {
+		// Full bursts while a fast proxy's answer may come; a slow one's second of waiting is
+		// timed at a quarter of the rate, so that the probe does not load the machine it measures.
+		n := p.Parallel
+		if time.Since(start) > fullRate {
+			n = max(1, n/4)
+		}
+		for range n {
 			if inFlight >= cap(results)-1 {
 				return
 			}
