@@ -248,7 +248,9 @@ func (t *Tracker) Snapshot() (*State, Changes) {
 }
 
 func (t *Tracker) snapshot() (*State, Changes, []conflictReport) {
-	ch := Changes{Full: t.full, Services: map[types.NamespacedName]bool{}, Triggers: t.counts.checkout()}
+	// Sized for the dirty services: at a first sync of 100,000, growing it step by step (and
+	// hashing every key again at each step) cost a tenth of a second.
+	ch := Changes{Full: t.full, Services: make(map[types.NamespacedName]bool, len(t.dirty)), Triggers: t.counts.checkout()}
 	// seeds are the services whose frontends may have changed hands: the changed ones and every
 	// service that shares, or shared, a frontend with one.
 	seeds := make(map[types.NamespacedName]bool, len(t.dirty))
