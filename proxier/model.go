@@ -254,7 +254,6 @@ func endpointsFor(from []*discovery.EndpointSlice, portName string, proto v1.Pro
 	return out[:len(out):len(out)]
 }
 
-
 // Frontend is one address, port and protocol a service port answers on, used to find conflicts.
 type Frontend struct {
 	Addr     netip.Addr // invalid for node ports (they are on every node address)

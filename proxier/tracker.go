@@ -38,7 +38,7 @@ type Tracker struct {
 	slices   map[types.NamespacedName]*discovery.EndpointSlice
 	// bySvc are each service's slices sorted by name: a slice, not a map, since nearly every
 	// service has one or two (100,000 small maps were 30 MB).
-	bySvc map[types.NamespacedName][]*discovery.EndpointSlice
+	bySvc    map[types.NamespacedName][]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
 	counts   changeCounts          // kube-proxy's change metrics and trigger times (counts.go)
 	nodeObjs map[string]nodeObject // Node name → what the model reads of it (topology.go)
