@@ -91,9 +91,10 @@ const (
 
 // attempt is one connection attempt's outcome: when it ended and, if answered, by which pod.
 type attempt struct {
-	at   time.Time
-	kind attemptKind
-	from netip.Addr
+	start time.Time // when the connection was begun
+	at    time.Time
+	kind  attemptKind
+	from  netip.Addr
 }
 
 // TrafficResult is what a traffic probe saw: when Want first answered (zero if it never did)
@@ -104,8 +105,8 @@ type TrafficResult struct {
 	Refused  int // before the first answer by Want
 	Failed   int // before the first answer by Want
 	Others   int // answered by another endpoint before Want first answered
-	// StaleAfter counts answers by the removed endpoint from attempts that ended after Want
-	// first answered: with a transactional proxy it stays 0.
+	// StaleAfter counts answers by the removed endpoint to attempts begun after Want first
+	// answered: with a transactional proxy it stays 0.
 	StaleAfter int
 }
 
@@ -129,7 +130,9 @@ func (t *tally) add(a attempt) (done bool) {
 			t.res.First = a.at
 		}
 	case !first.IsZero():
-		if a.kind == attemptAnswered && t.p.Stale.IsValid() && a.from == t.p.Stale {
+		// Only connections begun after Want answered are new connections: one in flight
+		// before may have been translated by the rules that were replaced.
+		if a.kind == attemptAnswered && t.p.Stale.IsValid() && a.from == t.p.Stale && a.start.After(first) {
 			t.res.StaleAfter++
 		}
 	case a.kind == attemptRefused:
@@ -216,12 +219,13 @@ func probeTraffic(ctx context.Context, p TrafficProbe) (TrafficResult, error) {
 // long-lived conntrack entries behind.
 func connectOnce(target netip.AddrPort, timeout time.Duration) attempt {
 	d := net.Dialer{Timeout: timeout}
+	start := time.Now()
 	c, err := d.Dial("tcp", target.String())
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return attempt{at: time.Now(), kind: attemptRefused}
+			return attempt{start: start, at: time.Now(), kind: attemptRefused}
 		}
-		return attempt{at: time.Now(), kind: attemptFailed}
+		return attempt{start: start, at: time.Now(), kind: attemptFailed}
 	}
 	defer func() {
 		_ = c.(*net.TCPConn).SetLinger(0)
@@ -233,9 +237,9 @@ func connectOnce(target netip.AddrPort, timeout time.Duration) attempt {
 	at := time.Now()
 	from, err := netip.ParseAddr(strings.TrimSpace(string(buf[:n])))
 	if err != nil {
-		return attempt{at: at, kind: attemptFailed}
+		return attempt{start: start, at: at, kind: attemptFailed}
 	}
-	return attempt{at: at, kind: attemptAnswered, from: from}
+	return attempt{start: start, at: at, kind: attemptAnswered, from: from}
 }
 
 // servePods answers every connection accepted by ln with the address it was reached at (the

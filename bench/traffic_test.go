@@ -64,7 +64,10 @@ func TestTally(t *testing.T) {
 	want, stale, other := netip.MustParseAddr("10.244.128.1"), netip.MustParseAddr("10.244.2.1"), netip.MustParseAddr("10.244.2.2")
 	t0 := time.Unix(1000, 0)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	answered := func(ms int, from netip.Addr) attempt { return attempt{at: at(ms), kind: attemptAnswered, from: from} }
+	// Answered attempts took half a millisecond.
+	answered := func(ms int, from netip.Addr) attempt {
+		return attempt{start: at(ms).Add(-time.Millisecond / 2), at: at(ms), kind: attemptAnswered, from: from}
+	}
 	for _, tc := range []struct {
 		name     string
 		stale    netip.Addr
@@ -91,6 +94,13 @@ func TestTally(t *testing.T) {
 		attempts: []attempt{answered(1, want), answered(2, stale), answered(3, stale), answered(21, stale)},
 		done:     3,
 		want:     TrafficResult{First: at(1), Attempts: 3, StaleAfter: 2},
+	}, {
+		name:  "endpoint replaced: a connection begun before the switch may still reach the old one",
+		stale: stale,
+		attempts: []attempt{answered(1, want),
+			{start: at(0), at: at(2), kind: attemptAnswered, from: stale}, answered(3, stale)},
+		done: -1,
+		want: TrafficResult{First: at(1), Attempts: 3, StaleAfter: 1},
 	}, {
 		name:     "an earlier answer that ends later still counts as the first",
 		attempts: []attempt{answered(5, want), answered(4, want)},
