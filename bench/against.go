@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -69,6 +70,11 @@ type AgainstOptions struct {
 	Dir string
 	// Log receives progress messages.
 	Log *slog.Logger
+	// TrafficSamples is how many samples of each traffic case to take (see measureTraffic);
+	// 0 skips the traffic probe.
+	TrafficSamples int
+	// KubeProxyArgs are extra kube-proxy flags (e.g. --iptables-min-sync-period=0).
+	KubeProxyArgs []string
 }
 
 func (o *AgainstOptions) defaults() {
@@ -118,6 +124,15 @@ type AgainstResult struct {
 	// KernelObjects counts the implementation's IPv4 rules and chains (iptables), or rules,
 	// chains, sets and elements of its table (nftables).
 	KernelObjects int `json:"kernelObjects"`
+	// FirstEndpoint and Replaced are the traffic probe's cases: from the API write's return to
+	// the first connection through the service answered by (a) the first endpoint of a service
+	// that had none, (b) the new endpoint of a working service where one was replaced.
+	FirstEndpoint Latencies `json:"firstEndpoint"`
+	Replaced      Latencies `json:"replaced"`
+	// TrafficAttempts counts the probe's connection attempts; StaleAnswers those answered by a
+	// replaced endpoint after its replacement had answered (a proxy that switches atomically: 0).
+	TrafficAttempts int `json:"trafficAttempts"`
+	StaleAnswers    int `json:"staleAnswers"`
 }
 
 // Against runs every (mode, size) of o, each in a fresh lab, and returns two results per run:
@@ -168,6 +183,8 @@ type againstLab struct {
 	dir      string
 
 	namespaces []string
+	listeners  []net.Listener
+	probeIPs   map[string]netip.Addr // cluster IPs of the traffic probe's services
 	cp         *kube.ControlPlane
 	procs      []*process
 	observers  []*observer
@@ -225,24 +242,33 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sides[1].proc, err = l.start("kube-proxy", kp, filepath.Join(l.o.KubeBinDir, "kube-proxy"),
+	kpArgs := []string{filepath.Join(l.o.KubeBinDir, "kube-proxy"),
 		"--kubeconfig", cp.Kubeconfig, "--proxy-mode", l.mode, "--hostname-override", kubeProxyNode,
 		"--cluster-cidr", "10.244.0.0/16",
 		// Inside a namespace the global conntrack table size is read-only; 0 leaves it (and the
 		// TCP timeouts) alone.
 		"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
-		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249")
+		"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
+	sides[1].proc, err = l.start("kube-proxy", kp, append(kpArgs, l.o.KubeProxyArgs...)...)
 	if err != nil {
 		return nil, err
 	}
 	// Both up and synced (empty) before the clock starts.
-	if err := l.waitAll(ctx, sides, time.Time{}, 2*time.Minute, func(s *side) (Probe, error) {
+	if err := l.waitAll(ctx, sides, time.Time{}, 2*time.Minute, func(s *side) (request, error) {
 		return ReadyProbe(s.impl, l.mode)
 	}, nil); err != nil {
 		return nil, fmt.Errorf("proxies starting: %w", err)
 	}
 	l.o.Log.Debug("both proxies synced", "after", time.Since(begin))
 
+	if l.o.TrafficSamples > 0 {
+		if err := l.startPods(ctx, sides); err != nil {
+			return nil, err
+		}
+		if err := l.createProbeServices(ctx, client, l.o.EndpointsPerService); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.measureCreate(ctx, client, sides); err != nil {
 		return nil, err
 	}
@@ -255,6 +281,11 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 	}
 	if err := l.measureChanges(ctx, client, sides); err != nil {
 		return nil, err
+	}
+	if l.o.TrafficSamples > 0 {
+		if err := l.measureTraffic(ctx, client, sides); err != nil {
+			return nil, err
+		}
 	}
 	for _, s := range sides {
 		if s.res.CPUSeconds, s.res.PeakRSSMB, err = s.proc.usage(); err != nil {
@@ -348,7 +379,7 @@ func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, 
 	var lastWrite time.Time
 	var seen sync.Map
 	go func() {
-		waitErr <- l.waitAll(ctx, sides, start, l.o.CreateTimeout, func(s *side) (Probe, error) {
+		waitErr <- l.waitAll(ctx, sides, start, l.o.CreateTimeout, func(s *side) (request, error) {
 			// Known once the last service is written, which is before its slice is.
 			select {
 			case <-lastCreated:
@@ -356,7 +387,7 @@ func (l *againstLab) measureCreate(ctx context.Context, c kubernetes.Interface, 
 				return Probe{}, ctx.Err()
 			}
 			return EndpointProbe(s.impl, l.mode, n-1, l.clusterIPs[n-1], e, netip.AddrPortFrom(last[len(last)-1], 8080))
-		}, func(s *side, t time.Time) { seen.Store(s, t) })
+		}, func(s *side, o observation) { seen.Store(s, o.at) })
 	}()
 	err := func() error {
 		work := make(chan int)
@@ -498,11 +529,11 @@ func (l *againstLab) measureChanges(ctx context.Context, c kubernetes.Interface,
 		waitErr := make(chan error, 1)
 		var mu sync.Mutex
 		go func() {
-			waitErr <- l.waitAll(ctx, sides, t0, l.o.ChangeTimeout, func(s *side) (Probe, error) {
+			waitErr <- l.waitAll(ctx, sides, t0, l.o.ChangeTimeout, func(s *side) (request, error) {
 				return EndpointProbe(s.impl, l.mode, i, l.clusterIPs[i], e, ep)
-			}, func(s *side, t time.Time) {
+			}, func(s *side, o observation) {
 				mu.Lock()
-				lat[s] = append(lat[s], t.Sub(t0))
+				lat[s] = append(lat[s], o.at.Sub(t0))
 				mu.Unlock()
 			})
 		}()
@@ -578,7 +609,7 @@ func watchSlices(ctx context.Context, c kubernetes.Interface) (*sliceEvents, fun
 // waitAll asks every side's observer for probe(side) and waits for all answers; seen gets each
 // side's time. A zero since means no time is kept.
 func (l *againstLab) waitAll(ctx context.Context, sides []*side, since time.Time, timeout time.Duration,
-	probe func(*side) (Probe, error), seen func(*side, time.Time)) error {
+	probe func(*side) (request, error), seen func(*side, observation)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errs := make(chan error, len(sides))
@@ -599,7 +630,7 @@ func (l *againstLab) waitAll(ctx context.Context, sides []*side, since time.Time
 					return
 				}
 				if seen != nil {
-					seen(s, r.at)
+					seen(s, r)
 				}
 				errs <- nil
 			case <-ctx.Done():
@@ -626,6 +657,9 @@ func (l *againstLab) close() error {
 	// Observers end when their requests do; every process gets its grace period at once.
 	for _, o := range l.observers {
 		_ = o.in.Close()
+	}
+	for _, ln := range l.listeners {
+		_ = ln.Close()
 	}
 	stopErrs := make(chan error, len(l.procs))
 	for _, p := range l.procs {
@@ -784,6 +818,14 @@ type observer struct {
 type observation struct {
 	at  time.Time
 	err error
+	// rest are the answer's fields after the time (a traffic probe's counts).
+	rest []string
+}
+
+// request is what an observer can be asked to wait for: a Probe of the kernel or a TrafficProbe.
+type request interface {
+	request(id string) string
+	String() string
 }
 
 func (l *againstLab) startObserver(impl, ns string) (*observer, error) {
@@ -816,8 +858,12 @@ func (o *observer) read(r io.Reader) {
 		var obs observation
 		if msg, ok := strings.CutPrefix(rest, "error "); ok {
 			obs.err = errors.New(msg)
-		} else if ns, err := strconv.ParseInt(rest, 10, 64); err == nil {
-			obs.at = time.Unix(0, ns)
+		} else if f := strings.Fields(rest); len(f) > 0 {
+			ns, err := strconv.ParseInt(f[0], 10, 64)
+			obs.at, obs.rest = time.Unix(0, ns), f[1:]
+			if err != nil {
+				obs.err = fmt.Errorf("observer answered %q", sc.Text())
+			}
 		} else {
 			obs.err = fmt.Errorf("observer answered %q", sc.Text())
 		}
@@ -832,7 +878,7 @@ func (o *observer) read(r io.Reader) {
 }
 
 // wait asks the observer to report when ref holds.
-func (o *observer) wait(ref Probe) (<-chan observation, error) {
+func (o *observer) wait(ref request) (<-chan observation, error) {
 	if o.p.exited() {
 		return nil, fmt.Errorf("kernel observer exited: %v", o.p.err)
 	}

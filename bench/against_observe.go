@@ -152,7 +152,8 @@ func hash32(s string, n int) string {
 
 // Observe serves wait requests of the against benchmark in the current network namespace: each
 // line of r is a Probe's request; Observe polls the kernel until the probe holds and answers
-// "ID UNIXNANO" (the wall-clock time it saw it), or "ID error MESSAGE". Requests are served one
+// "ID UNIXNANO" (the wall-clock time it saw it), or "ID error MESSAGE". A TrafficProbe's request
+// is answered with its TrafficResult. Requests are served one
 // at a time; Observe returns when r ends or ctx is done.
 func Observe(ctx context.Context, r io.Reader, w io.Writer) error {
 	if err := InsideLab(); err != nil {
@@ -180,6 +181,22 @@ func Observe(ctx context.Context, r io.Reader, w io.Writer) error {
 		case err := <-readErr:
 			return err
 		case line = <-lines:
+		}
+		if f := strings.Fields(line); len(f) > 1 && f[1] == "traffic" {
+			tp, err := parseTrafficRequest(f[2:])
+			if err != nil {
+				return err
+			}
+			r, err := probeTraffic(ctx, tp)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				fmt.Fprintf(w, "%s error %s\n", f[0], strings.ReplaceAll(err.Error(), "\n", " "))
+				continue
+			}
+			fmt.Fprintln(w, r.answer(f[0]))
+			continue
 		}
 		id, p, err := parseRequest(line)
 		if err != nil {

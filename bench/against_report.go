@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"image/color"
 	"io"
 	"os"
+	"slices"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -115,6 +117,80 @@ func WriteAgainstTable(w io.Writer, rs []AgainstResult) {
 	_ = tw.Flush()
 }
 
+// WriteTrafficTable prints the traffic probe's latencies, one row per (mode, size) with both
+// implementations side by side and kube-proxy's p90 over nodeagent's; nothing when no run probed
+// traffic.
+func WriteTrafficTable(w io.Writer, rs []AgainstResult) {
+	type pair struct{ na, kp *AgainstResult }
+	var rows []pair
+	for i := range rs {
+		r := &rs[i]
+		if r.FirstEndpoint.Samples == 0 && r.Replaced.Samples == 0 {
+			continue
+		}
+		k := slices.IndexFunc(rows, func(p pair) bool {
+			o := p.na
+			if o == nil {
+				o = p.kp
+			}
+			return o.Mode == r.Mode && o.Services == r.Services
+		})
+		if k < 0 {
+			rows = append(rows, pair{})
+			k = len(rows) - 1
+		}
+		if r.Impl == ImplKubeProxy {
+			rows[k].kp = r
+		} else {
+			rows[k].na = r
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "| mode	 services	 case	 samples	 nodeagent p50 / p90 / max ms	 kube-proxy p50 / p90 / max ms	 p90 kube-proxy ÷ nodeagent	 stale answers (nodeagent / kube-proxy)	")
+	fmt.Fprintln(tw, "| ---	 ---	 ---	 ---	 ---	 ---	 ---	 ---	")
+	for _, p := range rows {
+		for _, c := range []struct {
+			name string
+			get  func(*AgainstResult) Latencies
+		}{
+			{"first endpoint", func(r *AgainstResult) Latencies { return r.FirstEndpoint }},
+			{"endpoint replaced", func(r *AgainstResult) Latencies { return r.Replaced }},
+		} {
+			var na, kp Latencies
+			var mode string
+			var services, naStale, kpStale int
+			if p.na != nil {
+				na, mode, services, naStale = c.get(p.na), p.na.Mode, p.na.Services, p.na.StaleAnswers
+			}
+			if p.kp != nil {
+				kp, mode, services, kpStale = c.get(p.kp), p.kp.Mode, p.kp.Services, p.kp.StaleAnswers
+			}
+			fmt.Fprintf(tw, "| %s\t %d\t %s\t %d\t %s\t %s\t %s\t %d / %d\t\n", mode, services, c.name,
+				max(na.Samples, kp.Samples), latencyText(na), latencyText(kp), speedup(kp.P90Ms, na.P90Ms), naStale, kpStale)
+		}
+	}
+	_ = tw.Flush()
+}
+
+func latencyText(l Latencies) string {
+	if l.Samples == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f / %.1f / %.1f", l.P50Ms, l.P90Ms, l.MaxMs)
+}
+
+// speedup is slow ÷ fast in bold, with a 1 ms floor under fast: the probe ticks every
+// millisecond, so a 0 ms p90 means "within the first tick", not infinitely fast.
+func speedup(slow, fast float64) string {
+	if slow == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("**%.0f×**", slow/max(fast, 1))
+}
+
 // WriteAgainstFiles writes results.json, results.md and results.png into dir.
 func WriteAgainstFiles(dir string, rep AgainstReport) error {
 	rep.Ratios = Ratios(rep.Results)
@@ -122,6 +198,12 @@ func WriteAgainstFiles(dir string, rep AgainstReport) error {
 		fmt.Fprintf(w, "nodeagent against %s. Commit %s, %s, kernel %s, %s.\n\n%s\n\n", rep.Against, rep.Commit,
 			rep.Machine, rep.Kernel, rep.Date, rep.Settings)
 		WriteAgainstTable(w, rep.Results)
+		var traffic bytes.Buffer
+		WriteTrafficTable(&traffic, rep.Results)
+		if traffic.Len() > 0 {
+			fmt.Fprintf(w, "\n**Traffic** (from the API write's return to the first connection through the service "+
+				"answered by the new endpoint, seen by a client polling every millisecond in the node's namespace):\n\n%s", traffic.Bytes())
+		}
 	}, func(path string) error { return plotAgainst(path, rep.Results) })
 }
 

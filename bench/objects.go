@@ -50,14 +50,20 @@ func Service(i int) *v1.Service {
 
 // Slice returns the EndpointSlice of service i with the given endpoint addresses on port 8080.
 func Slice(i int, addrs []netip.Addr) *discovery.EndpointSlice {
+	return namedSlice(ServiceName(i), addrs)
+}
+
+// namedSlice is the EndpointSlice of the service called svc with these endpoints on port 8080.
+func namedSlice(svc string, addrs []netip.Addr) *discovery.EndpointSlice {
 	name, proto, port := "http", v1.ProtocolTCP, int32(8080)
 	s := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: ServiceName(i) + "-1",
-			Labels: map[string]string{discovery.LabelServiceName: ServiceName(i)}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: svc + "-1",
+			Labels: map[string]string{discovery.LabelServiceName: svc}},
 		AddressType: discovery.AddressTypeIPv4,
 		Ports:       []discovery.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
 	}
 	ready := true
+	s.Endpoints = make([]discovery.Endpoint, 0, len(addrs))
 	for _, a := range addrs {
 		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{a.String()},
 			Conditions: discovery.EndpointConditions{Ready: &ready}})

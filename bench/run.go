@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +35,14 @@ type Options struct {
 	// NewProxier makes the proxier of a mode in this network namespace.
 	NewProxier func(mode string) (proxier.Proxier, error)
 	Log        *slog.Logger
+	// HeapProfile, when set, is a path prefix: Run writes Go heap profiles (in-use and
+	// allocated since start) right after the first sync (PREFIX-first-sync.pprof) and at the
+	// end (PREFIX-end.pprof), to see where memory goes, and a CPU profile of the first sync
+	// (PREFIX-first-sync-cpu.pprof).
+	HeapProfile string
+	// SkipKernelObjects leaves KernelObjects 0: listing a million map elements takes the
+	// kernel minutes (its dump is quadratic in a set's size).
+	SkipKernelObjects bool
 }
 
 // Result is what one measurement found. Latencies are in milliseconds, connect times in
@@ -77,21 +87,38 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	probe := o.Services - 1
 
 	// (1) First full sync: every object fed through the tracker, then one sync.
+	stopCPU, err := startCPUProfile(o.HeapProfile, "first-sync-cpu")
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
-	eps := make([][]netip.Addr, o.Services)
-	for i := range o.Services {
-		eps[i] = Endpoints(i, o.EndpointsPerService)
-		if i == probe && o.Backend.IsValid() {
-			eps[i] = []netip.Addr{o.Backend}
+	// Only the endpoints of services changed since are kept: the others are generated again
+	// (a copy of every address would be the harness's memory, not the proxy's: 21 MB at 100,000).
+	changed := map[int][]netip.Addr{}
+	if o.Backend.IsValid() {
+		changed[probe] = []netip.Addr{o.Backend}
+	}
+	eps := func(i int) []netip.Addr {
+		if e, ok := changed[i]; ok {
+			return e
 		}
+		return Endpoints(i, o.EndpointsPerService)
+	}
+	for i := range o.Services {
 		tr.Upsert(Service(i))
-		tr.Upsert(Slice(i, eps[i]))
+		tr.Upsert(Slice(i, eps(i)))
 	}
 	tr.Synced()
+	stage(log, "objects fed")
 	if err := sync(); err != nil {
 		return res, fmt.Errorf("first sync: %w", err)
 	}
 	res.FirstSyncMs = ms(time.Since(start))
+	stopCPU()
+	stage(log, "first sync")
+	if err := writeHeapProfile(o.HeapProfile, "first-sync"); err != nil {
+		return res, err
+	}
 
 	// (2) Single-endpoint changes: event in, kernel acknowledged out.
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -102,10 +129,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		if i == probe {
 			break
 		}
-		j := rng.IntN(len(eps[i]))
-		eps[i][j] = nth(endpointBase, next)
+		e := eps(i)
+		e[rng.IntN(len(e))] = nth(endpointBase, next)
+		changed[i] = e
 		next++
-		s := Slice(i, eps[i])
+		s := Slice(i, e)
 		t0 := time.Now()
 		tr.Upsert(s)
 		if err := sync(); err != nil {
@@ -130,8 +158,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.AddP50Ms, res.AddP99Ms = ms(pct(lat, 50)), ms(pct(lat, 99))
 
 	res.PeakRSSMB = peakRSSMB()
-	if res.KernelObjects, err = kernelObjects(o.Mode); err != nil {
-		log.Warn("count kernel objects", "err", err)
+	if err := writeHeapProfile(o.HeapProfile, "end"); err != nil {
+		return res, err
+	}
+	if !o.SkipKernelObjects {
+		if res.KernelObjects, err = kernelObjects(o.Mode); err != nil {
+			log.Warn("count kernel objects", "err", err)
+		}
 	}
 
 	// (6) The packet path: connect through the probed service, and directly, while everything exists.
@@ -150,6 +183,50 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		res.DirectP50Us, res.DirectP99Us = us(pct(floor, 50)), us(pct(floor, 99))
 	}
 	return res, nil
+}
+
+// stage logs the peak RSS so far and the heap's size at a stage of the run, at debug level.
+func stage(log *slog.Logger, name string) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	log.Debug("bench stage", "stage", name, "peakRSSMB", peakRSSMB(), "heapAllocMB", m.HeapAlloc>>20, "heapSysMB", m.HeapSys>>20)
+}
+
+// startCPUProfile starts a CPU profile to prefix-stage.pprof and returns what stops it; an
+// empty prefix profiles nothing.
+func startCPUProfile(prefix, stage string) (stop func(), err error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(prefix + "-" + stage + ".pprof")
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
+}
+
+// writeHeapProfile writes the heap profile to prefix-stage.pprof; an empty prefix writes nothing.
+func writeHeapProfile(prefix, stage string) error {
+	if prefix == "" {
+		return nil
+	}
+	runtime.GC() // the profile shows the heap as of the last collection: make that now
+	f, err := os.Create(prefix + "-" + stage + ".pprof")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
 }
 
 func connectTimes(addr string, n int) ([]time.Duration, error) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -67,7 +68,8 @@ func runIsolated(ctx context.Context, self, name, mode string, services int, arg
 		"--services", strconv.Itoa(services), "--backend-netns", pod}, args...)
 	cmd := exec.CommandContext(ctx, "ip", cmdArgs...)
 	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// The inner run's logs (warnings; debug with NODEAGENT_BENCH_DEBUG) go on to ours.
+	cmd.Stdout, cmd.Stderr = &stdout, io.MultiWriter(&stderr, os.Stderr)
 	if err := cmd.Run(); err != nil {
 		return Result{}, fmt.Errorf("%v: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
@@ -96,55 +98,55 @@ func InsideLab() error {
 }
 
 // ServeBackend accepts and closes TCP connections on Backend:8080 inside the named namespace.
-// The listening socket is created by a thread that enters the namespace only for that call.
 func ServeBackend(ns string) (net.Listener, error) {
-	type res struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{err: err}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{err: err}
-			return
-		}
-		ln, lerr := net.Listen("tcp", netip.AddrPortFrom(Backend, 8080).String())
-		if err := netns.Set(orig); err != nil {
-			// The thread stays locked and dies with this goroutine, never reused in ns.
-			ch <- res{ln, errors.Join(lerr, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- res{ln, lerr}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return nil, fmt.Errorf("listen in %s: %w", ns, r.err)
+	ln, err := listenIn(ns, netip.AddrPortFrom(Backend, 8080).String())
+	if err != nil {
+		return nil, err
 	}
 	go func() {
 		for {
-			c, err := r.ln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			_ = c.Close()
 		}
 	}()
-	return r.ln, nil
+	return ln, nil
+}
+
+// inNetns runs f on a thread that is in the named network namespace for that call only.
+func inNetns(ns string, f func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			ch <- err
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			// The thread stays locked and dies with this goroutine, never reused in ns.
+			ch <- errors.Join(ferr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- ferr
+	}()
+	return <-ch
 }

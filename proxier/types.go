@@ -67,9 +67,11 @@ func (n ServicePortName) String() string {
 // Endpoint is one backend address of a ServicePort, with its conditions as published in the
 // EndpointSlice (nil conditions already resolved the way Kubernetes defines them).
 type Endpoint struct {
+	// Fields in this order pack into 48 bytes (56 with Port after Addr): a node of 100,000
+	// services holds a million endpoints.
 	Addr        netip.Addr
-	Port        uint16
 	NodeName    string
+	Port        uint16
 	Local       bool // NodeName is this node
 	Ready       bool
 	Serving     bool

@@ -22,6 +22,8 @@ type againstOptions struct {
 	writers   *int
 	changeGap *time.Duration
 	observe   *bool
+	traffic   *int
+	kpArgs    *string
 }
 
 func againstFlags(fs *flag.FlagSet) againstOptions {
@@ -29,6 +31,9 @@ func againstFlags(fs *flag.FlagSet) againstOptions {
 		writers:   fs.Int("writers", 16, "with --against: goroutines writing objects to the API server at once"),
 		changeGap: fs.Duration("change-gap", time.Second, "with --against: pause after a change reached both kernels (kube-proxy syncs at most once a second by default)"),
 		observe:   fs.Bool("observe", false, "internal: answer kernel wait requests on stdin in the current (lab) namespace"),
+		traffic: fs.Int("traffic-samples", 12, "with --against: samples of each traffic case (a service's first endpoint, "+
+			"one endpoint replaced), timed by connections through the service; 0 skips them"),
+		kpArgs: fs.String("kube-proxy-args", "", "with --against: extra kube-proxy flags, space-separated (e.g. --iptables-min-sync-period=0)"),
 	}
 }
 
@@ -62,16 +67,19 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 		return fmt.Errorf("build kube-apiserver and kube-proxy (test/kube/build.sh): %w", err)
 	}
 	o := bench.AgainstOptions{Modes: splitList(modes), Sizes: sizes, EndpointsPerService: eps, Changes: changes,
-		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log}
+		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log,
+		TrafficSamples: *ao.traffic, KubeProxyArgs: strings.Fields(*ao.kpArgs)}
 	results, err := bench.Against(ctx, o)
 	bench.WriteAgainstTable(stdout, results)
+	bench.WriteTrafficTable(stdout, results)
 	// What was measured before a failure is still worth keeping (large sizes take long).
 	if out != "" && len(results) > 0 {
 		rep := bench.AgainstReport{Commit: gitCommit(), Machine: machine(), Kernel: kernelRelease(),
 			Date: time.Now().UTC().Format(time.RFC3339), Against: "kube-proxy " + kubeProxyVersion(binDir),
 			Settings: fmt.Sprintf("%d endpoints per service, objects written by %d parallel clients, %d single-endpoint changes %v apart; "+
-				"both proxies with their default flags (kube-proxy's min-sync-period 1s, nodeagent's 0) run at the same time in their own network namespaces.",
-				eps, *ao.writers, changes, *ao.changeGap),
+				"both proxies with their default flags (kube-proxy's min-sync-period 1s, nodeagent's 0) run at the same time in their own network namespaces%s; "+
+				"%d samples of each traffic case, %v apart.",
+				eps, *ao.writers, changes, *ao.changeGap, kpExtra(*ao.kpArgs), *ao.traffic, *ao.changeGap),
 			Results: results}
 		if err := bench.WriteAgainstFiles(out, rep); err != nil {
 			return fmt.Errorf("write results: %w", err)
@@ -79,6 +87,13 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 		fmt.Fprintln(stderr, "wrote", filepath.Join(out, "results.{json,md,png}"))
 	}
 	return err
+}
+
+func kpExtra(args string) string {
+	if strings.TrimSpace(args) == "" {
+		return ""
+	}
+	return ", kube-proxy with " + strings.TrimSpace(args)
 }
 
 func kubeProxyVersion(binDir string) string {

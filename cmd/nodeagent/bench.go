@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -32,6 +33,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "directory for results.json, results.md and results.png")
 	inner := fs.Bool("inner", false, "internal: measure in the current (lab) namespace and print JSON")
 	backendNS := fs.String("backend-netns", "", "internal: namespace of the backend server")
+	countObjects := fs.Bool("count-objects", true, "count the kernel objects each mode programmed (slow beyond 25,000 services)")
+	heapProfile := fs.String("heap-profile", "", "write Go heap profiles to PREFIX-<mode>-<services>-{first-sync,end}.pprof")
 	against := fs.String("against", "", "compare with another proxy through a real API server, side by side: kube-proxy")
 	af := againstFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -41,7 +44,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return bench.Observe(ctx, os.Stdin, stdout)
 	}
 	if *inner {
-		return benchInner(ctx, *modes, *services, *eps, *changes, *adds, *connects, *backendNS, stdout, stderr)
+		return benchInner(ctx, *modes, *services, *eps, *changes, *adds, *connects, *backendNS, *heapProfile, !*countObjects, stdout, stderr)
 	}
 	sizes := []int{*services}
 	if *sweep != "" {
@@ -62,7 +65,15 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	pass := []string{"--endpoints-per-service", strconv.Itoa(*eps), "--changes", strconv.Itoa(*changes),
-		"--adds", strconv.Itoa(*adds), "--connects", strconv.Itoa(*connects)}
+		"--adds", strconv.Itoa(*adds), "--connects", strconv.Itoa(*connects),
+		"--count-objects=" + strconv.FormatBool(*countObjects)}
+	if *heapProfile != "" {
+		abs, err := filepath.Abs(*heapProfile)
+		if err != nil {
+			return err
+		}
+		pass = append(pass, "--heap-profile", abs)
+	}
 	results, err := bench.Sweep(ctx, self, splitList(*modes), sizes, pass, func(s string) { fmt.Fprintln(stderr, s) })
 	bench.WriteTable(stdout, results)
 	if err != nil {
@@ -79,14 +90,21 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func benchInner(ctx context.Context, mode string, services, eps, changes, adds, connects int, backendNS string, stdout, stderr io.Writer) error {
+func benchInner(ctx context.Context, mode string, services, eps, changes, adds, connects int, backendNS, heapProfile string, skipObjects bool, stdout, stderr io.Writer) error {
 	if err := bench.InsideLab(); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if os.Getenv("NODEAGENT_BENCH_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	o := bench.Options{Mode: mode, Services: services, EndpointsPerService: eps, Changes: changes, Adds: adds,
-		Connects: connects, Log: log,
+		Connects: connects, Log: log, SkipKernelObjects: skipObjects,
 		NewProxier: func(m string) (proxier.Proxier, error) { return newProxier(m, log) }}
+	if heapProfile != "" {
+		o.HeapProfile = fmt.Sprintf("%s-%s-%d", heapProfile, mode, services)
+	}
 	if backendNS != "" {
 		ln, err := bench.ServeBackend(backendNS)
 		if err != nil {

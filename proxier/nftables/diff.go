@@ -213,7 +213,7 @@ func (t *programmed) sync(b tx, counts *batchCounts, st *proxier.State, ch proxi
 		// Every service, in state order; a map rather than runs of equal names, so that a
 		// hand-made state that is not sorted works too.
 		var names []types.NamespacedName
-		wanted := make(map[types.NamespacedName][]*proxier.ServicePort, len(t.ports))
+		wanted := make(map[types.NamespacedName][]*proxier.ServicePort, max(len(t.ports), len(st.Services)))
 		for _, sp := range st.Services {
 			if sp.Name.Family != f.PF {
 				continue
