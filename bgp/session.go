@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,15 +41,17 @@ type session struct {
 	routes  map[netip.Prefix]route
 	skipped map[netip.Prefix]bool // prefixes without a usable next hop, logged once each
 
-	mu        sync.Mutex // guards the fields below, written from GoBGP's event goroutine
-	state     string
-	up        bool
-	since     time.Time
-	upSince   time.Time
-	flaps     uint64
-	lastError string
-	repeated  int  // consecutive failures with the same lastError, logged at debug after the first
-	closing   bool // our own teardown: the session going down is neither a flap nor a warning
+	mu         sync.Mutex // guards the fields below, written from GoBGP's event goroutine
+	state      string
+	up         bool
+	since      time.Time
+	upSince    time.Time
+	flaps      uint64
+	lastError  string
+	repeated   int    // consecutive failures with the same lastError, logged at debug after the first
+	closing    bool   // our own teardown: the session going down is neither a flap nor a warning
+	learnedASN uint32 // the peer's AS from its OPEN, for dynamicASN
+	refused    bool   // we disabled the peer (dynamicASN mismatch); lastError says why
 	// updBase and updLast keep UpdatesSent counting up across GoBGP restarting its own count
 	// (and across the session this one replaced).
 	updBase, updLast uint64
@@ -164,7 +167,7 @@ func (s *session) addPeer(ctx context.Context) error {
 	conf := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
-			PeerAsn:         p.ASN,
+			PeerAsn:         p.peerASN(),
 			LocalAsn:        p.MyASN,
 			AuthPassword:    p.Password,
 			Description:     p.key(),
@@ -183,6 +186,13 @@ func (s *session) addPeer(ctx context.Context) error {
 	}
 	if p.SourceAddress.IsValid() {
 		conf.Transport.LocalAddress = p.SourceAddress.String()
+	}
+	if p.BFD.Enabled {
+		// GoBGP's intervals are microseconds; it resets the BGP session when BFD goes down.
+		conf.Bfd = &api.BfdPeerConfig{Enabled: true,
+			DesiredMinimumTxInterval: uint32(p.BFD.transmit() / time.Microsecond),
+			RequiredMinimumReceive:   uint32(p.BFD.receive() / time.Microsecond),
+			DetectionMultiplier:      p.BFD.multiplier()}
 	}
 	if p.EBGPMultiHop && !p.internal() {
 		conf.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
@@ -208,7 +218,16 @@ func (s *session) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 	s.since = at
 	s.up = st.SessionState == gobgp.BGP_FSM_ESTABLISHED
 	switch {
+	case s.up && !wasUp && s.peer.DynamicASN == DynamicExternal && st.PeerASN == s.peer.MyASN:
+		// GoBGP accepts any AS when none is configured; FRR's "remote-as external" refuses our
+		// own, and so do we (GoBGP may already have sent the routes; the session goes at once).
+		s.up = false
+		s.failed(fmt.Sprintf("dynamicASN external, but the peer's OPEN carries our own AS %d; session disabled", st.PeerASN))
+		s.refused = true
+		go s.disable()
+		return
 	case s.up && !wasUp:
+		s.learnedASN = st.PeerASN
 		s.upSince = at
 		s.lastError = ""
 		s.repeated = 0
@@ -225,6 +244,17 @@ func (s *session) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 	s.failed(explain(st.DisconnectReason, st.DisconnectMessage, s.peer))
 }
 
+// disable stops dialling a peer that must not be peered with; a changed configuration replaces
+// the session.
+func (s *session) disable() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: s.peer.Address.String(),
+		Communication: "dynamicASN external: same AS"}); err != nil {
+		s.log.Warn("bgp disable peer", "err", err)
+	}
+}
+
 // onNotification hears about NOTIFICATIONs GoBGP sends (see notificationTap). While the session
 // is not up, they are why it failed to open.
 func (s *session) onNotification(code, subcode uint8) {
@@ -238,6 +268,9 @@ func (s *session) onNotification(code, subcode uint8) {
 
 // failed records and logs why the session could not be established. Callers hold s.mu.
 func (s *session) failed(msg string) {
+	if s.refused {
+		return // our own refusal is the reason, not the notification it sent
+	}
 	if msg == s.lastError {
 		s.repeated++
 		s.log.Debug("bgp session failed again", "reason", msg, "times", s.repeated+1)
@@ -442,7 +475,7 @@ func (s *session) status() SessionStatus {
 		Name:        s.peer.key(),
 		Address:     s.peer.Address,
 		MyASN:       s.peer.MyASN,
-		PeerASN:     s.peer.ASN,
+		PeerASN:     cmp.Or(s.peer.ASN, s.learnedASN),
 		State:       s.state,
 		Established: s.up,
 		Since:       s.since,
