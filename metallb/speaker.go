@@ -97,8 +97,8 @@ type Speaker struct {
 	// bgpProblems are the current BGP planning problems, each logged and reported once.
 	bgpProblems map[string]lb.Problem
 	bgpPlan     *bgpPlan
-	bgpNext  *bgpPlan // the newest plan not handed to Options.BGP yet
-	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
+	bgpNext     *bgpPlan // the newest plan not handed to Options.BGP yet
+	bgpBusy     bool     // a goroutine is handing plans to Options.BGP
 	// bgpExcluded is why this node's Node keeps it from advertising over BGP ("": it does not).
 	bgpExcluded string
 	// invalid are the BGP objects whose latest version is invalid while their previous valid
