@@ -36,7 +36,7 @@ type loadBalancing struct {
 func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: next, Log: log.With("component", "metallb"),
-		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP}
+		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP, Namespace: c.LeaderElectionNamespace}
 	var writer *statusWriter
 	if kube, _ := useKube(c); kube {
 		client, err := kubeClient(c)

@@ -107,6 +107,7 @@ var metallbKinds = []source.ExtraKind{
 	{Resource: lb.GroupVersion.WithResource("bgpadvertisements"), New: func() runtime.Object { return &lb.BGPAdvertisement{} }},
 	{Resource: lb.GroupVersion.WithResource("communities"), New: func() runtime.Object { return &lb.Community{} }},
 	{Resource: lb.GroupVersionV1beta2.WithResource("bgppeers"), New: func() runtime.Object { return &lb.BGPPeer{} }},
+	{Resource: lb.GroupVersion.WithResource("bfdprofiles"), New: func() runtime.Object { return &lb.BFDProfile{} }},
 }
 
 var errNoSource = errors.New("no source: give --manifests DIR or --kubeconfig FILE (or run in a cluster)")
@@ -147,7 +148,8 @@ func OpenSource(c *config.Config, node string, log *slog.Logger) (source.Runner,
 	if err != nil {
 		return nil, err
 	}
-	return &source.Kube{Client: client, NodeName: node, Log: log, Dynamic: dyn, Extra: metallbKinds}, nil
+	return &source.Kube{Client: client, NodeName: node, Log: log, Dynamic: dyn, Extra: metallbKinds,
+		SecretNamespace: c.LeaderElectionNamespace}, nil
 }
 
 // LoadObjects reads the inputs once, for render and get: the manifests, or a list from the API
@@ -158,7 +160,8 @@ func LoadObjects(ctx context.Context, c *config.Config, node string, log *slog.L
 		return nil, err
 	}
 	rec := &recorder{synced: make(chan struct{})}
-	sink := metallb.New(metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: rec, Log: log})
+	sink := metallb.New(metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: rec, Log: log,
+		Namespace: c.LeaderElectionNamespace})
 	if m, ok := src.(*source.Manifests); ok {
 		objs, problems, err := m.Load()
 		if err != nil {

@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -48,6 +49,68 @@ type Peer struct {
 	Password string
 	// EBGPMultiHop allows an eBGP peer that is more than one hop away (TTL 255 instead of 1).
 	EBGPMultiHop bool
+	// DynamicASN, when set, learns the peer's AS number from its OPEN instead of ASN (which must
+	// then be 0): DynamicInternal accepts only a peer in MyASN, DynamicExternal only one in
+	// another AS (MetalLB's BGPPeer.dynamicASN).
+	DynamicASN DynamicASN
+	// BFD, when Enabled, runs a single-hop BFD session beside the BGP session, so a dead link or
+	// peer resets the session within the detection time instead of the hold time.
+	BFD BFD
+}
+
+// DynamicASN is how a peer's AS number is learnt when it is not configured.
+type DynamicASN string
+
+const (
+	// DynamicInternal accepts only a peer in our own AS (iBGP).
+	DynamicInternal DynamicASN = "internal"
+	// DynamicExternal accepts only a peer in another AS (eBGP).
+	DynamicExternal DynamicASN = "external"
+)
+
+// BFD is a session's Bidirectional Forwarding Detection (RFC 5880, single hop RFC 5881) setting,
+// MetalLB's BFDProfile as far as GoBGP's native BFD implements it. Zero intervals and multiplier
+// mean MetalLB's defaults (300 ms, 300 ms, 3).
+type BFD struct {
+	Enabled bool
+	// ReceiveInterval is the minimum interval between received BFD packets this end requires.
+	ReceiveInterval time.Duration
+	// TransmitInterval is the minimum interval between BFD packets this end wants to send.
+	TransmitInterval time.Duration
+	// DetectMultiplier is how many intervals without a packet declare the session down.
+	DetectMultiplier uint32
+}
+
+// MetalLB's BFDProfile defaults and limits (FRR's): intervals 10 ms–60 s, multiplier 2–255.
+const (
+	DefaultBFDInterval   = 300 * time.Millisecond
+	DefaultBFDMultiplier = 3
+	minBFDInterval       = 10 * time.Millisecond
+	maxBFDInterval       = 60 * time.Second
+)
+
+func (b BFD) receive() time.Duration  { return cmp.Or(b.ReceiveInterval, DefaultBFDInterval) }
+func (b BFD) transmit() time.Duration { return cmp.Or(b.TransmitInterval, DefaultBFDInterval) }
+func (b BFD) multiplier() uint32      { return cmp.Or(b.DetectMultiplier, DefaultBFDMultiplier) }
+
+// validate reports what is wrong with an enabled BFD setting.
+func (b BFD) validate() error {
+	if !b.Enabled {
+		return nil
+	}
+	var errs []error
+	for _, iv := range []struct {
+		name string
+		d    time.Duration
+	}{{"receiveInterval", b.receive()}, {"transmitInterval", b.transmit()}} {
+		if iv.d < minBFDInterval || iv.d > maxBFDInterval {
+			errs = append(errs, fmt.Errorf("bfd %s %s outside %s–%s", iv.name, iv.d, minBFDInterval, maxBFDInterval))
+		}
+	}
+	if m := b.multiplier(); m < 2 || m > 255 {
+		errs = append(errs, fmt.Errorf("bfd detectMultiplier %d outside 2–255", m))
+	}
+	return errors.Join(errs...)
 }
 
 // key is the name a peer is tracked under.
@@ -59,7 +122,27 @@ func (p Peer) key() string {
 }
 
 // internal reports whether the session is iBGP.
-func (p Peer) internal() bool { return p.MyASN == p.ASN }
+func (p Peer) internal() bool {
+	switch p.DynamicASN {
+	case DynamicInternal:
+		return true
+	case DynamicExternal:
+		return false
+	}
+	return p.MyASN == p.ASN
+}
+
+// peerASN is the AS number configured in GoBGP: 0 (learnt from the OPEN) for DynamicExternal,
+// our own for DynamicInternal, which GoBGP then checks like a configured one.
+func (p Peer) peerASN() uint32 {
+	switch p.DynamicASN {
+	case DynamicInternal:
+		return p.MyASN
+	case DynamicExternal:
+		return 0
+	}
+	return p.ASN
+}
 
 // Community is a standard BGP community (RFC 1997), written "ASN:value" as in MetalLB.
 type Community uint32
@@ -241,8 +324,20 @@ func (p Peer) validate(routerID netip.Addr) error {
 	if !validASN(p.MyASN) {
 		errs = append(errs, fmt.Errorf("invalid myASN %d", p.MyASN))
 	}
-	if !validASN(p.ASN) {
-		errs = append(errs, fmt.Errorf("invalid peerASN %d", p.ASN))
+	switch p.DynamicASN {
+	case "":
+		if !validASN(p.ASN) {
+			errs = append(errs, fmt.Errorf("invalid peerASN %d", p.ASN))
+		}
+	case DynamicInternal, DynamicExternal:
+		if p.ASN != 0 {
+			errs = append(errs, fmt.Errorf("peerASN %d and dynamicASN %s exclude each other", p.ASN, p.DynamicASN))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("dynamicASN %q is neither internal nor external", p.DynamicASN))
+	}
+	if err := p.BFD.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if !p.Address.IsValid() {
 		errs = append(errs, errors.New("missing peer address"))

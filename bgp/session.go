@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,15 +41,18 @@ type session struct {
 	routes  map[netip.Prefix]route
 	skipped map[netip.Prefix]bool // prefixes without a usable next hop, logged once each
 
-	mu        sync.Mutex // guards the fields below, written from GoBGP's event goroutine
-	state     string
-	up        bool
-	since     time.Time
-	upSince   time.Time
-	flaps     uint64
-	lastError string
-	repeated  int  // consecutive failures with the same lastError, logged at debug after the first
-	closing   bool // our own teardown: the session going down is neither a flap nor a warning
+	mu         sync.Mutex // guards the fields below, written from GoBGP's event goroutine
+	state      string
+	up         bool
+	since      time.Time
+	upSince    time.Time
+	flaps      uint64
+	lastError  string
+	repeated   int        // consecutive failures with the same lastError, logged at debug after the first
+	closing    bool       // our own teardown: the session going down is neither a flap nor a warning
+	learnedASN uint32     // the peer's AS from its OPEN, for dynamicASN
+	refused    bool       // we disabled the peer (dynamicASN mismatch); lastError says why
+	opMu       sync.Mutex // orders renewBFD's server calls before close's Stop
 	// updBase and updLast keep UpdatesSent counting up across GoBGP restarting its own count
 	// (and across the session this one replaced).
 	updBase, updLast uint64
@@ -155,6 +159,14 @@ func (s *session) startServer(ctx context.Context, routerID netip.Addr, listenPo
 
 // addPeer configures the peer, which makes GoBGP start dialling it.
 func (s *session) addPeer(ctx context.Context) error {
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peerConf()}); err != nil {
+		return fmt.Errorf("add peer %s: %w", s.peer.key(), err)
+	}
+	return nil
+}
+
+// peerConf is the peer's GoBGP configuration.
+func (s *session) peerConf() *api.Peer {
 	p := s.peer
 	hold := seconds(p.holdTime())
 	keepalive := seconds(p.KeepaliveTime)
@@ -164,7 +176,7 @@ func (s *session) addPeer(ctx context.Context) error {
 	conf := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
-			PeerAsn:         p.ASN,
+			PeerAsn:         p.peerASN(),
 			LocalAsn:        p.MyASN,
 			AuthPassword:    p.Password,
 			Description:     p.key(),
@@ -184,13 +196,43 @@ func (s *session) addPeer(ctx context.Context) error {
 	if p.SourceAddress.IsValid() {
 		conf.Transport.LocalAddress = p.SourceAddress.String()
 	}
+	if p.BFD.Enabled {
+		// GoBGP's intervals are microseconds; it resets the BGP session when BFD goes down.
+		conf.Bfd = &api.BfdPeerConfig{Enabled: true,
+			DesiredMinimumTxInterval: uint32(p.BFD.transmit() / time.Microsecond),
+			RequiredMinimumReceive:   uint32(p.BFD.receive() / time.Microsecond),
+			DetectionMultiplier:      p.BFD.multiplier()}
+	}
 	if p.EBGPMultiHop && !p.internal() {
 		conf.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
 	}
-	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: conf}); err != nil {
-		return fmt.Errorf("add peer %s: %w", p.key(), err)
+	return conf
+}
+
+// renewBFD replaces GoBGP's BFD session with a fresh one. After a BFD failure GoBGP's session can
+// stay bound to the router's previous BFD discriminator (it drops the router's new session's
+// packets, and the router drops its own), expire again and reset every new BGP session: seen in
+// the lab against BIRD 2 in about one link cut out of eight. A fresh BFD session learns the new
+// discriminator.
+func (s *session) renewBFD() {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	off := s.peerConf()
+	off.Bfd.Enabled = false
+	for _, conf := range []*api.Peer{off, s.peerConf()} {
+		if _, err := s.srv.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: conf}); err != nil {
+			s.log.Warn("bgp renew BFD session", "err", err)
+			return
+		}
+	}
 }
 
 // onPeerUpdate records state changes reported by GoBGP and logs failures: the first occurrence of
@@ -208,7 +250,16 @@ func (s *session) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 	s.since = at
 	s.up = st.SessionState == gobgp.BGP_FSM_ESTABLISHED
 	switch {
+	case s.up && !wasUp && s.peer.DynamicASN == DynamicExternal && st.PeerASN == s.peer.MyASN:
+		// GoBGP accepts any AS when none is configured; FRR's "remote-as external" refuses our
+		// own, and so do we (GoBGP may already have sent the routes; the session goes at once).
+		s.up = false
+		s.failed(fmt.Sprintf("dynamicASN external, but the peer's OPEN carries our own AS %d; session disabled", st.PeerASN))
+		s.refused = true
+		go s.disable()
+		return
 	case s.up && !wasUp:
+		s.learnedASN = st.PeerASN
 		s.upSince = at
 		s.lastError = ""
 		s.repeated = 0
@@ -218,11 +269,25 @@ func (s *session) onPeerUpdate(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 	case !s.up && wasUp:
 		s.flaps++
 		s.log.Warn("bgp session down", "reason", st.DisconnectMessage, "flaps", s.flaps)
+		if s.peer.BFD.Enabled {
+			go s.renewBFD()
+		}
 	}
 	if s.up || s.closing || st.SessionState != gobgp.BGP_FSM_IDLE || !failure(st.DisconnectReason) {
 		return
 	}
 	s.failed(explain(st.DisconnectReason, st.DisconnectMessage, s.peer))
+}
+
+// disable stops dialling a peer that must not be peered with; a changed configuration replaces
+// the session.
+func (s *session) disable() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: s.peer.Address.String(),
+		Communication: "dynamicASN external: same AS"}); err != nil {
+		s.log.Warn("bgp disable peer", "err", err)
+	}
 }
 
 // onNotification hears about NOTIFICATIONs GoBGP sends (see notificationTap). While the session
@@ -238,6 +303,9 @@ func (s *session) onNotification(code, subcode uint8) {
 
 // failed records and logs why the session could not be established. Callers hold s.mu.
 func (s *session) failed(msg string) {
+	if s.refused {
+		return // our own refusal is the reason, not the notification it sent
+	}
 	if msg == s.lastError {
 		s.repeated++
 		s.log.Debug("bgp session failed again", "reason", msg, "times", s.repeated+1)
@@ -430,7 +498,9 @@ func (s *session) close() {
 		}
 		clear(s.routes)
 	}
+	s.opMu.Lock()
 	s.srv.Stop()
+	s.opMu.Unlock()
 	s.cancel()
 }
 
@@ -442,7 +512,7 @@ func (s *session) status() SessionStatus {
 		Name:        s.peer.key(),
 		Address:     s.peer.Address,
 		MyASN:       s.peer.MyASN,
-		PeerASN:     s.peer.ASN,
+		PeerASN:     cmp.Or(s.peer.ASN, s.learnedASN),
 		State:       s.state,
 		Established: s.up,
 		Since:       s.since,

@@ -125,12 +125,29 @@ func TestPeerValidate(t *testing.T) {
 		"no router ID":     {func(p *Peer) {}, netip.Addr{}, "no IPv4 router ID"},
 		"v6 router ID":     {func(p *Peer) { p.RouterID = netip.MustParseAddr("fd00::1") }, netip.Addr{}, "no IPv4 router ID"},
 		"source v6 for v4": {func(p *Peer) { p.SourceAddress = netip.MustParseAddr("fd00:10::151") }, rid, "differ in family"},
+		"dynamic and ASN":  {func(p *Peer) { p.DynamicASN = DynamicExternal }, rid, "exclude each other"},
+		"dynamic unknown":  {func(p *Peer) { p.ASN, p.DynamicASN = 0, "sideways" }, rid, "neither internal nor external"},
+		"bfd fast":         {func(p *Peer) { p.BFD = BFD{Enabled: true, ReceiveInterval: time.Millisecond} }, rid, "receiveInterval 1ms"},
+		"bfd slow":         {func(p *Peer) { p.BFD = BFD{Enabled: true, TransmitInterval: time.Minute + 1} }, rid, "transmitInterval"},
+		"bfd multiplier":   {func(p *Peer) { p.BFD = BFD{Enabled: true, DetectMultiplier: 1} }, rid, "detectMultiplier 1"},
 	} {
 		p := good
 		c.mod(&p)
 		err := p.validate(c.rid)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want an error containing %q", name, err, c.want)
+		}
+	}
+	for _, mod := range []func(*Peer){
+		func(p *Peer) { p.ASN, p.DynamicASN = 0, DynamicExternal },
+		func(p *Peer) { p.ASN, p.DynamicASN = 0, DynamicInternal },
+		func(p *Peer) { p.BFD = BFD{Enabled: true} },
+		func(p *Peer) { p.BFD = BFD{DetectMultiplier: 1} }, // off: not checked
+	} {
+		p := good
+		mod(&p)
+		if err := p.validate(rid); err != nil {
+			t.Errorf("%+v: %v", p, err)
 		}
 	}
 	withID := good
@@ -357,5 +374,22 @@ func TestInvalidPeerEditKeepsSession(t *testing.T) {
 	}
 	if len(s.sessions) != 0 {
 		t.Errorf("sessions after removing the peer: %v", s.sessions)
+	}
+}
+
+func TestDynamicASN(t *testing.T) {
+	for _, c := range []struct {
+		p        Peer
+		internal bool
+		asn      uint32
+	}{
+		{Peer{MyASN: 64513, ASN: 64512}, false, 64512},
+		{Peer{MyASN: 64512, ASN: 64512}, true, 64512},
+		{Peer{MyASN: 64513, DynamicASN: DynamicExternal}, false, 0},
+		{Peer{MyASN: 64513, DynamicASN: DynamicInternal}, true, 64513},
+	} {
+		if c.p.internal() != c.internal || c.p.peerASN() != c.asn {
+			t.Errorf("%+v: internal %v peerASN %d, want %v %d", c.p, c.p.internal(), c.p.peerASN(), c.internal, c.asn)
+		}
 	}
 }

@@ -91,8 +91,24 @@ func TestRBACOnAPIServer(t *testing.T) {
 	}
 	_, err = agent.CoreV1().Services("default").Patch(ctx, "web", types.MergePatchType, []byte(`{"spec":{"externalIPs":["10.0.0.9"]}}`), metav1.PatchOptions{})
 	forbidden("patch a Service's spec", err)
-	_, err = agent.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
-	forbidden("list Secrets", err)
+	// Secrets: the basic-auth ones of its own namespace, by list with the field selector the
+	// source uses (the API server accepts it), and nothing else.
+	if _, err := admin.CoreV1().Secrets(deploy.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bgp-auth"},
+		Type: corev1.SecretTypeBasicAuth, Data: map[string][]byte{"password": []byte("s3cret")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	basicAuth := metav1.ListOptions{FieldSelector: "type=" + string(corev1.SecretTypeBasicAuth)}
+	if l, err := agent.CoreV1().Secrets(deploy.Namespace).List(ctx, basicAuth); err != nil {
+		t.Errorf("agent list basic-auth Secrets in %s: %v", deploy.Namespace, err)
+	} else if len(l.Items) != 1 {
+		t.Errorf("agent listed %d basic-auth Secrets in %s, want 1", len(l.Items), deploy.Namespace)
+	}
+	_, err = agent.CoreV1().Secrets("default").List(ctx, basicAuth)
+	forbidden("list Secrets in default", err)
+	_, err = agent.CoreV1().Secrets("").List(ctx, basicAuth)
+	forbidden("list Secrets cluster-wide", err)
+	_, err = agent.CoreV1().Secrets(deploy.Namespace).Get(ctx, "bgp-auth", metav1.GetOptions{})
+	forbidden("get a Secret", err)
 }
 
 // TestCRDsOnAPIServer installs crds.yaml on a real kube-apiserver (CEL rules included) and checks

@@ -8,14 +8,15 @@ package deploy
 import _ "embed"
 
 // RBAC is rbac.yaml: the nodeagent ServiceAccount in kube-system, the nodeagent ClusterRole and
-// the ClusterRoleBinding between them, and the Role (with its RoleBinding) in kube-system that
-// lets the agent hold its leader-election Lease and no other, as multi-document YAML.
+// the ClusterRoleBinding between them, the Role (with its RoleBinding) in kube-system that
+// lets the agent hold its leader-election Lease and no other, and the Role (with its RoleBinding)
+// that lets it list and watch the Secrets of kube-system only, as multi-document YAML.
 //
 //go:embed rbac.yaml
 var RBAC []byte
 
 // CRDs is crds.yaml: CustomResourceDefinitions for MetalLB's IPAddressPool, L2Advertisement,
-// BGPAdvertisement, BGPPeer and Community (group metallb.io), as multi-document YAML.
+// BGPAdvertisement, BGPPeer, Community and BFDProfile (group metallb.io), as multi-document YAML.
 //
 //go:embed crds.yaml
 var CRDs []byte
@@ -38,6 +39,9 @@ const (
 	// LeaderElectionRole is the name of the Role in Namespace (and of its binding) that grants the
 	// agent its Lease.
 	LeaderElectionRole = "nodeagent-leader-election"
+	// SecretsRole is the name of the Role in Namespace (and of its binding) that lets the agent
+	// list and watch the Secrets there, for BGPPeer passwordSecret: no other namespace's.
+	SecretsRole = "nodeagent-secrets"
 	// Lease is the name of the Lease that elects the agent writing load-balancer status; it lives
 	// in Namespace, the agent's default --leader-election-namespace.
 	Lease = "nodeagent-loadbalancer"

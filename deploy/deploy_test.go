@@ -131,7 +131,8 @@ func TestRBACObjects(t *testing.T) {
 	}
 	want := []string{"ServiceAccount/" + Namespace + "/" + ServiceAccount, "ClusterRole//" + ClusterRole,
 		"ClusterRoleBinding//" + ClusterRole, "Role/" + Namespace + "/" + LeaderElectionRole,
-		"RoleBinding/" + Namespace + "/" + LeaderElectionRole}
+		"RoleBinding/" + Namespace + "/" + LeaderElectionRole, "Role/" + Namespace + "/" + SecretsRole,
+		"RoleBinding/" + Namespace + "/" + SecretsRole}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("rbac.yaml objects = %v, want %v", kinds, want)
 	}
@@ -147,15 +148,15 @@ func TestRBACObjects(t *testing.T) {
 			}
 		}
 	}
-	if len(p.clusterBinds) != 1 || len(p.binds) != 1 || !agent(p.clusterBinds[0].Subjects) || !agent(p.binds[0].Subjects) ||
-		len(p.clusterBinds[0].Subjects) != 1 || len(p.binds[0].Subjects) != 1 {
+	if len(p.clusterBinds) != 1 || len(p.binds) != 2 || !agent(p.clusterBinds[0].Subjects) || !agent(p.binds[0].Subjects) ||
+		!agent(p.binds[1].Subjects) || len(p.clusterBinds[0].Subjects) != 1 || len(p.binds[0].Subjects) != 1 || len(p.binds[1].Subjects) != 1 {
 		t.Errorf("bindings: %+v %+v", p.clusterBinds, p.binds)
 	}
 }
 
 // TestRBACScope checks what the agent may do, by scope and not only by verb: every call the code
-// makes, and nothing beyond. Its own Lease and no other; Secrets nowhere; Services' status by
-// patch only.
+// makes, and nothing beyond. Its own Lease and no other; Secrets only listed and watched in its own
+// namespace (BGPPeer passwordSecret); Services' status by patch only.
 func TestRBACScope(t *testing.T) {
 	p := loadPolicy(t)
 	const lease = "coordination.k8s.io"
@@ -164,10 +165,11 @@ func TestRBACScope(t *testing.T) {
 		need = append(need, request{"list", "", res, "", ""}, request{"watch", "", res, "", ""})
 	}
 	need = append(need, request{"list", "discovery.k8s.io", "endpointslices", "", ""}, request{"watch", "discovery.k8s.io", "endpointslices", "", ""})
-	for _, res := range []string{"ipaddresspools", "l2advertisements", "bgpadvertisements", "bgppeers", "communities"} {
+	for _, res := range []string{"ipaddresspools", "l2advertisements", "bgpadvertisements", "bgppeers", "communities", "bfdprofiles"} {
 		need = append(need, request{"list", "metallb.io", res, "", ""}, request{"watch", "metallb.io", res, "", ""})
 	}
 	need = append(need,
+		request{"list", "", "secrets", Namespace, ""}, request{"watch", "", "secrets", Namespace, ""},
 		request{"patch", "", "services/status", "team", "web"},
 		request{"create", "", "events", "team", ""}, request{"patch", "", "events", "team", "web.17f"},
 		request{"get", lease, "leases", Namespace, Lease}, request{"update", lease, "leases", Namespace, Lease},
@@ -192,7 +194,9 @@ func TestRBACScope(t *testing.T) {
 		{"update", "metallb.io", "ipaddresspools", "metallb-system", "pool"}, {"update", "metallb.io", "ipaddresspools/status", "metallb-system", "pool"},
 		{"delete", "metallb.io", "bgppeers", "metallb-system", "peer"},
 		// What it never reads or writes.
-		{"get", "", "secrets", "metallb-system", "bgp-password"}, {"list", "", "secrets", "", ""}, {"watch", "", "secrets", "kube-system", ""},
+		{"get", "", "secrets", "metallb-system", "bgp-password"}, {"list", "", "secrets", "", ""}, {"watch", "", "secrets", "", ""},
+		{"list", "", "secrets", "default", ""}, {"watch", "", "secrets", "metallb-system", ""},
+		{"create", "", "secrets", Namespace, ""}, {"update", "", "secrets", Namespace, "bgp-password"}, {"delete", "", "secrets", Namespace, "bgp-password"},
 		{"list", "", "pods", "", ""}, {"get", "", "configmaps", "kube-system", "kubeadm-config"},
 		{"create", "", "serviceaccounts/token", Namespace, ServiceAccount},
 		{"update", "", "events", "team", "web.17f"}, {"delete", "", "events", "team", "web.17f"}, {"create", "events.k8s.io", "events", "team", ""},
@@ -241,7 +245,7 @@ func TestCRDKindsAndVersions(t *testing.T) {
 		got = append(got, k)
 	}
 	slices.Sort(got)
-	want := []string{"BGPAdvertisement/v1beta1", "BGPPeer/v1beta1", "BGPPeer/v1beta2", "Community/v1beta1",
+	want := []string{"BFDProfile/v1beta1", "BGPAdvertisement/v1beta1", "BGPPeer/v1beta1", "BGPPeer/v1beta2", "Community/v1beta1",
 		"IPAddressPool/v1beta1", "L2Advertisement/v1beta1"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("CRD versions = %v, want %v", got, want)
@@ -284,6 +288,7 @@ func TestCRDsKeepEveryFieldTheAgentReads(t *testing.T) {
 		"BGPAdvertisement/v1beta1": lb.BGPAdvertisementSpec{},
 		"Community/v1beta1":        lb.CommunitySpec{},
 		"BGPPeer/v1beta2":          lb.BGPPeerSpec{},
+		"BFDProfile/v1beta1":       lb.BFDProfileSpec{},
 	}
 	for k, spec := range specs {
 		s, ok := schemas[k]

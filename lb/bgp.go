@@ -31,6 +31,11 @@ type BGPInput struct {
 	Peers          []*BGPPeer
 	Advertisements []*BGPAdvertisement
 	Communities    []*Community
+	BFDProfiles    []*BFDProfile
+	// Namespace is the speaker's namespace, where BGPPeer.passwordSecret Secrets live; Secrets
+	// holds that namespace's Secrets by name (type and password only).
+	Namespace string
+	Secrets   map[string]*v1.Secret
 	// ClusterIPs and ExternalIPs also advertise every service's cluster IPs and external IPs
 	// to every peer (kube-router's --advertise-cluster-ip and --advertise-external-ip).
 	ClusterIPs, ExternalIPs bool
@@ -40,17 +45,25 @@ type BGPInput struct {
 // routes, as MetalLB's speaker does: peers whose nodeSelectors match this node; for every assigned
 // address in a pool a BGPAdvertisement selects (and whose nodeSelectors match this node), a route
 // when the service has a ready endpoint — on this node for externalTrafficPolicy Local, anywhere
-// otherwise — and the node is not excluded (in.Excluded). Problems are invalid objects, left out.
-func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
-	var problems []string
+// otherwise — and the node is not excluded (in.Excluded). Problems are objects left out (invalid,
+// or a peer whose Secret or BFD profile is missing) and fields that are not honoured.
+func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []Problem) {
+	var problems []Problem
 	var peers []bgp.Peer
 	for _, p := range sortedByName(in.Peers) {
 		if !selectorsMatch(p.Spec.NodeSelectors, in.NodeLabels) {
 			continue
 		}
+		name := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 		bp, err := BGPPeerConfig(p)
+		if err == nil {
+			err = resolvePeer(&bp, p, in)
+		}
+		for _, w := range unhonoured(p, in.BFDProfiles) {
+			problems = append(problems, Problem{Kind: "BGPPeer", Object: name, Reason: w})
+		}
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("BGPPeer %s/%s: %v", p.Namespace, p.Name, err))
+			problems = append(problems, Problem{Kind: "BGPPeer", Object: name, Reason: "not configured: " + err.Error()})
 			continue
 		}
 		peers = append(peers, bp)
@@ -88,7 +101,8 @@ func PlanBGP(in BGPInput) ([]bgp.Peer, []bgp.Advertisement, []string) {
 			}
 			std, large, err := bgp.ParseCommunities(values)
 			if err != nil {
-				problems = append(problems, fmt.Sprintf("BGPAdvertisement %s/%s: %v", ad.Namespace, ad.Name, err))
+				problems = append(problems, Problem{Kind: "BGPAdvertisement",
+					Object: types.NamespacedName{Namespace: ad.Namespace, Name: ad.Name}, Reason: err.Error()})
 				continue
 			}
 			for _, ip := range as.IPs {
@@ -151,15 +165,23 @@ func eligible(svc *v1.Service, readyOn map[string]bool, node string) bool {
 	return len(readyOn) > 0
 }
 
-// BGPPeerConfig is the session configuration of a BGPPeer.
+// BGPPeerConfig converts what a BGPPeer says by itself; resolvePeer adds what it names elsewhere.
 func BGPPeerConfig(p *BGPPeer) (bgp.Peer, error) {
+	switch {
+	case p.Spec.Interface != "":
+		return bgp.Peer{}, fmt.Errorf("spec.interface %q: unnumbered BGP is not supported; set peerAddress", p.Spec.Interface)
+	case p.Spec.VRFName != "":
+		// Dialling from the default VRF would peer over another routing table than the one named.
+		return bgp.Peer{}, fmt.Errorf("spec.vrf %q: sessions in a VRF are not supported", p.Spec.VRFName)
+	}
 	addr, err := netip.ParseAddr(p.Spec.Address)
 	if err != nil {
 		return bgp.Peer{}, fmt.Errorf("peerAddress %q: %w", p.Spec.Address, err)
 	}
 	out := bgp.Peer{Name: p.Namespace + "/" + p.Name, MyASN: p.Spec.MyASN, ASN: p.Spec.ASN, Address: addr,
 		Port: p.Spec.Port, Password: p.Spec.Password, EBGPMultiHop: p.Spec.EBGPMultiHop,
-		HoldTime: dur(p.Spec.HoldTime), KeepaliveTime: dur(p.Spec.KeepaliveTime), ConnectTime: dur(p.Spec.ConnectTime)}
+		HoldTime: dur(p.Spec.HoldTime), KeepaliveTime: dur(p.Spec.KeepaliveTime), ConnectTime: dur(p.Spec.ConnectTime),
+		DynamicASN: bgp.DynamicASN(p.Spec.DynamicASN)}
 	if p.Spec.RouterID != "" {
 		if out.RouterID, err = netip.ParseAddr(p.Spec.RouterID); err != nil {
 			return bgp.Peer{}, fmt.Errorf("routerID %q: %w", p.Spec.RouterID, err)
@@ -171,6 +193,98 @@ func BGPPeerConfig(p *BGPPeer) (bgp.Peer, error) {
 		}
 	}
 	return out, nil
+}
+
+// resolvePeer fills in the peer's password from its passwordSecret and its BFD setting from its
+// bfdProfile. Either one missing leaves the peer out, as MetalLB does.
+func resolvePeer(out *bgp.Peer, p *BGPPeer, in BGPInput) error {
+	if ref := p.Spec.PasswordSecret; ref.Name != "" {
+		pw, err := secretPassword(ref, in.Namespace, in.Secrets)
+		if err != nil {
+			return err
+		}
+		out.Password = pw
+	}
+	if p.Spec.BFDProfile != "" {
+		prof := findProfile(in.BFDProfiles, p.Namespace, p.Spec.BFDProfile)
+		if prof == nil {
+			return fmt.Errorf("bfdProfile %q: no BFDProfile of that name in namespace %s", p.Spec.BFDProfile, p.Namespace)
+		}
+		ms := func(v *uint32) time.Duration {
+			if v == nil {
+				return 0 // bgp's default, MetalLB's
+			}
+			return time.Duration(*v) * time.Millisecond
+		}
+		out.BFD = bgp.BFD{Enabled: true, ReceiveInterval: ms(prof.Spec.ReceiveInterval),
+			TransmitInterval: ms(prof.Spec.TransmitInterval)}
+		if m := prof.Spec.DetectMultiplier; m != nil {
+			out.BFD.DetectMultiplier = *m
+		}
+	}
+	return nil
+}
+
+// secretPassword reads a passwordSecret with MetalLB's rules: a kubernetes.io/basic-auth Secret
+// with a "password" key, here in the speaker's namespace (the only one it may read).
+func secretPassword(ref v1.SecretReference, namespace string, secrets map[string]*v1.Secret) (string, error) {
+	if ref.Namespace != "" && ref.Namespace != namespace {
+		return "", fmt.Errorf("passwordSecret %s/%s: only Secrets in nodeagent's namespace %s are read", ref.Namespace, ref.Name, namespace)
+	}
+	sec := secrets[ref.Name]
+	if sec == nil {
+		return "", fmt.Errorf("passwordSecret %s/%s not found", namespace, ref.Name)
+	}
+	if sec.Type != v1.SecretTypeBasicAuth {
+		return "", fmt.Errorf("passwordSecret %s/%s has type %q, want %q", namespace, ref.Name, sec.Type, v1.SecretTypeBasicAuth)
+	}
+	pw, ok := sec.Data[v1.BasicAuthPasswordKey]
+	if !ok || len(pw) == 0 {
+		return "", fmt.Errorf("passwordSecret %s/%s has no %q key", namespace, ref.Name, v1.BasicAuthPasswordKey)
+	}
+	if len(pw) > 80 {
+		// The kernel's TCP_MD5SIG key holds at most 80 bytes.
+		return "", fmt.Errorf("passwordSecret %s/%s: password longer than 80 bytes", namespace, ref.Name)
+	}
+	return string(pw), nil
+}
+
+func findProfile(profiles []*BFDProfile, namespace, name string) *BFDProfile {
+	for _, p := range profiles {
+		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// unhonoured lists the settings of a peer (and of the BFD profile it names) that are accepted but
+// have no effect here, one warning each.
+func unhonoured(p *BGPPeer, profiles []*BFDProfile) []string {
+	var w []string
+	if p.Spec.EnableGracefulRestart {
+		w = append(w, "spec.enableGracefulRestart is not honoured: the session runs without graceful restart (a stopping agent withdraws its routes)")
+	}
+	if p.Spec.DisableMP {
+		w = append(w, "spec.disableMP is not honoured: one session carries both address families (MP-BGP)")
+	}
+	if prof := findProfile(profiles, p.Namespace, p.Spec.BFDProfile); prof != nil {
+		where := fmt.Sprintf("BFDProfile %s/%s: ", prof.Namespace, prof.Name)
+		s := prof.Spec
+		if s.EchoMode != nil && *s.EchoMode {
+			w = append(w, where+"echoMode is not honoured (GoBGP's BFD has no echo mode)")
+		}
+		if s.EchoInterval != nil {
+			w = append(w, where+"echoInterval is not honoured (GoBGP's BFD has no echo mode)")
+		}
+		if s.PassiveMode != nil && *s.PassiveMode {
+			w = append(w, where+"passiveMode is not honoured: this end sends BFD packets from the start")
+		}
+		if s.MinimumTTL != nil {
+			w = append(w, where+"minimumTtl is not honoured (single-hop BFD sends TTL 255)")
+		}
+	}
+	return w
 }
 
 func dur(d *metav1.Duration) time.Duration {

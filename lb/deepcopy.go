@@ -215,3 +215,41 @@ func (l *BGPPeerList) DeepCopyObject() runtime.Object {
 	}
 	return out
 }
+
+func copyPtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	return &c
+}
+
+// DeepCopy returns a deep copy of p.
+func (p *BFDProfile) DeepCopy() *BFDProfile {
+	if p == nil {
+		return nil
+	}
+	out := &BFDProfile{TypeMeta: p.TypeMeta}
+	p.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	s := p.Spec
+	out.Spec = BFDProfileSpec{ReceiveInterval: copyPtr(s.ReceiveInterval), TransmitInterval: copyPtr(s.TransmitInterval),
+		DetectMultiplier: copyPtr(s.DetectMultiplier), EchoInterval: copyPtr(s.EchoInterval), EchoMode: copyPtr(s.EchoMode),
+		PassiveMode: copyPtr(s.PassiveMode), MinimumTTL: copyPtr(s.MinimumTTL)}
+	return out
+}
+
+// DeepCopyObject implements runtime.Object.
+func (p *BFDProfile) DeepCopyObject() runtime.Object { return p.DeepCopy() }
+
+// DeepCopyObject implements runtime.Object.
+func (l *BFDProfileList) DeepCopyObject() runtime.Object {
+	out := &BFDProfileList{TypeMeta: l.TypeMeta}
+	l.ListMeta.DeepCopyInto(&out.ListMeta)
+	if l.Items != nil {
+		out.Items = make([]BFDProfile, len(l.Items))
+		for i := range l.Items {
+			out.Items[i] = *l.Items[i].DeepCopy()
+		}
+	}
+	return out
+}

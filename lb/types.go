@@ -19,7 +19,7 @@ const GroupName = "metallb.io"
 
 var (
 	// GroupVersion is metallb.io/v1beta1: IPAddressPool, L2Advertisement, BGPAdvertisement,
-	// Community, ServiceL2Status.
+	// Community, ServiceL2Status, BFDProfile.
 	GroupVersion = schema.GroupVersion{Group: GroupName, Version: "v1beta1"}
 	// GroupVersionV1beta2 is metallb.io/v1beta2: BGPPeer.
 	GroupVersionV1beta2 = schema.GroupVersion{Group: GroupName, Version: "v1beta2"}
@@ -37,6 +37,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&BGPAdvertisement{}, &BGPAdvertisementList{},
 		&Community{}, &CommunityList{},
 		&ServiceL2Status{}, &ServiceL2StatusList{},
+		&BFDProfile{}, &BFDProfileList{},
 	)
 	s.AddKnownTypes(GroupVersionV1beta2, &BGPPeer{}, &BGPPeerList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
@@ -245,4 +246,35 @@ type BGPPeerList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BGPPeer `json:"items"`
+}
+
+// BFDProfile is a set of BFD timers BGPPeers name in bfdProfile (metallb.io/v1beta1). Intervals are
+// milliseconds; unset fields take MetalLB's defaults (300 ms, 300 ms, multiplier 3).
+type BFDProfile struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   BFDProfileSpec   `json:"spec,omitempty"`
+	Status BFDProfileStatus `json:"status,omitempty"`
+}
+
+// BFDProfileSpec is a BFDProfile's settings, with MetalLB's field names.
+type BFDProfileSpec struct {
+	ReceiveInterval  *uint32 `json:"receiveInterval,omitempty"`
+	TransmitInterval *uint32 `json:"transmitInterval,omitempty"`
+	DetectMultiplier *uint32 `json:"detectMultiplier,omitempty"`
+	EchoInterval     *uint32 `json:"echoInterval,omitempty"`
+	EchoMode         *bool   `json:"echoMode,omitempty"`
+	PassiveMode      *bool   `json:"passiveMode,omitempty"`
+	MinimumTTL       *uint32 `json:"minimumTtl,omitempty"`
+}
+
+// BFDProfileStatus is the observed state of a BFDProfile (empty in MetalLB too).
+type BFDProfileStatus struct{}
+
+// BFDProfileList is a list of BFDProfiles.
+type BFDProfileList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BFDProfile `json:"items"`
 }

@@ -82,8 +82,8 @@ func TestSeedDecodes(t *testing.T) {
 
 func TestAllKindsDecodeValidateAndDeepCopy(t *testing.T) {
 	objs := decodeAll(t, "testdata/all-kinds.yaml")
-	if len(objs) != 5 {
-		t.Fatalf("decoded %d objects, want 5", len(objs))
+	if len(objs) != 6 {
+		t.Fatalf("decoded %d objects, want 6", len(objs))
 	}
 	for _, obj := range objs {
 		var errs []string
@@ -109,6 +109,11 @@ func TestAllKindsDecodeValidateAndDeepCopy(t *testing.T) {
 			}
 			if o.APIVersion != "metallb.io/v1beta2" {
 				t.Errorf("BGPPeer apiVersion %q", o.APIVersion)
+			}
+		case *BFDProfile:
+			errs = ValidateBFDProfile(o)
+			if *o.Spec.ReceiveInterval != 300 || *o.Spec.DetectMultiplier != 3 || *o.Spec.MinimumTTL != 254 {
+				t.Errorf("BFDProfile decoded as %+v", o.Spec)
 			}
 		default:
 			t.Fatalf("unexpected %T", obj)

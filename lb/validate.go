@@ -278,6 +278,27 @@ func ValidateBGPPeer(p *BGPPeer) []string {
 	if s.ConnectTime != nil && (s.ConnectTime.Duration < time.Second || s.ConnectTime.Duration > 65535*time.Second) {
 		errs = append(errs, fmt.Sprintf("spec.connectTime %s is not within 1s-65535s", s.ConnectTime.Duration))
 	}
+	if s.Password != "" && s.PasswordSecret.Name != "" {
+		errs = append(errs, "spec.password and spec.passwordSecret are mutually exclusive")
+	}
 	_, e := parseSelectors("spec.nodeSelectors", s.NodeSelectors)
 	return append(errs, e...)
+}
+
+// ValidateBFDProfile returns the reasons p is invalid (nil when valid), with MetalLB's ranges:
+// intervals 10–60000 ms, detectMultiplier 2–255, minimumTtl 1–254.
+func ValidateBFDProfile(p *BFDProfile) []string {
+	var errs []string
+	check := func(name string, v *uint32, lo, hi uint32) {
+		if v != nil && (*v < lo || *v > hi) {
+			errs = append(errs, fmt.Sprintf("spec.%s %d is not within %d-%d", name, *v, lo, hi))
+		}
+	}
+	s := &p.Spec
+	check("receiveInterval", s.ReceiveInterval, 10, 60000)
+	check("transmitInterval", s.TransmitInterval, 10, 60000)
+	check("echoInterval", s.EchoInterval, 10, 60000)
+	check("detectMultiplier", s.DetectMultiplier, 2, 255)
+	check("minimumTtl", s.MinimumTTL, 1, 254)
+	return errs
 }

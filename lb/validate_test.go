@@ -73,3 +73,34 @@ func TestPeerTimesInBGPRange(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerPasswordAndSecretExclusive(t *testing.T) {
+	p := &BGPPeer{Spec: BGPPeerSpec{MyASN: 1, ASN: 2, Address: "10.0.0.1", Password: "a"}}
+	if errs := ValidateBGPPeer(p); errs != nil {
+		t.Fatalf("password only: %v", errs)
+	}
+	p.Spec.PasswordSecret.Name = "s"
+	if errs := ValidateBGPPeer(p); len(errs) != 1 || !strings.Contains(errs[0], "mutually exclusive") {
+		t.Errorf("password and passwordSecret: %v", errs)
+	}
+}
+
+func TestValidateBFDProfile(t *testing.T) {
+	u := func(v uint32) *uint32 { return &v }
+	for _, tc := range []struct {
+		spec  BFDProfileSpec
+		valid bool
+	}{
+		{BFDProfileSpec{}, true},
+		{BFDProfileSpec{ReceiveInterval: u(10), TransmitInterval: u(60000), DetectMultiplier: u(255), MinimumTTL: u(1)}, true},
+		{BFDProfileSpec{ReceiveInterval: u(9)}, false},
+		{BFDProfileSpec{TransmitInterval: u(60001)}, false},
+		{BFDProfileSpec{DetectMultiplier: u(1)}, false},
+		{BFDProfileSpec{MinimumTTL: u(255)}, false},
+		{BFDProfileSpec{EchoInterval: u(0)}, false},
+	} {
+		if errs := ValidateBFDProfile(&BFDProfile{Spec: tc.spec}); (errs == nil) != tc.valid {
+			t.Errorf("%+v: %v, want valid %v", tc.spec, errs, tc.valid)
+		}
+	}
+}

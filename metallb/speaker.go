@@ -69,7 +69,10 @@ type Options struct {
 	// AdvertiseClusterIPs and AdvertiseExternalIPs add services' cluster and external IPs to
 	// the BGP routes (--advertise-cluster-ip, --advertise-external-ip).
 	AdvertiseClusterIPs, AdvertiseExternalIPs bool
-	Log                                       *slog.Logger
+	// Namespace is the speaker's own namespace: BGPPeer.passwordSecret Secrets are read from it
+	// only; Secrets elsewhere are dropped.
+	Namespace string
+	Log       *slog.Logger
 }
 
 // Speaker assigns addresses and plans layer-2 announcements. It implements Sink itself.
@@ -89,9 +92,13 @@ type Speaker struct {
 	bgpPeers map[types.NamespacedName]*lb.BGPPeer
 	bgpAds   map[types.NamespacedName]*lb.BGPAdvertisement
 	comms    map[types.NamespacedName]*lb.Community
-	bgpPlan  *bgpPlan
-	bgpNext  *bgpPlan // the newest plan not handed to Options.BGP yet
-	bgpBusy  bool     // a goroutine is handing plans to Options.BGP
+	bfds     map[types.NamespacedName]*lb.BFDProfile
+	secrets  map[string]*v1.Secret // Options.Namespace's, by name: type and password only
+	// bgpProblems are the current BGP planning problems, each logged and reported once.
+	bgpProblems map[string]lb.Problem
+	bgpPlan     *bgpPlan
+	bgpNext     *bgpPlan // the newest plan not handed to Options.BGP yet
+	bgpBusy     bool     // a goroutine is handing plans to Options.BGP
 	// bgpExcluded is why this node's Node keeps it from advertising over BGP ("": it does not).
 	bgpExcluded string
 	// invalid are the BGP objects whose latest version is invalid while their previous valid
@@ -118,6 +125,7 @@ func New(o Options) *Speaker {
 		pools:  map[types.NamespacedName]*lb.IPAddressPool{}, l2ads: map[types.NamespacedName]*lb.L2Advertisement{},
 		bgpPeers: map[types.NamespacedName]*lb.BGPPeer{}, bgpAds: map[types.NamespacedName]*lb.BGPAdvertisement{},
 		comms: map[types.NamespacedName]*lb.Community{}, invalid: map[objectKey]string{},
+		bfds: map[types.NamespacedName]*lb.BFDProfile{}, secrets: map[string]*v1.Secret{}, bgpProblems: map[string]lb.Problem{},
 		result: &lb.Result{}, problems: map[string]bool{},
 		pending: map[types.NamespacedName]Status{}, kick: make(chan struct{}, 1)}
 }
@@ -329,6 +337,20 @@ func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 		if !storeValid(s, "Community", s.comms, o, deleted, communityProblem) {
 			return
 		}
+	case *lb.BFDProfile:
+		if !storeValid(s, "BFDProfile", s.bfds, o, deleted, bfdProblem) {
+			return
+		}
+	case *v1.Secret:
+		// Secrets go no further than here: only a BGPPeer's password is taken from them.
+		if o.Namespace != s.o.Namespace {
+			return
+		}
+		if deleted {
+			delete(s.secrets, o.Name)
+		} else {
+			s.secrets[o.Name] = trimSecret(o)
+		}
 	default:
 		if deleted {
 			s.o.Next.Delete(obj)
@@ -412,6 +434,22 @@ func l2Problem(a *lb.L2Advertisement) string {
 	return strings.Join(lb.ValidateL2Advertisement(a), "; ")
 }
 
+// bfdProblem says why a BFDProfile cannot be used ("": it can).
+func bfdProblem(p *lb.BFDProfile) string { return strings.Join(lb.ValidateBFDProfile(p), "; ") }
+
+// trimSecret keeps what a BGPPeer may use of a Secret, so other keys are not held in memory.
+func trimSecret(sec *v1.Secret) *v1.Secret {
+	out := &v1.Secret{Type: sec.Type}
+	out.Namespace, out.Name = sec.Namespace, sec.Name
+	if pw, ok := sec.Data[v1.BasicAuthPasswordKey]; ok {
+		out.Data = map[string][]byte{v1.BasicAuthPasswordKey: pw}
+	} else if pw, ok := sec.StringData[v1.BasicAuthPasswordKey]; ok {
+		// Manifests may carry stringData; the API server folds it into data.
+		out.Data = map[string][]byte{v1.BasicAuthPasswordKey: []byte(pw)}
+	}
+	return out
+}
+
 // communityProblem says why a Community cannot be used ("": it can).
 func communityProblem(c *lb.Community) string { return strings.Join(lb.ValidateCommunity(c), "; ") }
 
@@ -492,6 +530,9 @@ func (s *Speaker) ReportProblems() {
 	for k, why := range s.invalid {
 		s.report(lb.Problem{Kind: k.kind, Object: k.NamespacedName, Reason: invalidEdit + why})
 	}
+	for _, p := range s.bgpProblems {
+		s.report(p)
+	}
 }
 
 // report passes p to Options.Problem with a reference to the object it is about.
@@ -525,6 +566,11 @@ func (s *Speaker) report(p lb.Problem) {
 		ref.APIVersion = lb.GroupVersion.String()
 		if c := s.comms[p.Object]; c != nil {
 			ref.UID = c.UID
+		}
+	case "BFDProfile":
+		ref.APIVersion = lb.GroupVersion.String()
+		if b := s.bfds[p.Object]; b != nil {
+			ref.UID = b.UID
 		}
 	}
 	s.o.Problem(ref, p.Reason)
@@ -682,6 +728,7 @@ func (s *Speaker) replanBGP() {
 	in := lb.BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
 		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
 		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms)),
+		BFDProfiles: slices.Collect(maps.Values(s.bfds)), Namespace: s.o.Namespace, Secrets: s.secrets,
 		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
 	if n := s.nodes[s.o.Node]; n != nil {
 		in.NodeLabels = n.Labels
@@ -701,12 +748,16 @@ func (s *Speaker) replanBGP() {
 		}
 	}
 	peers, advs, problems := lb.PlanBGP(in)
+	seen := make(map[string]lb.Problem, len(problems))
 	for _, p := range problems {
-		if !s.problems[p] {
-			s.problems[p] = true
-			s.log.Warn("BGP configuration left out", "reason", p)
+		msg := p.String()
+		seen[msg] = p
+		if _, had := s.bgpProblems[msg]; !had {
+			s.log.Warn("BGP configuration not applied as written", "kind", p.Kind, "object", p.Object.String(), "reason", p.Reason)
+			s.report(p)
 		}
 	}
+	s.bgpProblems = seen
 	plan := &bgpPlan{peers: peers, advs: advs}
 	if s.bgpPlan != nil && reflect.DeepEqual(plan, s.bgpPlan) {
 		return

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -62,6 +64,11 @@ type Kube struct {
 	// served, and about such an object becoming valid again or going away (Reason "resolved").
 	// It is called from informer goroutines. Invalid objects are logged either way.
 	Report func(Problem)
+	// SecretNamespace, when set, also watches the kubernetes.io/basic-auth Secrets of that one
+	// namespace (a field-selected informer, so no other Secret is listed or cached, and only
+	// their "password" key is kept): BGPPeer.passwordSecret. A role that may not list them
+	// there is logged and the Secrets are not watched.
+	SecretNamespace string
 }
 
 // ExtraKind is a CRD-served kind the Kube source watches through the dynamic client.
@@ -130,6 +137,17 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 		factories = append(factories, cidrFactory)
 	}
 
+	if k.SecretNamespace != "" {
+		if inf := k.secretInformer(ctx, log); inf != nil {
+			infs = append(infs, inf.Informer())
+			filters = append(filters, func(m metav1.Object) bool {
+				sec, ok := m.(*v1.Secret)
+				return ok && sec.Namespace == k.SecretNamespace && sec.Type == v1.SecretTypeBasicAuth
+			})
+			factories = append(factories, inf.Factory)
+		}
+	}
+
 	var dynFactory dynamicinformer.DynamicSharedInformerFactory
 	if k.Dynamic != nil && len(k.Extra) > 0 {
 		dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
@@ -187,6 +205,43 @@ func (k *Kube) Run(ctx context.Context, sink Sink) error {
 	log.Info("caches synced", "took", time.Since(start))
 	<-ctx.Done()
 	return nil
+}
+
+// secretInformer is the narrow Secret watch of SecretNamespace, or nil when the role may not list
+// Secrets there.
+func (k *Kube) secretInformer(ctx context.Context, log *slog.Logger) *secretWatch {
+	sel := fields.OneTermEqualSelector("type", string(v1.SecretTypeBasicAuth)).String()
+	_, err := k.Client.CoreV1().Secrets(k.SecretNamespace).List(ctx, metav1.ListOptions{FieldSelector: sel, Limit: 1})
+	if apierrors.IsForbidden(err) {
+		log.Warn("may not list basic-auth Secrets; BGPPeer passwordSecret is not resolved", "namespace", k.SecretNamespace, "err", err)
+		return nil
+	}
+	f := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, informers.WithNamespace(k.SecretNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = sel }),
+		informers.WithTransform(passwordOnly))
+	return &secretWatch{Factory: f, SecretInformer: f.Core().V1().Secrets()}
+}
+
+// secretWatch is a Secret informer with its factory.
+type secretWatch struct {
+	Factory informers.SharedInformerFactory
+	coreinformers.SecretInformer
+}
+
+// passwordOnly keeps of a Secret only what a BGPPeer reads (its type and "password" key), so the
+// cache holds no other secret data; other types are emptied (a fake client ignores field
+// selectors, and the sink ignores them).
+func passwordOnly(obj any) (any, error) {
+	sec, ok := obj.(*v1.Secret)
+	if !ok {
+		return obj, nil
+	}
+	out := &v1.Secret{TypeMeta: sec.TypeMeta, Type: sec.Type}
+	out.Namespace, out.Name, out.UID, out.ResourceVersion = sec.Namespace, sec.Name, sec.UID, sec.ResourceVersion
+	if pw, ok := sec.Data[v1.BasicAuthPasswordKey]; ok && sec.Type == v1.SecretTypeBasicAuth {
+		out.Data = map[string][]byte{v1.BasicAuthPasswordKey: pw}
+	}
+	return out, nil
 }
 
 // serves reports whether the API server serves r (its CRD is installed).
