@@ -9,6 +9,7 @@ have iptables-restore || need+=(iptables)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
 have ip || need+=(iproute2)
+have sysctl || need+=(procps) # the lab sets each namespace's sysctls with sysctl -w
 have socat || need+=(socat)
 have curl || need+=(curl)
 have tcpdump || need+=(tcpdump)
