@@ -89,8 +89,8 @@ soak: build
 # The unit, real-kernel and lab tests inside a privileged container (root; podman --privileged
 # --network=none, the repository mounted at /src) from an image built here without a registry:
 # debootstrap's Debian, Go from the module proxy, scripts/deps.sh, the modules and kube-apiserver
-# (test/container/build.sh; cached by its recipe, about 20 minutes cold). Everything but ./vm
-# (make test-vm); the cluster tests skip (no containerd in the image; make test-cluster).
+# (test/container/build.sh; cached by its recipe; the better part of an hour cold on 2 cores).
+# Everything but ./vm (make test-vm); the cluster tests skip (no containerd in the image).
 .PHONY: test-container
 test-container:
 	@test/container/deps.sh
