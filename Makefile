@@ -86,6 +86,16 @@ soak: build
 	rm -f $(SOAK_OUT)/*.row; \
 	grep -E '^(---|ok|FAIL)' $(SOAK_OUT)/soak.log; exit $$status
 
+# The unit, real-kernel and lab tests inside a privileged container (root; podman --privileged
+# --network=none, the repository mounted at /src) from an image built here without a registry:
+# debootstrap's Debian, Go from the module proxy, scripts/deps.sh, the modules and kube-apiserver
+# (test/container/build.sh; cached by its recipe; the better part of an hour cold on 2 cores).
+# Everything but ./vm (make test-vm); the cluster tests skip (no containerd in the image).
+.PHONY: test-container
+test-container:
+	@test/container/deps.sh
+	test/container/run.sh
+
 clean:
 	rm -rf bin
 

@@ -9,6 +9,7 @@ have iptables-restore || need+=(iptables)
 have nft || need+=(nftables)
 have conntrack || need+=(conntrack)
 have ip || need+=(iproute2)
+have sysctl || need+=(procps) # the lab sets each namespace's sysctls with sysctl -w
 have socat || need+=(socat)
 have curl || need+=(curl)
 have tcpdump || need+=(tcpdump)
@@ -23,6 +24,8 @@ have vagrant || need+=(vagrant) # the tests run vagrant validate on the Vagrantf
 have make || need+=(make)
 have git || need+=(git)
 have gcc || need+=(gcc)
+# cgo (net, os/user, runtime/cgo in tests) needs libc's headers; gcc only recommends them.
+dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'install ok installed' || need+=(libc6-dev)
 if ! have go && [ ! -x /usr/local/go/bin/go ]; then need+=(golang-go); fi
 
 if [ ${#need[@]} -gt 0 ]; then
