@@ -530,8 +530,10 @@ func testNoEndpoints(t *testing.T, m mode) {
 				worst = max(worst, took)
 			}
 			t.Logf("%s → %s refused; slowest of 5 in %v", from, addr, worst)
-			if worst > 100*time.Millisecond {
-				t.Errorf("%s → %s: refusal took %v, want < 100ms", from, addr, worst)
+			// A reset comes back in one round trip; a lost one would cost the client's SYN
+			// retransmission (1 s). The bound leaves room for a loaded machine's scheduling.
+			if bound := Scaled(500 * time.Millisecond); worst > bound {
+				t.Errorf("%s → %s: refusal took %v, want < %v", from, addr, worst, bound)
 			}
 		}
 	}
