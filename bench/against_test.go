@@ -98,7 +98,7 @@ func TestAgainstKubeProxy(t *testing.T) {
 	rs, err := Against(t.Context(), AgainstOptions{
 		Modes: []string{"iptables", "nftables"}, Sizes: []int{20}, EndpointsPerService: 2, Changes: 5,
 		ChangeGap: 1100 * time.Millisecond, ChangeTimeout: 30 * time.Second, CreateTimeout: time.Minute,
-		Nodeagent: self, KubeBinDir: binDir, Dir: t.TempDir(),
+		Nodeagent: self, KubeBinDir: binDir, Dir: t.TempDir(), TrafficSamples: 2,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	var b bytes.Buffer
@@ -110,7 +110,17 @@ func TestAgainstKubeProxy(t *testing.T) {
 	if len(rs) != 4 {
 		t.Fatalf("%d results, want 4", len(rs))
 	}
+	var traffic bytes.Buffer
+	WriteTrafficTable(&traffic, rs)
+	t.Logf("traffic:\n%s", traffic.String())
 	for _, r := range rs {
+		// The traffic probe: a pod answered through the service after each write, both cases (0 ms:
+		// the rules were in before the API write returned).
+		for what, l := range map[string]Latencies{"first endpoint": r.FirstEndpoint, "endpoint replaced": r.Replaced} {
+			if l.Samples != 2 || l.P50Ms < 0 || l.MaxMs < l.P50Ms || l.MaxMs > 30_000 {
+				t.Errorf("%s %s, %s: implausible traffic latencies %+v", r.Impl, r.Mode, what, l)
+			}
+		}
 		if r.Changes != 5 || r.ChangeP50Ms <= 0 || r.ChangeP99Ms < r.ChangeP50Ms || r.FirstSyncMs <= 0 ||
 			r.CPUSeconds <= 0 || r.PeakRSSMB <= 0 || r.KernelObjects <= 0 {
 			t.Errorf("implausible result %+v", r)
