@@ -2,6 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build nodeagent and run its lab: the kernel
 # tools the proxy modes and tests drive. Idempotent; only calls apt-get when something is missing.
 set -euo pipefail
+# shellcheck source=scripts/install-missing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install-missing.sh"
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -28,13 +30,4 @@ have gcc || need+=(gcc)
 dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q 'install ok installed' || need+=(libc6-dev)
 if ! have go && [ ! -x /usr/local/go/bin/go ]; then need+=(golang-go); fi
 
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "deps: missing ${need[*]}; run as root (sudo) so they can be installed" >&2
-    exit 1
-  fi
-  echo "deps: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing "deps" ${need[@]+"${need[@]}"}

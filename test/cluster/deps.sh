@@ -4,6 +4,8 @@
 # is missing. Nothing is started: the harness runs its own containerd per node, in the node's
 # namespaces (there is no init system here to start the packaged service, and none is wanted).
 set -euo pipefail
+# shellcheck source=scripts/install-missing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/install-missing.sh"
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -15,13 +17,4 @@ have runc || need+=(runc)
 [ -x /usr/bin/nc.openbsd ] || need+=(netcat-openbsd)
 have dig || need+=(bind9-dnsutils)
 
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "cluster deps: missing ${need[*]}; run as root (sudo) so they can be installed" >&2
-    exit 1
-  fi
-  echo "cluster deps: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing "cluster deps" ${need[@]+"${need[@]}"}

@@ -70,7 +70,7 @@ stage="$(mktemp -d "$root/.ci-context-XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/mod" "$stage/kube"
 cp "$here/Containerfile" "$stage/"
-cp "$repo/scripts/deps.sh" "$stage/deps.sh"
+cp "$repo/scripts/deps.sh" "$repo/scripts/install-missing.sh" "$stage/"
 cp "$repo/go.mod" "$repo/go.sum" "$stage/mod/"
 cp -r "$repo/test/kube/build.sh" "$repo/test/kube/apiserver" "$stage/kube/"
 # What the tests import from outside this module (std included), to compile into the image's

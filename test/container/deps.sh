@@ -5,6 +5,8 @@
 # Debian base without a registry.
 # Idempotent; only calls apt-get when something is missing.
 set -euo pipefail
+# shellcheck source=scripts/install-missing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/install-missing.sh"
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -15,13 +17,4 @@ have debootstrap || need+=(debootstrap)
 have unzip || need+=(unzip)
 have sha256sum || need+=(coreutils)
 
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "container deps: missing ${need[*]}; run as root (sudo) so they can be installed" >&2
-    exit 1
-  fi
-  echo "container deps: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing "container deps" ${need[@]+"${need[@]}"}
