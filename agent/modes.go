@@ -39,9 +39,14 @@ func NewProxier(mode string, c *config.Config, log *slog.Logger, rec proxier.Rec
 		// New fails at once, naming the module, on a kernel without IPVS.
 		o := IPVSOptions(c, log)
 		o.Recorder = rec
-		// ipvs.Options.Conntrack (stale UDP/SCTP entries cleared after a sync, as kube-proxy's
-		// ipvs mode) is not wired yet: with it the lab's EndpointRemoved row saw a new TCP
-		// connection reset under load in the VM; IPVS's own expire_nodest_conn covers the flows.
+		// Stale UDP/SCTP entries are cleared after a sync, as kube-proxy's ipvs mode does; the
+		// cleaner never touches TCP (IPVS's expire_nodest_conn ends flows of removed real servers).
+		ct, err := newConntrack(log)
+		if err != nil {
+			return nil, err
+		}
+		ct.Recorder = rec
+		o.Conntrack = ct
 		return ipvs.New(o)
 	}
 	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)

@@ -623,7 +623,7 @@ func testEndpointRemoved(t *testing.T, m mode) {
 		}) {
 			t.Errorf("%s: %s = %v, want the slice change measured", n.Name, programmed, got[programmed])
 		}
-		if n.Index == 1 && m.name != "ipvs" && got[deleted] < 1 {
+		if n.Index == 1 && got[deleted] < 1 {
 			t.Errorf("%s: %s = %v, want the stale UDP entry counted", n.Name, deleted, got[deleted])
 		}
 	}
