@@ -71,7 +71,8 @@ func checkKubeProxyMetrics(t *testing.T, name string, got map[string]float64, mo
 			"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total"+v4,
 			"kubeproxy_conntrack_reconciler_deleted_entries_total"+v4)
 	case "ipvs":
-		present = append(present, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"+v4)
+		present = append(present, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"+v4,
+			"kubeproxy_conntrack_reconciler_deleted_entries_total"+v4)
 	}
 	for _, k := range positive {
 		if v, ok := got[k]; !ok || v <= 0 {
