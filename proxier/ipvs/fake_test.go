@@ -19,6 +19,9 @@ type fakeIPVS struct {
 	svcs    map[vsKey]*mipvs.Service
 	dests   map[vsKey]map[netip.AddrPort]*mipvs.Destination
 	missing map[string]bool
+	// scheduled, when set, is called with each real server the fake is asked to update or
+	// delete, before it does: a connection IPVS schedules there at that moment.
+	scheduled func(k vsKey, d *mipvs.Destination)
 }
 
 var _ ipvsKernel = (*fakeIPVS)(nil)
@@ -140,10 +143,15 @@ func (f *fakeIPVS) UpdateDestination(s *mipvs.Service, d *mipvs.Destination) err
 	defer f.mu.Unlock()
 	k := f.key(s)
 	ap := destAddr(d)
-	if _, ok := f.dests[k][ap]; !ok {
+	had, ok := f.dests[k][ap]
+	if !ok {
 		return unix.ENOENT
 	}
+	if f.scheduled != nil {
+		f.scheduled(k, had)
+	}
 	c := *d
+	c.ActiveConnections, c.InactiveConnections = had.ActiveConnections, had.InactiveConnections
 	f.dests[k][ap] = &c
 	return nil
 }
@@ -153,8 +161,12 @@ func (f *fakeIPVS) DelDestination(s *mipvs.Service, d *mipvs.Destination) error 
 	defer f.mu.Unlock()
 	k := f.key(s)
 	ap := destAddr(d)
-	if _, ok := f.dests[k][ap]; !ok {
+	had, ok := f.dests[k][ap]
+	if !ok {
 		return unix.ENOENT
+	}
+	if f.scheduled != nil {
+		f.scheduled(k, had)
 	}
 	delete(f.dests[k], ap)
 	return nil
@@ -230,4 +242,14 @@ func (k *fakeNft) close() {}
 func fakeProxier(log *slog.Logger, missing ...string) (*Proxier, *fakeIPVS) {
 	f := newFakeIPVS(missing...)
 	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*nft.Family]*nftTable{}}), f
+}
+
+// weight returns real server ap's weight in k (-1 when absent).
+func (f *fakeIPVS) weight(k vsKey, ap netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d := f.dests[k][ap]; d != nil {
+		return d.Weight
+	}
+	return -1
 }

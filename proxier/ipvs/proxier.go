@@ -708,8 +708,27 @@ func (p *Proxier) retireService(k vsKey, stats *SyncStats) error {
 
 // retire deletes real server d of the virtual server k, or, while a TCP real server still has
 // connections, sets its weight to 0 and leaves it for a later check. It reports whether d is gone.
+//
+// A TCP real server is quiesced before its connections are counted: d's counters were read
+// earlier in the sync, and IPVS may schedule a connection to it until its weight is 0; deleting
+// it then would reset that connection (expire_nodest_conn=1 expires a deleted server's
+// connections; seen in the VM as a new connection reset mid-request while its endpoint left).
 func (p *Proxier) retire(svc *mipvs.Service, k vsKey, d *mipvs.Destination, stats *SyncStats) (bool, error) {
 	ap := destAddr(d)
+	if k.Proto == unix.IPPROTO_TCP && d.Weight != 0 {
+		if err := p.ipvs.UpdateDestination(svc, newDest(ap, 0)); err != nil {
+			return false, fmt.Errorf("quiesce real server %s of %s: %w", ap, k, err)
+		}
+		stats.DestsUpdated++
+		now, err := p.destination(svc, ap)
+		if err != nil {
+			return false, fmt.Errorf("read real server %s of %s: %w", ap, k, err)
+		}
+		if now == nil {
+			return true, nil
+		}
+		d = now
+	}
 	if k.Proto != unix.IPPROTO_TCP || d.ActiveConnections+d.InactiveConnections == 0 {
 		if err := p.ipvs.DelDestination(svc, d); err != nil && !isNotFound(err) {
 			return false, fmt.Errorf("delete real server %s of %s: %w", ap, k, err)
@@ -723,11 +742,7 @@ func (p *Proxier) retire(svc *mipvs.Service, k vsKey, d *mipvs.Destination, stat
 		}
 		return true, nil
 	}
-	if d.Weight != 0 {
-		if err := p.ipvs.UpdateDestination(svc, newDest(ap, 0)); err != nil {
-			return false, fmt.Errorf("quiesce real server %s of %s: %w", ap, k, err)
-		}
-		stats.DestsUpdated++
+	if !p.draining[k][ap] {
 		p.log.Info("real server draining", "virtualServer", k.String(), "realServer", ap.String(),
 			"activeConnections", d.ActiveConnections, "inactiveConnections", d.InactiveConnections)
 	}
@@ -736,6 +751,23 @@ func (p *Proxier) retire(svc *mipvs.Service, k vsKey, d *mipvs.Destination, stat
 	}
 	p.draining[k][ap] = true
 	return false, nil
+}
+
+// destination reads real server ap of svc from the kernel; nil when it has none.
+func (p *Proxier) destination(svc *mipvs.Service, ap netip.AddrPort) (*mipvs.Destination, error) {
+	ds, err := p.ipvs.GetDestinations(svc)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	for _, d := range ds {
+		if destAddr(d) == ap {
+			return d, nil
+		}
+	}
+	return nil, nil
 }
 
 // finish removes addresses nothing uses any more and shrinks the ownership record to what

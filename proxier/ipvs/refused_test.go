@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	mipvs "github.com/moby/ipvs"
 
 	"nodeagent/proxier"
 )
@@ -72,5 +75,33 @@ func TestRefusedVirtualServer(t *testing.T) {
 	if k.scheduler(demoVS) != DefaultScheduler || len(k.realServers(demoVS)) != 4 || refusedOf("demoapp") == 0 {
 		t.Errorf("refused update: scheduler %q, real servers %v, refused %+v; want rr kept, the new endpoint added, demoapp reported",
 			k.scheduler(demoVS), k.realServers(demoVS), p.Refused())
+	}
+}
+
+// TestRetireQuiescesFirst: a TCP endpoint that leaves its service had no connections when the
+// sync read the kernel, but IPVS schedules one to it before the sync gets to it. The real server
+// must go to weight 0 first and stay while that connection lives (deleting it would reset the
+// connection); one that still has none after the quiesce is deleted at once.
+func TestRetireQuiescesFirst(t *testing.T) {
+	p, k := fakeProxier(slog.New(slog.DiscardHandler))
+	st := testState()
+	mustSync(t, p, st, proxier.Changes{Full: true})
+	demoVS := vsKey{Addr: addr("10.96.0.10"), Proto: 6, Port: 80}
+	busy, idle := netip.MustParseAddrPort("10.244.2.5:80"), netip.MustParseAddrPort("10.244.3.5:80")
+	k.scheduled = func(vk vsKey, d *mipvs.Destination) {
+		if vk == demoVS && destAddr(d) == busy && d.Weight != 0 {
+			d.ActiveConnections = 1
+		}
+	}
+	next := cloneState(st)
+	sp := service(next, "demoapp", proxier.IPv4)
+	withEndpoints(sp, sp.AllEndpoints[:1]...)
+	mustSync(t, p, next, changed(nsName("default", "demoapp")))
+	got := k.realServers(demoVS)
+	if !slices.Contains(got, busy) || slices.Contains(got, idle) {
+		t.Fatalf("real servers %v: want %s kept (a connection arrived before its weight was 0) and %s deleted", got, busy, idle)
+	}
+	if w := k.weight(demoVS, busy); w != 0 {
+		t.Errorf("%s has weight %d, want 0 while it drains", busy, w)
 	}
 }
