@@ -260,9 +260,10 @@ func (e *env) failoverProbe(ip, oldMAC string, macs map[string]int, kill func())
 	}
 }
 
-// arpOwners returns the nodes that answer ARP for ip from the client (two requests).
+// arpOwners returns the nodes that answer ARP for ip from the client (three requests 50 ms apart;
+// every node that answers any of them is listed).
 func (e *env) arpOwners(ip string, macs map[string]int) ([]int, string) {
-	out, _ := Exec(e.Client, "arping", "-c", "2", "-w", "2", "-I", "eth0", ip)
+	out, _ := Exec(e.Client, "arping", "-c", "3", "-W", "0.05", "-w", "1", "-i", "eth0", ip)
 	var nodes []int
 	for _, rep := range arpingReply.FindAllStringSubmatch(out, -1) {
 		n, ok := macs[strings.ToLower(rep[1])]
@@ -462,6 +463,7 @@ func TestAgainstMetalLB(t *testing.T) {
 		t.Helper()
 		var rows []mlbRow
 		for _, st := range mlbStates {
+			stStart := time.Now()
 			setState(st)
 			var last string
 			ok := Eventually(Scaled(30*time.Second), 100*time.Millisecond, func() bool {
@@ -480,8 +482,13 @@ func TestAgainstMetalLB(t *testing.T) {
 			if !ok {
 				t.Fatalf("%s, %s: never settled: %s\n%s", impl, st.name, last, procTail())
 			}
-			for _, s := range mlbServices {
+			t.Logf("%s, %s: settled in %v", impl, st.name, time.Since(stStart).Round(time.Millisecond))
+			for i, s := range mlbServices {
 				want := expectedOwner(s, s.wantIP, st, 0, honourReady)
+				rows = append(rows, mlbRow{st.name, s.name, s.wantIP, want})
+				if slices.ContainsFunc(mlbServices[:i], func(o mlbService) bool { return o.wantIP == s.wantIP }) {
+					continue // a shared address: checked on the wire once
+				}
 				var nodes []int
 				var out string
 				if !Eventually(Scaled(10*time.Second), 50*time.Millisecond, func() bool {
@@ -490,8 +497,8 @@ func TestAgainstMetalLB(t *testing.T) {
 				}) {
 					t.Errorf("%s, %s: %s (%s) answered by nodes %v on the LAN, want only %q:\n%s", impl, st.name, s.name, s.wantIP, nodes, want, out)
 				}
-				rows = append(rows, mlbRow{st.name, s.name, s.wantIP, want})
 			}
+			t.Logf("%s, %s: ARP checked in %v", impl, st.name, time.Since(stStart).Round(time.Millisecond))
 		}
 		return rows
 	}
@@ -515,6 +522,7 @@ func TestAgainstMetalLB(t *testing.T) {
 			fmt.Printf("layer-2 failover (%s): node%02d → node%02d in %v\n", impl, o, next, took.Round(time.Millisecond))
 			out = append(out, took)
 			restart(o)
+			restarted := time.Now()
 			var nodes []int
 			var arp string
 			if !Eventually(Scaled(60*time.Second), 100*time.Millisecond, func() bool {
@@ -523,6 +531,7 @@ func TestAgainstMetalLB(t *testing.T) {
 			}) {
 				t.Fatalf("%s: after restart node%02d never owned %s again (ARP answers from %v):\n%s", impl, o, ip, nodes, arp)
 			}
+			t.Logf("%s: node%02d owns %s again %v after its restart", impl, o, ip, time.Since(restarted).Round(time.Millisecond))
 		}
 		return out
 	}
@@ -563,6 +572,7 @@ func TestAgainstMetalLB(t *testing.T) {
 		return b.String()
 	}
 	createServices()
+	t.Logf("MetalLB assigned every address %v after its start", time.Since(phase1).Round(time.Millisecond))
 	mlbRows := walk("MetalLB", mlbNamespace, false, mlbTail)
 	mlbFailover := failover("MetalLB", owner, func(n int) { speakers[n].kill() }, func(n int) { startSpeaker(e.Node(n)) })
 	mlbTime := time.Since(phase1)
@@ -601,6 +611,7 @@ func TestAgainstMetalLB(t *testing.T) {
 		return b.String()
 	}
 	createServices()
+	t.Logf("nodeagent assigned every address %v after its start", time.Since(phase2).Round(time.Millisecond))
 	naRows := walk("nodeagent", deploy.Namespace, true, agentTail)
 	naFailover := failover("nodeagent", owner, func(n int) { e.agents[n].Kill() }, func(n int) {
 		e.agents[n] = e.StartAgentNoWait(e.Node(n), agentArgs(e.Node(n))...)
