@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/nodeagent
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy fuzz fuzz-short soak
+.PHONY: all build deps demo test test-vm unit lab vet clean bench-kube-proxy bench-metallb fuzz fuzz-short soak
 
 all: build
 
@@ -64,6 +64,13 @@ bench-kube-proxy: build
 	for mode in nftables iptables; do \
 	  $(BIN) bench --against kube-proxy --proxy-mode $$mode --sweep $(AGAINST_SWEEP) --out bench/results/against-kube-proxy/$$mode || exit 1; \
 	done
+
+# nodeagent against MetalLB v0.14.8 itself (root; the first run builds MetalLB's controller and
+# speaker from the module proxy into test/kube's cache, about two minutes): the lab test that
+# `make test` runs too, writing its decision table and failover figures to bench/results/metallb/.
+bench-metallb: build
+	NODEAGENT_METALLB_OUT=$(CURDIR)/bench/results/metallb NODEAGENT_BIN=$(CURDIR)/$(BIN) \
+	  $(GO) test -count=1 -timeout 15m -run '^TestAgainstMetalLB$$' -v ./test/netns/
 
 # The soak-and-fault suite at full length (root; about 15 minutes): 10 minutes of churn through a
 # real API server with traffic, kill -9, API server and etcd outages, rules tampered with, nftables

@@ -102,7 +102,20 @@ type ControlPlane struct {
 // Build runs build.sh and returns the directory holding kube-apiserver and kube-proxy. The first
 // build on a machine takes minutes; after that it returns at once.
 func Build(ctx context.Context) (string, error) {
-	script, err := buildScript()
+	return runBuild(ctx, "build.sh", "kube-apiserver")
+}
+
+// BuildMetalLB runs metallb-build.sh and returns the directory holding MetalLB v0.14.8's
+// controller and speaker binaries and its CustomResourceDefinitions (crd/). The first build on a
+// machine takes minutes; after that it returns at once.
+func BuildMetalLB(ctx context.Context) (string, error) {
+	return runBuild(ctx, "metallb-build.sh", "speaker")
+}
+
+// runBuild runs the build script name of this package and returns the directory it printed last,
+// checked to hold the file want.
+func runBuild(ctx context.Context, name, want string) (string, error) {
+	script, err := buildScript(name)
 	if err != nil {
 		return "", err
 	}
@@ -114,33 +127,33 @@ func Build(ctx context.Context) (string, error) {
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	dir := lines[len(lines)-1]
-	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err != nil {
-		return "", fmt.Errorf("%s printed %q, which has no kube-apiserver: %w", script, dir, err)
+	if _, err := os.Stat(filepath.Join(dir, want)); err != nil {
+		return "", fmt.Errorf("%s printed %q, which has no %s: %w", script, dir, want, err)
 	}
 	return dir, nil
 }
 
-// buildScript finds build.sh next to this source file, or under test/kube of a parent of the
-// working directory (for binaries built with -trimpath).
-func buildScript() (string, error) {
+// buildScript finds the script name next to this source file, or under test/kube of a parent of
+// the working directory (for binaries built with -trimpath).
+func buildScript(name string) (string, error) {
 	if _, file, _, ok := runtime.Caller(0); ok {
-		p := filepath.Join(filepath.Dir(file), "build.sh")
+		p := filepath.Join(filepath.Dir(file), name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
 	dir, err := os.Getwd()
 	if err != nil {
-		return "", fmt.Errorf("find build.sh: %w", err)
+		return "", fmt.Errorf("find %s: %w", name, err)
 	}
 	for {
-		p := filepath.Join(dir, "test", "kube", "build.sh")
+		p := filepath.Join(dir, "test", "kube", name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("find build.sh: not beside this package's source nor under test/kube of a parent directory")
+			return "", fmt.Errorf("find %s: not beside this package's source nor under test/kube of a parent directory", name)
 		}
 		dir = parent
 	}
