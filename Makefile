@@ -27,6 +27,9 @@ vet:
 # otherwise), the fuzz targets briefly, the ipvs mode in the VM, and the real cluster: nodeagent as
 # a DaemonSet from its image, reached from the LAN, and a handful of upstream conformance tests.
 test: build vet
+	@# The API server and MetalLB builds (minutes when cold) go first, outside go test's timeout.
+	test/kube/build.sh >/dev/null
+	test/kube/metallb-build.sh >/dev/null
 	$(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz-short
 	$(MAKE) test-vm
