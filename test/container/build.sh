@@ -73,6 +73,7 @@ cp "$here/Containerfile" "$stage/"
 cp "$repo/scripts/deps.sh" "$repo/scripts/install-missing.sh" "$stage/"
 cp "$repo/go.mod" "$repo/go.sum" "$stage/mod/"
 cp -r "$repo/test/kube/build.sh" "$repo/test/kube/apiserver" "$stage/kube/"
+cp "$repo/test/kube/metallb-build.sh" "$stage/"
 # What the tests import from outside this module (std included), to compile into the image's
 # build cache. vendor/ paths of std cannot be named; they come with their importers.
 (cd "$repo" && GOFLAGS=-mod=mod go list -deps -test -f '{{.ImportPath}}' ./...) |
