@@ -134,6 +134,9 @@ func Run(ctx context.Context, o Options) error {
 	firstSync := true
 	// missed are the changes of failed syncs: the health checks have not seen them yet.
 	var missed proxier.Changes
+	// last is the previous sync's State: nobody reads it once the sync is over, so it is handed
+	// back to the tracker to be patched into the next one.
+	var last *proxier.State
 	sync := func(ctx context.Context, periodic bool) error {
 		if !tracker.Ready() {
 			return nil
@@ -145,7 +148,8 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}
 		start := time.Now()
-		st, ch := tracker.Snapshot()
+		st, ch := tracker.Next(last)
+		last = st
 		if periodic && !ch.Full {
 			ch.Full, ch.Periodic = true, true
 		}

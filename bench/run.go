@@ -77,8 +77,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	tr := proxier.NewTracker(proxier.Node{Name: "bench-node"}, proxier.Config{}, log)
+	var last *proxier.State // handed back at the next sync, as the agent does
 	sync := func() error {
-		st, ch := tr.Snapshot()
+		st, ch := tr.Next(last)
+		last = st
 		return px.Sync(ctx, st, ch)
 	}
 

@@ -16,11 +16,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// Tracker keeps the current Services and EndpointSlices, remembers which services changed since
-// the last Snapshot, and computes the desired State incrementally: only changed services are
-// recomputed, and a frontend that several claim is given to one by ResolveFrontends, run on the
-// services that share frontends with a changed one. It implements the source package's Sink. It
-// is safe for concurrent use.
+// Tracker tracks change: it keeps the current Services, EndpointSlices, Node and ServiceCIDR
+// objects and remembers which services changed since the last Snapshot. A Snapshot hands those
+// to the model (ServicePorts, per service), the conflict resolution (frontends.go: who keeps a
+// frontend that several claim) and the view the proxiers read (state.go), each of which only
+// recomputes what changed. It implements the source package's Sink. It is safe for concurrent
+// use.
 type Tracker struct {
 	log *slog.Logger
 	// OnChange, when set, is called (without locks held) after every change that matters.
@@ -45,19 +46,8 @@ type Tracker struct {
 	// serviceCIDRs are the CIDRs of each ServiceCIDR object, by name (nodeconfig.go).
 	serviceCIDRs map[string][]netip.Prefix
 
-	// Derived, kept between snapshots.
-	keys      []types.NamespacedName // services with ports, sorted
-	raw       map[types.NamespacedName][]*ServicePort
-	effective map[types.NamespacedName][]*ServicePort
-	// flat is the last State's Services (effective ports in key order).
-	flat      []*ServicePort
-	endpoints int                                // across flat
-	problems  map[types.NamespacedName][]Problem // invalid parts of each service
-	// lost are the frontends each service lost to others (see ResolveFrontends), and conflicts
-	// the same as Problems, one per distinct reason.
-	lost      map[types.NamespacedName][]Conflict
-	conflicts map[types.NamespacedName][]Problem
-	claims    map[frontendKey][]types.NamespacedName // sorted claimants of every frontend
+	frontends frontendIndex // frontends.go
+	view      view          // state.go
 }
 
 // NewTracker returns an empty tracker for the given node.
@@ -71,13 +61,9 @@ func NewTracker(node Node, config Config, log *slog.Logger) *Tracker {
 		slices:    map[types.NamespacedName]*discovery.EndpointSlice{},
 		bySvc:     map[types.NamespacedName][]*discovery.EndpointSlice{},
 		dirty:     map[types.NamespacedName]bool{},
-		raw:       map[types.NamespacedName][]*ServicePort{},
-		effective: map[types.NamespacedName][]*ServicePort{},
-		problems:  map[types.NamespacedName][]Problem{},
-		lost:      map[types.NamespacedName][]Conflict{},
-		conflicts: map[types.NamespacedName][]Problem{},
-		claims:    map[frontendKey][]types.NamespacedName{},
 		counts:    newChangeCounts(),
+		frontends: newFrontendIndex(),
+		view:      newView(),
 	}
 }
 
@@ -234,204 +220,73 @@ func sliceEqual(a, b *discovery.EndpointSlice) bool {
 		apiequality.Semantic.DeepEqual(a.Endpoints, b.Endpoints)
 }
 
-// Snapshot returns the desired State and the services that changed since the previous Snapshot.
-// The State shares unchanged ServicePorts with earlier States; nobody may modify them. Its
-// Services slice is only valid until the next Snapshot, which patches it in place (copying 25,000
-// pointers, and collecting the copy, was most of a one-endpoint change): keep the ServicePorts, not
-// the slice. Conflicts found since the previous Snapshot are passed to OnConflict before it returns.
-func (t *Tracker) Snapshot() (*State, Changes) {
+// Snapshot returns the desired State and the services that changed since the previous Snapshot
+// (or Next). The State is the caller's: the tracker never writes to it again. It shares
+// unchanged ServicePorts with earlier States; nobody may modify them. Conflicts found since the
+// previous Snapshot are passed to OnConflict before it returns. It lays out a State of its own
+// each time, which at 25,000 services costs several times the change itself: a sync loop uses
+// Next.
+func (t *Tracker) Snapshot() (*State, Changes) { return t.Next(nil) }
+
+// Next is Snapshot for a caller that is done with prev, the State the previous Snapshot or Next
+// returned: the new State is built in prev's memory (patching 25,000 service ports in place costs
+// a tenth of copying them), and prev is emptied, so that a read of it after the hand-over finds
+// nothing rather than a State that changes. Any other prev (nil, an older State) is emptied too
+// and costs a copy.
+func (t *Tracker) Next(prev *State) (*State, Changes) {
 	t.mu.Lock()
-	st, ch, reports := t.snapshot()
+	handedBack := prev != nil && prev == t.view.last
+	if prev != nil {
+		*prev = State{}
+	}
+	st, ch, reports := t.snapshot(handedBack)
 	t.mu.Unlock()
 	t.report(reports)
 	return st, ch
 }
 
-func (t *Tracker) snapshot() (*State, Changes, []conflictReport) {
+// snapshot hands the changes since the last one to the model (ServicePorts), the conflict
+// resolution (frontendIndex) and the view, and returns the view's new State.
+func (t *Tracker) snapshot(handedBack bool) (*State, Changes, []conflictReport) {
 	// Sized for the dirty services: at a first sync of 100,000, growing it step by step (and
 	// hashing every key again at each step) cost a tenth of a second.
 	ch := Changes{Full: t.full, Services: make(map[types.NamespacedName]bool, len(t.dirty)), Triggers: t.counts.checkout()}
-	// seeds are the services whose frontends may have changed hands: the changed ones and every
-	// service that shares, or shared, a frontend with one.
 	seeds := make(map[types.NamespacedName]bool, len(t.dirty))
 	present := make(map[types.NamespacedName]bool, len(t.dirty))
 	for k := range t.dirty {
-		seeds[k] = true
 		ch.Services[k] = true
-		t.setClaims(k, false, seeds)
-		var ports []*ServicePort
+		c := ServiceClaim{Name: k}
 		var problems []Problem
 		if svc, ok := t.services[k]; ok {
-			ports, problems = ServicePorts(svc, t.bySvc[k], t.node)
+			c.Created = svc.CreationTimestamp.Time
+			c.Ports, problems = ServicePorts(svc, t.bySvc[k], t.node)
 		}
-		present[k] = len(ports) > 0
-		if len(ports) > 0 {
-			t.raw[k] = ports
-		} else {
-			delete(t.raw, k)
+		present[k] = len(c.Ports) > 0
+		t.frontends.set(c, seeds)
+		for _, p := range t.view.setProblems(k, problems) {
+			t.log.Warn("invalid service", "service", k.String(), "reason", p.Reason)
 		}
-		t.setClaims(k, true, seeds)
-		t.setProblems(k, problems)
 	}
-	t.setKeys(present)
+	t.view.setKeys(present)
 	var reports []conflictReport
-	seen := make(map[types.NamespacedName]bool, len(seeds))
-	for k := range seeds {
-		if !seen[k] {
-			comp, contested := t.component(k, seen)
-			reports = t.resolve(comp, contested, ch.Services, reports)
+	t.frontends.resolve(seeds, ch.Services, func(o ServiceOutcome) {
+		ch.Services[o.Name] = true
+		for _, p := range t.view.apply(o) {
+			t.log.Warn("service frontend left out", "service", o.Name.String(), "reason", p.Reason)
+			if svc := t.services[o.Name]; svc != nil {
+				reports = append(reports, conflictReport{svc: serviceRef(svc), reason: p.Reason})
+			}
 		}
-	}
+	})
 	clear(t.dirty)
 	t.full = false
-
-	st := &State{Node: t.node, Config: t.config, Services: t.flatten(ch.Services, ch.Full), EndpointCount: t.endpoints,
-		ServiceCIDRs: t.serviceCIDRList()}
-	pk := map[types.NamespacedName]bool{}
-	for k := range t.problems {
-		pk[k] = true
-	}
-	for k := range t.conflicts {
-		pk[k] = true
-	}
-	for _, k := range slices.SortedFunc(maps.Keys(pk), compareKeys) {
-		st.Problems = append(st.Problems, t.problems[k]...)
-		st.Problems = append(st.Problems, t.conflicts[k]...)
-	}
-	return st, ch, reports
-}
-
-// setClaims adds (or removes) the frontends of k's ports to the index of who claims what, and
-// adds every other claimant of them to seeds.
-func (t *Tracker) setClaims(k types.NamespacedName, add bool, seeds map[types.NamespacedName]bool) {
-	for _, sp := range t.raw[k] {
-		for _, fe := range keysOf(sp) {
-			if add {
-				t.claim(fe, k)
-			} else {
-				t.unclaim(fe, k)
-			}
-			for _, o := range t.claims[fe] {
-				seeds[o] = true
-			}
-		}
-	}
-}
-
-// component returns the services linked to k by shared frontends (k included), marking them
-// seen, and whether any frontend among them has more than one claim. Only those services
-// decide who keeps their frontends, so they can be resolved apart from the rest.
-func (t *Tracker) component(k types.NamespacedName, seen map[types.NamespacedName]bool) ([]types.NamespacedName, bool) {
-	seen[k] = true
-	comp := []types.NamespacedName{k}
-	contested := false
-	for i := 0; i < len(comp); i++ {
-		for _, sp := range t.raw[comp[i]] {
-			for _, fe := range keysOf(sp) {
-				owners := t.claims[fe]
-				contested = contested || len(owners) > 1
-				for _, o := range owners {
-					if !seen[o] {
-						seen[o] = true
-						comp = append(comp, o)
-					}
-				}
-			}
-		}
-	}
-	return comp, contested
+	return t.view.state(t.node, t.config, t.serviceCIDRList(), ch.Services, ch.Full, handedBack), ch, reports
 }
 
 // conflictReport is a new conflict for OnConflict.
 type conflictReport struct {
 	svc    v1.ObjectReference
 	reason string
-}
-
-// resolve sets the effective ports of the services in comp (a component, and whether it is
-// contested), marks those whose effective ports changed in changed (which holds the dirty
-// services), and appends the conflicts not reported before to reports.
-func (t *Tracker) resolve(comp []types.NamespacedName, contested bool, changed map[types.NamespacedName]bool,
-	reports []conflictReport) []conflictReport {
-	if !contested {
-		// The common case: nobody shares anything with these services.
-		for _, k := range comp {
-			reports = t.setEffective(k, t.raw[k], nil, changed, reports)
-		}
-		return reports
-	}
-	slices.SortFunc(comp, compareKeys)
-	var claims []Claim
-	for _, k := range comp {
-		created := t.services[k].CreationTimestamp.Time
-		for _, sp := range t.raw[k] {
-			claims = append(claims, Claim{Port: sp, Created: created})
-		}
-	}
-	res := ResolveFrontends(claims)
-	i := 0
-	for _, k := range comp {
-		var keep []*ServicePort
-		for range t.raw[k] {
-			if sp := res.Ports[i]; sp != nil {
-				keep = append(keep, sp)
-			}
-			i++
-		}
-		var lost []Conflict
-		for _, c := range res.Conflicts {
-			if c.Port.NamespacedName == k {
-				lost = append(lost, c)
-			}
-		}
-		reports = t.setEffective(k, keep, lost, changed, reports)
-	}
-	return reports
-}
-
-// setEffective records what service k keeps of its ports after conflicts. A service that did not
-// change and lost the same frontends as before keeps the same effective ports, unchanged.
-func (t *Tracker) setEffective(k types.NamespacedName, keep []*ServicePort, lost []Conflict,
-	changed map[types.NamespacedName]bool, reports []conflictReport) []conflictReport {
-	if !changed[k] && slices.Equal(lost, t.lost[k]) {
-		return reports
-	}
-	changed[k] = true
-	for _, sp := range t.effective[k] {
-		t.endpoints -= len(sp.AllEndpoints)
-	}
-	for _, sp := range keep {
-		t.endpoints += len(sp.AllEndpoints)
-	}
-	if len(keep) > 0 {
-		t.effective[k] = keep
-	} else {
-		delete(t.effective, k)
-	}
-	if len(lost) == 0 {
-		delete(t.lost, k)
-		delete(t.conflicts, k)
-		return reports
-	}
-	t.lost[k] = lost
-	var ps []Problem
-	for _, c := range lost {
-		p := Problem{Kind: "Service", Object: k, Reason: c.String()}
-		if !slices.Contains(ps, p) { // a dual-stack port loses a node port once per family
-			ps = append(ps, p)
-		}
-	}
-	for _, p := range ps {
-		if slices.Contains(t.conflicts[k], p) {
-			continue
-		}
-		t.log.Warn("service frontend left out", "service", k.String(), "reason", p.Reason)
-		if svc := t.services[k]; svc != nil {
-			reports = append(reports, conflictReport{svc: serviceRef(svc), reason: p.Reason})
-		}
-	}
-	t.conflicts[k] = ps
-	return reports
 }
 
 func serviceRef(svc *v1.Service) v1.ObjectReference {
@@ -453,134 +308,13 @@ func (t *Tracker) report(rs []conflictReport) {
 func (t *Tracker) ReportConflicts() {
 	t.mu.Lock()
 	var rs []conflictReport
-	for _, k := range slices.SortedFunc(maps.Keys(t.conflicts), compareKeys) {
+	for _, k := range slices.SortedFunc(maps.Keys(t.view.conflicts), compareKeys) {
 		if svc := t.services[k]; svc != nil {
-			for _, p := range t.conflicts[k] {
+			for _, p := range t.view.conflicts[k] {
 				rs = append(rs, conflictReport{svc: serviceRef(svc), reason: p.Reason})
 			}
 		}
 	}
 	t.mu.Unlock()
 	t.report(rs)
-}
-
-func (t *Tracker) setProblems(k types.NamespacedName, ps []Problem) {
-	for _, p := range ps {
-		if !slices.Contains(t.problems[k], p) {
-			t.log.Warn("invalid service", "service", k.String(), "reason", p.Reason)
-		}
-	}
-	store(t.problems, k, ps)
-}
-
-func store(m map[types.NamespacedName][]Problem, k types.NamespacedName, ps []Problem) {
-	if len(ps) == 0 {
-		delete(m, k)
-		return
-	}
-	m[k] = ps
-}
-
-// flatten returns the effective ports of every key in order. A few changed keys patch the last
-// result in place, found by binary search (the result is sorted by service): adding or removing
-// one service among 25,000 then costs a memmove, not a walk of every key.
-func (t *Tracker) flatten(changed map[types.NamespacedName]bool, rebuild bool) []*ServicePort {
-	if rebuild || len(changed) > 64 {
-		return t.rebuildFlat()
-	}
-	flat := t.flat
-	for k := range changed {
-		i, _ := slices.BinarySearchFunc(flat, k, func(sp *ServicePort, k types.NamespacedName) int {
-			return compareKeys(sp.Name.NamespacedName, k)
-		})
-		j := i
-		for j < len(flat) && flat[j].Name.NamespacedName == k {
-			j++
-		}
-		flat = slices.Replace(flat, i, j, t.effective[k]...)
-	}
-	t.flat = flat
-	return flat
-}
-
-// rebuildFlat lays out every key's effective ports afresh.
-func (t *Tracker) rebuildFlat() []*ServicePort {
-	flat := make([]*ServicePort, 0, len(t.flat))
-	for _, k := range t.keys {
-		flat = append(flat, t.effective[k]...)
-	}
-	t.flat = flat
-	return flat
-}
-
-// setKeys adds the keys marked present to the sorted t.keys and removes the others. A few are
-// placed one by one; many (a first sync: map order is random) are merged in one sort, since
-// inserting them one at a time would move the slice's tail for each.
-func (t *Tracker) setKeys(present map[types.NamespacedName]bool) {
-	if len(present) <= 64 {
-		for k, p := range present {
-			i, found := slices.BinarySearchFunc(t.keys, k, compareKeys)
-			switch {
-			case p && !found:
-				t.keys = slices.Insert(t.keys, i, k)
-			case !p && found:
-				t.keys = slices.Delete(t.keys, i, i+1)
-			}
-		}
-		return
-	}
-	keys := t.keys[:0:0]
-	for _, k := range t.keys {
-		if p, ok := present[k]; !ok || p {
-			keys = append(keys, k)
-		}
-		delete(present, k) // what remains is new
-	}
-	for k, p := range present {
-		if p {
-			keys = append(keys, k)
-		}
-	}
-	slices.SortFunc(keys, compareKeys)
-	t.keys = keys
-}
-
-func compareKeys(a, b types.NamespacedName) int {
-	if a.Namespace != b.Namespace {
-		if a.Namespace < b.Namespace {
-			return -1
-		}
-		return 1
-	}
-	switch {
-	case a.Name < b.Name:
-		return -1
-	case a.Name > b.Name:
-		return 1
-	}
-	return 0
-}
-
-// claim records one claim of fe by k. A service may claim one frontend more than once (its ports
-// share its health check; hostile objects repeat a port): the owners list keeps every claim, so
-// that a frontend claimed twice is seen as contested.
-func (t *Tracker) claim(fe frontendKey, k types.NamespacedName) {
-	owners := t.claims[fe]
-	i, _ := slices.BinarySearchFunc(owners, k, compareKeys)
-	t.claims[fe] = slices.Insert(owners, i, k)
-}
-
-// unclaim removes one claim of fe by k.
-func (t *Tracker) unclaim(fe frontendKey, k types.NamespacedName) {
-	owners := t.claims[fe]
-	i, found := slices.BinarySearchFunc(owners, k, compareKeys)
-	if !found {
-		return
-	}
-	owners = slices.Delete(owners, i, i+1)
-	if len(owners) == 0 {
-		delete(t.claims, fe)
-		return
-	}
-	t.claims[fe] = owners
 }

@@ -20,7 +20,8 @@ import (
 )
 
 // benchTracker runs step b.N times on a tracker that holds n services × 10 endpoints, for n of
-// 1,000 and 25,000, each step followed by a Snapshot.
+// 1,000 and 25,000, each step followed by a Next that hands back the previous State, as the
+// agent's sync loop does.
 func benchTracker(b *testing.B, step func(tr *proxier.Tracker, n, k int)) {
 	for _, n := range []int{1000, 25000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
@@ -30,11 +31,11 @@ func benchTracker(b *testing.B, step func(tr *proxier.Tracker, n, k int)) {
 				tr.Upsert(bench.Slice(i, bench.Endpoints(i, 10)))
 			}
 			tr.Synced()
-			tr.Snapshot()
+			st, _ := tr.Snapshot()
 			b.ResetTimer()
 			for k := range b.N {
 				step(tr, n, k)
-				tr.Snapshot()
+				st, _ = tr.Next(st)
 			}
 		})
 	}

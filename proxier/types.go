@@ -246,7 +246,8 @@ func prefixesOf(ps []netip.Prefix, f Family) []netip.Prefix {
 }
 
 // State is the whole desired state for this node: every ServicePort in both families, sorted by
-// name, plus what shaped it. Proxiers must treat it as read-only.
+// name, plus what shaped it. Proxiers must treat it as read-only. A State from the tracker is its
+// holder's: the tracker writes to it again only when the holder hands it back (Tracker.Next).
 type State struct {
 	Node     Node
 	Config   Config
