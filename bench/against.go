@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +76,12 @@ type AgainstOptions struct {
 	TrafficSamples int
 	// KubeProxyArgs are extra kube-proxy flags (e.g. --iptables-min-sync-period=0).
 	KubeProxyArgs []string
+	// DatapathDuration is how long each side is loaded per period in the datapath phase
+	// (see measureDatapath), DatapathRounds how many periods per side; 0 skips the phase.
+	DatapathDuration time.Duration
+	DatapathRounds   int
+	// DatapathWorkers is how many connections the datapath load keeps open at once.
+	DatapathWorkers int
 }
 
 func (o *AgainstOptions) defaults() {
@@ -92,6 +99,9 @@ func (o *AgainstOptions) defaults() {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.DatapathWorkers == 0 {
+		o.DatapathWorkers = 2 * runtime.NumCPU()
 	}
 }
 
@@ -133,6 +143,8 @@ type AgainstResult struct {
 	// replaced endpoint after its replacement had answered (a proxy that switches atomically: 0).
 	TrafficAttempts int `json:"trafficAttempts"`
 	StaleAnswers    int `json:"staleAnswers"`
+	// Datapath is the datapath phase: new connections per second through a cluster IP.
+	Datapath *Datapath `json:"datapath,omitempty"`
 }
 
 // Against runs every (mode, size) of o, each in a fresh lab, and returns two results per run:
@@ -261,10 +273,12 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 	}
 	l.o.Log.Debug("both proxies synced", "after", time.Since(begin))
 
-	if l.o.TrafficSamples > 0 {
+	if l.o.TrafficSamples > 0 || l.o.DatapathDuration > 0 {
 		if err := l.startPods(ctx, sides); err != nil {
 			return nil, err
 		}
+	}
+	if l.o.TrafficSamples > 0 {
 		if err := l.createProbeServices(ctx, client, l.o.EndpointsPerService); err != nil {
 			return nil, err
 		}
@@ -284,6 +298,11 @@ func (l *againstLab) run(ctx context.Context) (res []AgainstResult, err error) {
 	}
 	if l.o.TrafficSamples > 0 {
 		if err := l.measureTraffic(ctx, client, sides); err != nil {
+			return nil, err
+		}
+	}
+	if l.o.DatapathDuration > 0 {
+		if err := l.measureDatapath(ctx, sides); err != nil {
 			return nil, err
 		}
 	}

@@ -153,7 +153,7 @@ func hash32(s string, n int) string {
 // Observe serves wait requests of the against benchmark in the current network namespace: each
 // line of r is a Probe's request; Observe polls the kernel until the probe holds and answers
 // "ID UNIXNANO" (the wall-clock time it saw it), or "ID error MESSAGE". A TrafficProbe's request
-// is answered with its TrafficResult. Requests are served one
+// is answered with its TrafficResult, a DatapathProbe's with its DatapathRun. Requests are served one
 // at a time; Observe returns when r ends or ctx is done.
 func Observe(ctx context.Context, r io.Reader, w io.Writer) error {
 	if err := InsideLab(); err != nil {
@@ -181,6 +181,12 @@ func Observe(ctx context.Context, r io.Reader, w io.Writer) error {
 		case err := <-readErr:
 			return err
 		case line = <-lines:
+		}
+		if f := strings.Fields(line); len(f) > 1 && f[1] == "datapath" {
+			if err := answerDatapath(ctx, w, f); err != nil {
+				return err
+			}
+			continue
 		}
 		if f := strings.Fields(line); len(f) > 1 && f[1] == "traffic" {
 			tp, err := parseTrafficRequest(f[2:])

@@ -204,6 +204,12 @@ func WriteAgainstFiles(dir string, rep AgainstReport) error {
 			fmt.Fprintf(w, "\n**Traffic** (from the API write's return to the first connection through the service "+
 				"answered by the new endpoint, seen by a client polling every millisecond in the node's namespace):\n\n%s", traffic.Bytes())
 		}
+		var dp bytes.Buffer
+		WriteDatapathTable(&dp, rep.Results)
+		if dp.Len() > 0 {
+			fmt.Fprintf(w, "\n**Datapath** (new TCP connections through one cluster IP at saturation, "+
+				"from a load generator in the node's namespace; medians over the periods):\n\n%s", dp.Bytes())
+		}
 	}, func(path string) error { return plotAgainst(path, rep.Results) })
 }
 

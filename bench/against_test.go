@@ -99,6 +99,7 @@ func TestAgainstKubeProxy(t *testing.T) {
 		Modes: []string{"iptables", "nftables"}, Sizes: []int{20}, EndpointsPerService: 2, Changes: 5,
 		ChangeGap: 1100 * time.Millisecond, ChangeTimeout: 30 * time.Second, CreateTimeout: time.Minute,
 		Nodeagent: self, KubeBinDir: binDir, Dir: t.TempDir(), TrafficSamples: 2,
+		DatapathDuration: time.Second, DatapathRounds: 1, DatapathWorkers: 2,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	var b bytes.Buffer
@@ -113,7 +114,15 @@ func TestAgainstKubeProxy(t *testing.T) {
 	var traffic bytes.Buffer
 	WriteTrafficTable(&traffic, rs)
 	t.Logf("traffic:\n%s", traffic.String())
+	var dp bytes.Buffer
+	WriteDatapathTable(&dp, rs)
+	t.Logf("datapath:\n%s", dp.String())
 	for _, r := range rs {
+		// The datapath phase: connections through a working service, every one answered.
+		if d := r.Datapath; d == nil || len(d.Runs) != 1 || d.Summary.Conns <= 0 || d.Summary.ConnsPerSec <= 0 ||
+			d.Summary.Errors != 0 || d.Summary.ConnectP50Us <= 0 || d.Summary.RequestP99Us < d.Summary.ConnectP50Us {
+			t.Errorf("%s %s: implausible datapath %+v", r.Impl, r.Mode, d)
+		}
 		// The traffic probe: a pod answered through the service after each write, both cases (0 ms:
 		// the rules were in before the API write returned).
 		for what, l := range map[string]Latencies{"first endpoint": r.FirstEndpoint, "endpoint replaced": r.Replaced} {

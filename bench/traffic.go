@@ -243,17 +243,28 @@ func connectOnce(target netip.AddrPort, timeout time.Duration) attempt {
 }
 
 // servePods answers every connection accepted by ln with the address it was reached at (the
-// endpoint's), then closes it.
+// endpoint's), one goroutine per connection so that the datapath load is not served one at a time.
+// It ends its side after the answer (the traffic probe reads to that end) and then reads what the
+// client sent until the client closes, so that an unread request (the datapath load's) does not
+// turn the close into a reset that could overtake the answer.
 func servePods(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, ap.Addr().Unmap().String()+"\n")
-		}
-		_ = c.Close()
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+			if err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, ap.Addr().Unmap().String()+"\n"); err != nil {
+				return
+			}
+			_ = c.(*net.TCPConn).CloseWrite()
+			_, _ = io.Copy(io.Discard, io.LimitReader(c, 4096))
+		}()
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +25,9 @@ type againstOptions struct {
 	observe   *bool
 	traffic   *int
 	kpArgs    *string
+	dpSeconds *time.Duration
+	dpRounds  *int
+	dpWorkers *int
 }
 
 func againstFlags(fs *flag.FlagSet) againstOptions {
@@ -34,6 +38,10 @@ func againstFlags(fs *flag.FlagSet) againstOptions {
 		traffic: fs.Int("traffic-samples", 12, "with --against: samples of each traffic case (a service's first endpoint, "+
 			"one endpoint replaced), timed by connections through the service; 0 skips them"),
 		kpArgs: fs.String("kube-proxy-args", "", "with --against: extra kube-proxy flags, space-separated (e.g. --iptables-min-sync-period=0)"),
+		dpSeconds: fs.Duration("datapath-seconds", 5*time.Second, "with --against: how long each proxy's node is loaded with new connections "+
+			"through a cluster IP per period of the datapath phase; 0 skips it"),
+		dpRounds:  fs.Int("datapath-rounds", 3, "with --against: datapath periods per proxy, alternating between the two"),
+		dpWorkers: fs.Int("datapath-workers", 2*runtime.NumCPU(), "with --against: connections the datapath load keeps in flight at once"),
 	}
 }
 
@@ -68,18 +76,21 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 	}
 	o := bench.AgainstOptions{Modes: splitList(modes), Sizes: sizes, EndpointsPerService: eps, Changes: changes,
 		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log,
-		TrafficSamples: *ao.traffic, KubeProxyArgs: strings.Fields(*ao.kpArgs)}
+		TrafficSamples: *ao.traffic, KubeProxyArgs: strings.Fields(*ao.kpArgs),
+		DatapathDuration: *ao.dpSeconds, DatapathRounds: *ao.dpRounds, DatapathWorkers: *ao.dpWorkers}
 	results, err := bench.Against(ctx, o)
 	bench.WriteAgainstTable(stdout, results)
 	bench.WriteTrafficTable(stdout, results)
+	bench.WriteDatapathTable(stdout, results)
 	// What was measured before a failure is still worth keeping (large sizes take long).
 	if out != "" && len(results) > 0 {
 		rep := bench.AgainstReport{Commit: gitCommit(), Machine: machine(), Kernel: kernelRelease(),
 			Date: time.Now().UTC().Format(time.RFC3339), Against: "kube-proxy " + kubeProxyVersion(binDir),
 			Settings: fmt.Sprintf("%d endpoints per service, objects written by %d parallel clients, %d single-endpoint changes %v apart; "+
 				"both proxies with their default flags (kube-proxy's min-sync-period 1s, nodeagent's 0) run at the same time in their own network namespaces%s; "+
-				"%d samples of each traffic case, %v apart.",
-				eps, *ao.writers, changes, *ao.changeGap, kpExtra(*ao.kpArgs), *ao.traffic, *ao.changeGap),
+				"%d samples of each traffic case, %v apart.%s",
+				eps, *ao.writers, changes, *ao.changeGap, kpExtra(*ao.kpArgs), *ao.traffic, *ao.changeGap,
+				datapathSettings(*ao.dpSeconds, *ao.dpRounds, *ao.dpWorkers)),
 			Results: results}
 		if err := bench.WriteAgainstFiles(out, rep); err != nil {
 			return fmt.Errorf("write results: %w", err)
@@ -87,6 +98,15 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 		fmt.Fprintln(stderr, "wrote", filepath.Join(out, "results.{json,md,png}"))
 	}
 	return err
+}
+
+func datapathSettings(d time.Duration, rounds, workers int) string {
+	if d <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" Datapath: %d periods of %v per proxy, alternating, %d workers each making connect → 4-byte request → "+
+		"answer → close (SO_LINGER 0, one source address) in a loop to the cluster IP of the service in the middle of the bulk.",
+		rounds, d, workers)
 }
 
 func kpExtra(args string) string {
