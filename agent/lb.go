@@ -33,7 +33,9 @@ type loadBalancing struct {
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
 // responder when configured. In API mode the agent that writes load-balancer status also
 // records next's frontend conflicts as Events.
-func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
+// Announcements go through gate; layer2, when set, replaces the layer-2 responder (tests).
+func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker,
+	gate *announceGate, layer2 func(map[netip.Addr][]string), log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: next, Log: log.With("component", "metallb"),
 		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP, Namespace: c.LeaderElectionNamespace}
@@ -59,7 +61,10 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 			next.ReportConflicts()
 		})
 	}()
-	if c.Layer2 {
+	if layer2 != nil {
+		gate.layer2 = layer2
+		opts.Announce = gate.setOwned
+	} else if c.Layer2 {
 		patterns := arp.DefaultExcludeInterfaces
 		if c.Layer2ExcludeInterfaces != nil {
 			patterns = *c.Layer2ExcludeInterfaces
@@ -75,21 +80,22 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 				log.Error("layer-2 responder stopped", "err", err)
 			}
 		}()
-		opts.Announce = r.SetOwned
-		if writer != nil {
-			// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
-			cfg, err := restConfig(c)
-			if err != nil {
-				return nil, err
-			}
-			dyn, err := dynamic.NewForConfig(cfg)
-			if err != nil {
-				return nil, fmt.Errorf("layer-2 status: %w", err)
-			}
-			l2 := newL2Status(node, c.LeaderElectionNamespace, dyn, writer.client.Discovery(), writer.events, log.With("component", "layer2-status"))
-			opts.Layer2Services = l2.set
-			go l2.run(ctx)
+		gate.layer2 = r.SetOwned
+		opts.Announce = gate.setOwned
+	}
+	if opts.Announce != nil && writer != nil {
+		// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
+		cfg, err := restConfig(c)
+		if err != nil {
+			return nil, err
 		}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("layer-2 status: %w", err)
+		}
+		l2 := newL2Status(node, c.LeaderElectionNamespace, dyn, writer.client.Discovery(), writer.events, log.With("component", "layer2-status"))
+		opts.Layer2Services = l2.set
+		go l2.run(ctx)
 	}
 	// Routes carry each session's local address as next hop; the router ID is a node address.
 	bc := bgp.Config{Logger: log}
@@ -104,14 +110,13 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 		return nil, fmt.Errorf("bgp: %w", err)
 	}
 	lbs.bgp = sp
+	gate.routes = sp.SetAdvertisements
 	opts.BGP = func(peers []bgp.Peer, advs []bgp.Advertisement) {
 		// Invalid peers or routes are logged by the speaker; the valid ones are applied.
 		if err := sp.SetPeers(peers); err != nil {
 			log.Warn("bgp peers", "err", err)
 		}
-		if err := sp.SetAdvertisements(advs); err != nil {
-			log.Warn("bgp advertisements", "err", err)
-		}
+		gate.setAdvertisements(advs)
 	}
 	if c.MemberlistBind == "" {
 		lbs.speaker = metallb.New(opts)
