@@ -116,6 +116,9 @@ func Run(ctx context.Context, o Options) error {
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
 	}
+	if announcer.check != nil {
+		metrics.Registry.MustRegister(announcer.check)
+	}
 	if rp, ok := px.(interface{ Repairs() uint64 }); ok {
 		metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "nodeagent_sync_repairs_total",

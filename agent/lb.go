@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"nodeagent/agent/config"
@@ -28,6 +30,7 @@ type loadBalancing struct {
 	layer2  *arp.Responder // nil without --layer2
 	members *member.Members
 	bgp     *bgp.Speaker
+	check   *planCheck // nil without memberlist
 }
 
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
@@ -144,6 +147,15 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 	members.Store(m)
 	lbs.members = m
 	lbs.speaker.MembershipChanged()
+	lbs.check = newPlanCheck(node, lbs.speaker.Digest, m, log.With("component", "plan-check"))
+	if writer != nil {
+		lbs.check.event = func(_, msg string) {
+			// On this node's Node, as the kubelet records its Events (the UID is the name).
+			ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
+			writer.events.Event(ref, v1.EventTypeWarning, "LoadBalancerPlanDisagreement", msg)
+		}
+	}
+	go lbs.check.run(ctx)
 	return lbs, nil
 }
 
