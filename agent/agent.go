@@ -163,13 +163,11 @@ func Run(ctx context.Context, o Options) error {
 			kind = "full"
 		}
 		// withdraw → sync → announce: no address is announced without its rules.
-		frontends := gate.frontends(st)
-		gate.beforeSync(frontends)
+		removed, added := gate.frontends(st, ch)
+		gate.beforeSync(removed)
 		err := px.Sync(context.WithoutCancel(ctx), st, ch)
 		took := time.Since(start)
-		if err == nil {
-			gate.synced(frontends)
-		}
+		gate.synced(added, err == nil)
 		kubeProxy.ObserveSync(ch.Full, took) // kube-proxy times failed syncs too
 		if err != nil {
 			missed = missed.Merge(ch)

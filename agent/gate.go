@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"nodeagent/bgp"
 	"nodeagent/proxier"
 )
@@ -38,10 +40,18 @@ type announceGate struct {
 	sentAdvs   []bgp.Advertisement     // last handed to routes
 	sentRoutes bool
 	held       int // desired addresses held back at the last publish (logged on change)
+	// pending are addresses the syncs added that no successful sync has programmed yet.
+	pending map[netip.Addr]bool
+
+	// The frontends of the States handed to the proxier, kept up to date with each sync's
+	// Changes (only the sync loop touches them): each service's announceable addresses, and
+	// how many services have each.
+	bySvc map[types.NamespacedName][]netip.Addr
+	count map[netip.Addr]int
 }
 
 func newAnnounceGate(log *slog.Logger, serviceIPs bool) *announceGate {
-	return &announceGate{log: log, serviceIPs: serviceIPs, programmed: map[netip.Addr]bool{}}
+	return &announceGate{log: log, serviceIPs: serviceIPs, programmed: map[netip.Addr]bool{}, pending: map[netip.Addr]bool{}}
 }
 
 // setOwned takes the speaker's whole layer-2 plan (metallb.Options.Announce).
@@ -60,21 +70,34 @@ func (g *announceGate) setAdvertisements(advs []bgp.Advertisement) {
 	g.publish()
 }
 
-// beforeSync withdraws every address whose rules the coming sync of next (frontends of its
-// State) removes, before the sync runs.
-func (g *announceGate) beforeSync(next map[netip.Addr]bool) {
+// beforeSync withdraws the addresses whose rules the coming sync removes (removed, from
+// frontends), before the sync runs.
+func (g *announceGate) beforeSync(removed []netip.Addr) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	maps.DeleteFunc(g.programmed, func(a netip.Addr, _ bool) bool { return !next[a] })
+	for _, a := range removed {
+		delete(g.programmed, a)
+		delete(g.pending, a)
+	}
 	g.publish()
 }
 
-// synced records a successful sync of next: its addresses may be announced now. After a failed
-// sync nothing changes: addresses the sync was to add stay held back.
-func (g *announceGate) synced(next map[netip.Addr]bool) {
+// synced records the outcome of a sync that added the addresses added (from frontends): after a
+// successful one, every address a sync added is programmed and may be announced; after a failed
+// one they stay held back until a sync succeeds.
+func (g *announceGate) synced(added []netip.Addr, ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.programmed = next
+	for _, a := range added {
+		g.pending[a] = true
+	}
+	if !ok {
+		return
+	}
+	for a := range g.pending {
+		g.programmed[a] = true
+	}
+	clear(g.pending)
 	g.publish()
 }
 
@@ -119,21 +142,91 @@ func (g *announceGate) publish() {
 	}
 }
 
-// frontends returns the addresses st programs that an announcer may announce: load-balancer and
-// external IPs, and cluster IPs when those are advertised. It walks every service port (a few
-// hundred microseconds for 100,000), but allocates only for the announceable addresses.
-func (g *announceGate) frontends(st *proxier.State) map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
-	for _, sp := range st.Services {
-		for _, a := range sp.LoadBalancerIPs {
-			out[a.Unmap()] = true
-		}
-		for _, a := range sp.ExternalIPs {
-			out[a.Unmap()] = true
-		}
-		if g.serviceIPs {
-			out[sp.ClusterIP.Unmap()] = true
+// frontends updates the index of announceable addresses (load-balancer and external IPs, and
+// cluster IPs when those are advertised) to st, the State about to be synced, and returns the
+// addresses no service had before (added) and those no service has any more (removed). Partial
+// syncs look only at the changed services: a walk of 100,000 service ports took milliseconds.
+func (g *announceGate) frontends(st *proxier.State, ch proxier.Changes) (removed, added []netip.Addr) {
+	inc := func(a netip.Addr) {
+		if g.count[a]++; g.count[a] == 1 {
+			added = append(added, a)
 		}
 	}
-	return out
+	dec := func(a netip.Addr) {
+		if g.count[a]--; g.count[a] <= 0 {
+			delete(g.count, a)
+			removed = append(removed, a)
+		}
+	}
+	if ch.Full || g.bySvc == nil {
+		old := g.count
+		g.bySvc, g.count = map[types.NamespacedName][]netip.Addr{}, map[netip.Addr]int{}
+		for _, sp := range st.Services {
+			addrs := g.announceable(sp, g.bySvc[sp.Name.NamespacedName])
+			g.bySvc[sp.Name.NamespacedName] = addrs
+		}
+		for _, addrs := range g.bySvc {
+			for _, a := range addrs {
+				g.count[a]++
+			}
+		}
+		for a := range g.count {
+			if old[a] == 0 {
+				added = append(added, a)
+			}
+		}
+		for a := range old {
+			if g.count[a] == 0 {
+				removed = append(removed, a)
+			}
+		}
+		return removed, added
+	}
+	for k := range ch.Services {
+		var addrs []netip.Addr
+		for _, sp := range st.PortsOfService(k) {
+			addrs = g.announceable(sp, addrs)
+		}
+		for _, a := range addrs {
+			inc(a)
+		}
+		for _, a := range g.bySvc[k] {
+			dec(a)
+		}
+		if len(addrs) == 0 {
+			delete(g.bySvc, k)
+		} else {
+			g.bySvc[k] = addrs
+		}
+	}
+	// An address both removed and added by this change (moved between services) is neither.
+	var moved []netip.Addr
+	for _, a := range removed {
+		if g.count[a] > 0 {
+			moved = append(moved, a)
+		}
+	}
+	removed = slices.DeleteFunc(removed, func(a netip.Addr) bool { return slices.Contains(moved, a) })
+	added = slices.DeleteFunc(added, func(a netip.Addr) bool { return slices.Contains(moved, a) })
+	return removed, added
+}
+
+// announceable appends sp's announceable addresses to addrs, each once.
+func (g *announceGate) announceable(sp *proxier.ServicePort, addrs []netip.Addr) []netip.Addr {
+	add := func(a netip.Addr) {
+		a = a.Unmap()
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, a := range sp.LoadBalancerIPs {
+		add(a)
+	}
+	for _, a := range sp.ExternalIPs {
+		add(a)
+	}
+	if g.serviceIPs {
+		add(sp.ClusterIP)
+	}
+	return addrs
 }

@@ -16,18 +16,74 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/bgp"
 	"nodeagent/lb"
 	"nodeagent/proxier"
 )
 
-func addrSet(s ...string) map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
-	for _, a := range s {
-		out[netip.MustParseAddr(a)] = true
+// lbState is a State with one service per address, that address its load-balancer IP.
+func lbState(addrs ...string) *proxier.State {
+	st := &proxier.State{}
+	for _, a := range addrs {
+		sp := &proxier.ServicePort{LoadBalancerIPs: []netip.Addr{netip.MustParseAddr(a)}}
+		sp.Name.Namespace, sp.Name.Name = "default", "svc-"+a
+		st.Services = append(st.Services, sp)
 	}
-	return out
+	slices.SortFunc(st.Services, func(a, b *proxier.ServicePort) int { return strings.Compare(a.Name.Name, b.Name.Name) })
+	return st
+}
+
+// Partial syncs keep the index of frontends what a full walk finds, and report only real
+// additions and removals: an address moving between services is neither.
+func TestFrontendsIncremental(t *testing.T) {
+	svc := func(name string, addrs ...string) *proxier.ServicePort {
+		sp := &proxier.ServicePort{}
+		for _, a := range addrs {
+			sp.LoadBalancerIPs = append(sp.LoadBalancerIPs, netip.MustParseAddr(a))
+		}
+		sp.Name.Namespace, sp.Name.Name = "default", name
+		return sp
+	}
+	changed := func(names ...string) proxier.Changes {
+		ch := proxier.Changes{Services: map[types.NamespacedName]bool{}}
+		for _, n := range names {
+			ch.Services[types.NamespacedName{Namespace: "default", Name: n}] = true
+		}
+		return ch
+	}
+	steps := []struct {
+		ports          []*proxier.ServicePort
+		ch             proxier.Changes
+		removed, added string
+	}{
+		{[]*proxier.ServicePort{svc("a", "10.0.0.1"), svc("b", "10.0.0.2")}, proxier.Changes{Full: true}, "[]", "[10.0.0.1 10.0.0.2]"},
+		{[]*proxier.ServicePort{svc("a"), svc("b", "10.0.0.2", "10.0.0.1")}, changed("a", "b"), "[]", "[]"},
+		{[]*proxier.ServicePort{svc("b", "10.0.0.1")}, changed("a", "b"), "[10.0.0.2]", "[]"},
+		{[]*proxier.ServicePort{svc("b", "10.0.0.1"), svc("c", "10.0.0.3")}, changed("c"), "[]", "[10.0.0.3]"},
+		{nil, changed("b", "c"), "[10.0.0.1 10.0.0.3]", "[]"},
+	}
+	g := newAnnounceGate(slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	set := func(as []netip.Addr) string {
+		m := map[netip.Addr]bool{}
+		for _, a := range as {
+			m[a] = true
+		}
+		return sortedAddrs(m)
+	}
+	for i, s := range steps {
+		st := &proxier.State{Services: s.ports}
+		removed, added := g.frontends(st, s.ch)
+		if set(removed) != s.removed || set(added) != s.added {
+			t.Errorf("step %d: removed %s, added %s; want %s, %s", i, set(removed), set(added), s.removed, s.added)
+		}
+		full := newAnnounceGate(g.log, false)
+		full.frontends(st, proxier.Changes{Full: true})
+		if sortedAddrs(g.count) != sortedAddrs(full.count) {
+			t.Errorf("step %d: index %s, a full walk finds %s", i, sortedAddrs(g.count), sortedAddrs(full.count))
+		}
+	}
 }
 
 func ownedOf(s ...string) map[netip.Addr][]string {
@@ -111,11 +167,9 @@ func TestAnnounceGate(t *testing.T) {
 					g.setAdvertisements(routesOf(s.routes...))
 				}
 				if s.sync != nil {
-					next := addrSet(s.sync...)
-					g.beforeSync(next)
-					if !s.failed {
-						g.synced(next)
-					}
+					removed, added := g.frontends(lbState(s.sync...), proxier.Changes{Full: true})
+					g.beforeSync(removed)
+					g.synced(added, !s.failed)
 				}
 				if s.owned == nil && s.routes == nil && s.sync == nil {
 					t.Fatalf("step %d does nothing", i)
@@ -126,8 +180,8 @@ func TestAnnounceGate(t *testing.T) {
 			}
 			// Unchanged states are not handed again (a sync per second must not reach the responder).
 			before := calls
-			g.beforeSync(maps.Clone(g.programmed))
-			g.synced(maps.Clone(g.programmed))
+			g.beforeSync(nil)
+			g.synced(nil, true)
 			if calls != before {
 				t.Errorf("an unchanged state reached the responder again")
 			}
@@ -242,5 +296,26 @@ func TestRunAnnouncesOnlyWhatIsProgrammed(t *testing.T) {
 	waitFor(t, "10.0.0.50 announced again", func() bool { a, _, _ := w.state(); return a })
 	if _, _, v := w.state(); len(v) > 0 {
 		t.Fatalf("%s\n%s", strings.Join(v, "\n"), strings.Join(w.log, "\n"))
+	}
+}
+
+// The walk of every service port before each sync, at 100,000 ports of which 1,000 have a
+// load-balancer address.
+func BenchmarkFrontends(b *testing.B) {
+	st := &proxier.State{}
+	for i := range 100_000 {
+		sp := &proxier.ServicePort{ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}
+		if i%100 == 0 {
+			sp.LoadBalancerIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})}
+		}
+		st.Services = append(st.Services, sp)
+	}
+	g := newAnnounceGate(slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, added := g.frontends(st, proxier.Changes{Full: true}); len(added) != 1000 {
+			b.Fatal("wrong count")
+		}
+		g.bySvc, g.count = nil, nil
 	}
 }
