@@ -62,6 +62,9 @@ type Members struct {
 	// meta is this node's metadata (SetMeta), gossiped to the others with its liveness.
 	metaMu sync.Mutex
 	meta   []byte
+	// metas are the members' metadata, copied when memberlist tells of a join or an update
+	// (under its lock: the Nodes Members returns are changed in place).
+	metas  map[string][]byte
 	update chan struct{} // SetMeta → the goroutine that re-advertises this node
 }
 
@@ -75,7 +78,7 @@ func Start(o Options) (*Members, error) {
 		return nil, ErrNoSecret
 	}
 	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1), done: make(chan struct{}),
-		update: make(chan struct{}, 1)}
+		update: make(chan struct{}, 1), metas: map[string][]byte{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -232,13 +235,19 @@ func (m *Members) notify() {
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (m *Members) NotifyJoin(n *memberlist.Node) { m.changed("joined", n) }
+func (m *Members) NotifyJoin(n *memberlist.Node) {
+	m.keepMeta(n, false)
+	m.changed("joined", n)
+}
 
 // NotifyLeave implements memberlist.EventDelegate (left or died).
-func (m *Members) NotifyLeave(n *memberlist.Node) { m.changed("left", n) }
+func (m *Members) NotifyLeave(n *memberlist.Node) {
+	m.keepMeta(n, true)
+	m.changed("left", n)
+}
 
-// NotifyUpdate implements memberlist.EventDelegate.
-func (m *Members) NotifyUpdate(*memberlist.Node) {}
+// NotifyUpdate implements memberlist.EventDelegate: n's metadata changed.
+func (m *Members) NotifyUpdate(n *memberlist.Node) { m.keepMeta(n, false) }
 
 // SetMeta replaces this node's metadata (at most MetaLimit bytes; longer is an error) and
 // re-advertises the node, so that the others see it within a gossip round or two. It does not
@@ -272,16 +281,27 @@ func (m *Members) advertise() {
 	}
 }
 
-// Metas returns the metadata of every alive member, this node included, by name. The bytes
-// come from other hosts: the caller checks them.
+// Metas returns the metadata of every alive member by name. The bytes come from other hosts:
+// the caller checks them.
 func (m *Members) Metas() map[string][]byte {
-	out := map[string][]byte{}
-	for _, n := range m.ml.Members() {
-		if n.State == memberlist.StateAlive {
-			out[n.Name] = slices.Clone(n.Meta)
-		}
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	out := make(map[string][]byte, len(m.metas))
+	for k, v := range m.metas {
+		out[k] = slices.Clone(v)
 	}
 	return out
+}
+
+// keepMeta records n's metadata (gone: n left or died).
+func (m *Members) keepMeta(n *memberlist.Node, gone bool) {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	if gone {
+		delete(m.metas, n.Name)
+	} else {
+		m.metas[n.Name] = slices.Clone(n.Meta)
+	}
 }
 
 // NodeMeta implements memberlist.Delegate.
