@@ -158,24 +158,12 @@ func (s *Speaker) inputDigest() [DigestSize]byte {
 			d.add("%s", stamp("EndpointSlice", sl, sl))
 		}
 	}
-	for _, o := range s.pools {
-		d.add("%s", stamp("IPAddressPool", o, o))
-	}
-	for _, o := range s.l2ads {
-		d.add("%s", stamp("L2Advertisement", o, o))
-	}
-	for _, o := range s.bgpPeers {
-		d.add("%s", stamp("BGPPeer", o, o))
-	}
-	for _, o := range s.bgpAds {
-		d.add("%s", stamp("BGPAdvertisement", o, o))
-	}
-	for _, o := range s.comms {
-		d.add("%s", stamp("Community", o, o))
-	}
-	for _, o := range s.bfds {
-		d.add("%s", stamp("BFDProfile", o, o))
-	}
+	addStamps(&d, "IPAddressPool", s.pools)
+	addStamps(&d, "L2Advertisement", s.l2ads)
+	addStamps(&d, "BGPPeer", s.bgpPeers)
+	addStamps(&d, "BGPAdvertisement", s.bgpAds)
+	addStamps(&d, "Community", s.comms)
+	addStamps(&d, "BFDProfile", s.bfds)
 	for _, o := range s.spaces {
 		d.add("Namespace %s %v", o.Name, labelsLine(o.Labels))
 	}
@@ -186,6 +174,13 @@ func (s *Speaker) inputDigest() [DigestSize]byte {
 	slices.Sort(alive)
 	d.add("alive %v", alive)
 	return d.sum()
+}
+
+// addStamps adds the stamp of every object of m.
+func addStamps[T metav1.Object](d *digestWriter, kind string, m map[types.NamespacedName]T) {
+	for _, o := range m {
+		d.add("%s", stamp(kind, o, o))
+	}
 }
 
 func labelsLine(l map[string]string) string {
