@@ -162,8 +162,10 @@ func (g *announceGate) frontends(st *proxier.State, ch proxier.Changes) (removed
 		old := g.count
 		g.bySvc, g.count = map[types.NamespacedName][]netip.Addr{}, map[netip.Addr]int{}
 		for _, sp := range st.Services {
-			addrs := g.announceable(sp, g.bySvc[sp.Name.NamespacedName])
-			g.bySvc[sp.Name.NamespacedName] = addrs
+			if len(sp.LoadBalancerIPs) == 0 && len(sp.ExternalIPs) == 0 && !g.serviceIPs {
+				continue // most ports: nothing to announce, no map access
+			}
+			g.bySvc[sp.Name.NamespacedName] = g.announceable(sp, g.bySvc[sp.Name.NamespacedName])
 		}
 		for _, addrs := range g.bySvc {
 			for _, a := range addrs {

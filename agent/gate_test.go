@@ -299,23 +299,34 @@ func TestRunAnnouncesOnlyWhatIsProgrammed(t *testing.T) {
 	}
 }
 
-// The walk of every service port before each sync, at 100,000 ports of which 1,000 have a
-// load-balancer address.
+// The index of frontends before each sync, at 100,000 ports of which 1,000 have a load-balancer
+// address: a full sync walks them all, a partial sync of one service looks at that one.
 func BenchmarkFrontends(b *testing.B) {
+	b.Run("full", func(b *testing.B) { benchFrontends(b, true) })
+	b.Run("partial", func(b *testing.B) { benchFrontends(b, false) })
+}
+
+func benchFrontends(b *testing.B, full bool) {
 	st := &proxier.State{}
 	for i := range 100_000 {
 		sp := &proxier.ServicePort{ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}
+		sp.Name.Namespace, sp.Name.Name = "default", fmt.Sprintf("svc-%06d", i)
 		if i%100 == 0 {
 			sp.LoadBalancerIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})}
 		}
 		st.Services = append(st.Services, sp)
 	}
 	g := newAnnounceGate(slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	g.frontends(st, proxier.Changes{Full: true})
+	one := proxier.Changes{Services: map[types.NamespacedName]bool{{Namespace: "default", Name: "svc-050000"}: true}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, added := g.frontends(st, proxier.Changes{Full: true}); len(added) != 1000 {
-			b.Fatal("wrong count")
+		if full {
+			if removed, added := g.frontends(st, proxier.Changes{Full: true}); len(removed)+len(added) != 0 || len(g.count) != 1000 {
+				b.Fatal("wrong count")
+			}
+		} else {
+			g.frontends(st, one)
 		}
-		g.bySvc, g.count = nil, nil
 	}
 }
