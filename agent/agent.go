@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,9 @@ type Options struct {
 	// Prepare does kube-proxy's start-up steps in this process (nil: Prepare, the conntrack
 	// sysctls and the OOM score).
 	Prepare func() error
+	// Layer2, when set, receives the addresses to answer ARP/NDP for instead of the layer-2
+	// responder, which is then not started (tests: no raw sockets).
+	Layer2 func(owned map[netip.Addr][]string)
 }
 
 // Run runs the agent until ctx ends (nil error) or the source stops (its error). Programmed
@@ -101,7 +105,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	announcer, err := startLoadBalancing(ctx, c, node.Name, node.IPs, tracker, log)
+	// Addresses are announced only while their rules are programmed: the sync below tells the gate.
+	gate := newAnnounceGate(log.With("component", "announce"), c.AdvertiseClusterIP)
+	announcer, err := startLoadBalancing(ctx, c, node.Name, node.IPs, tracker, gate, o.Layer2, log)
 	if err != nil {
 		return err
 	}
@@ -109,6 +115,9 @@ func Run(ctx context.Context, o Options) error {
 	metrics.Registry.MustRegister(announcer.metallbCollector())
 	if announcer.bgp != nil {
 		metrics.Registry.MustRegister(newBGPCollector(announcer.bgp))
+	}
+	if announcer.check != nil {
+		metrics.Registry.MustRegister(announcer.check)
 	}
 	if rp, ok := px.(interface{ Repairs() uint64 }); ok {
 		metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -157,8 +166,12 @@ func Run(ctx context.Context, o Options) error {
 		if ch.Full {
 			kind = "full"
 		}
+		// withdraw → sync → announce: no address is announced without its rules.
+		removed, added := gate.frontends(st, ch)
+		gate.beforeSync(removed)
 		err := px.Sync(context.WithoutCancel(ctx), st, ch)
 		took := time.Since(start)
+		gate.synced(added, err == nil)
 		kubeProxy.ObserveSync(ch.Full, took) // kube-proxy times failed syncs too
 		if err != nil {
 			missed = missed.Merge(ch)

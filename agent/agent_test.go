@@ -125,24 +125,15 @@ func testOptions(t *testing.T, src source.Runner, px proxier.Proxier, configure 
 // configuration first.
 func startAgent(t *testing.T, src source.Runner, px proxier.Proxier, configure func(*config.Config)) {
 	t.Helper()
-	c := config.Default()
-	c.Manifests = t.TempDir() // no API server, whatever the environment says
-	c.Layer2 = false
-	c.HealthzBindAddress, c.MetricsBindAddress = "", ""
-	if configure != nil {
-		configure(&c)
-	}
+	runAgent(t, testOptions(t, src, px, configure))
+}
+
+// runAgent runs the agent with o until the test ends.
+func runAgent(t *testing.T, o Options) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Options{Config: &c, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: "test",
-			Node: func() (proxier.Node, error) {
-				return proxier.Node{Name: "node01", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, nil
-			},
-			Source:     src,
-			NewProxier: func(proxier.Recorder) (proxier.Proxier, error) { return px, nil },
-			Prepare:    func() error { return nil }})
-	}()
+	go func() { done <- Run(ctx, o) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

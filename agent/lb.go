@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"nodeagent/agent/config"
@@ -28,12 +30,15 @@ type loadBalancing struct {
 	layer2  *arp.Responder // nil without --layer2
 	members *member.Members
 	bgp     *bgp.Speaker
+	check   *planCheck // nil without memberlist
 }
 
 // startLoadBalancing builds the speaker that feeds next, and starts membership and the layer-2
 // responder when configured. In API mode the agent that writes load-balancer status also
 // records next's frontend conflicts as Events.
-func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker, log *slog.Logger) (*loadBalancing, error) {
+// Announcements go through gate; layer2, when set, replaces the layer-2 responder (tests).
+func startLoadBalancing(ctx context.Context, c *config.Config, node string, nodeIPs []netip.Addr, next *proxier.Tracker,
+	gate *announceGate, layer2 func(map[netip.Addr][]string), log *slog.Logger) (*loadBalancing, error) {
 	lbs := &loadBalancing{}
 	opts := metallb.Options{Node: node, Class: c.LBClass, AllocationOff: !c.LBAllocation, Next: next, Log: log.With("component", "metallb"),
 		AdvertiseClusterIPs: c.AdvertiseClusterIP, AdvertiseExternalIPs: c.AdvertiseExternalIP, Namespace: c.LeaderElectionNamespace}
@@ -59,7 +64,10 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 			next.ReportConflicts()
 		})
 	}()
-	if c.Layer2 {
+	if layer2 != nil {
+		gate.layer2 = layer2
+		opts.Announce = gate.setOwned
+	} else if c.Layer2 {
 		patterns := arp.DefaultExcludeInterfaces
 		if c.Layer2ExcludeInterfaces != nil {
 			patterns = *c.Layer2ExcludeInterfaces
@@ -75,21 +83,22 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 				log.Error("layer-2 responder stopped", "err", err)
 			}
 		}()
-		opts.Announce = r.SetOwned
-		if writer != nil {
-			// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
-			cfg, err := restConfig(c)
-			if err != nil {
-				return nil, err
-			}
-			dyn, err := dynamic.NewForConfig(cfg)
-			if err != nil {
-				return nil, fmt.Errorf("layer-2 status: %w", err)
-			}
-			l2 := newL2Status(node, c.LeaderElectionNamespace, dyn, writer.client.Discovery(), writer.events, log.With("component", "layer2-status"))
-			opts.Layer2Services = l2.set
-			go l2.run(ctx)
+		gate.layer2 = r.SetOwned
+		opts.Announce = gate.setOwned
+	}
+	if opts.Announce != nil && writer != nil {
+		// Every announcing node records what it announces (nodeAssigned, ServiceL2Status).
+		cfg, err := restConfig(c)
+		if err != nil {
+			return nil, err
 		}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("layer-2 status: %w", err)
+		}
+		l2 := newL2Status(node, c.LeaderElectionNamespace, dyn, writer.client.Discovery(), writer.events, log.With("component", "layer2-status"))
+		opts.Layer2Services = l2.set
+		go l2.run(ctx)
 	}
 	// Routes carry each session's local address as next hop; the router ID is a node address.
 	bc := bgp.Config{Logger: log}
@@ -104,14 +113,13 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 		return nil, fmt.Errorf("bgp: %w", err)
 	}
 	lbs.bgp = sp
+	gate.routes = sp.SetAdvertisements
 	opts.BGP = func(peers []bgp.Peer, advs []bgp.Advertisement) {
 		// Invalid peers or routes are logged by the speaker; the valid ones are applied.
 		if err := sp.SetPeers(peers); err != nil {
 			log.Warn("bgp peers", "err", err)
 		}
-		if err := sp.SetAdvertisements(advs); err != nil {
-			log.Warn("bgp advertisements", "err", err)
-		}
+		gate.setAdvertisements(advs)
 	}
 	if c.MemberlistBind == "" {
 		lbs.speaker = metallb.New(opts)
@@ -139,6 +147,15 @@ func startLoadBalancing(ctx context.Context, c *config.Config, node string, node
 	members.Store(m)
 	lbs.members = m
 	lbs.speaker.MembershipChanged()
+	lbs.check = newPlanCheck(node, lbs.speaker.Digest, m, log.With("component", "plan-check"))
+	if writer != nil {
+		lbs.check.event = func(_, msg string) {
+			// On this node's Node, as the kubelet records its Events (the UID is the name).
+			ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
+			writer.events.Event(ref, v1.EventTypeWarning, "LoadBalancerPlanDisagreement", msg)
+		}
+	}
+	go lbs.check.run(ctx)
 	return lbs, nil
 }
 

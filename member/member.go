@@ -58,7 +58,18 @@ type Members struct {
 	stopped  bool
 	kick     chan struct{}
 	done     chan struct{} // closed by Leave
+
+	// meta is this node's metadata (SetMeta), gossiped to the others with its liveness.
+	metaMu sync.Mutex
+	meta   []byte
+	// metas are the members' metadata, copied when memberlist tells of a join or an update
+	// (under its lock: the Nodes Members returns are changed in place).
+	metas  map[string][]byte
+	update chan struct{} // SetMeta → the goroutine that re-advertises this node
 }
+
+// MetaLimit is the most metadata a member may carry (memberlist's MetaMaxSize).
+const MetaLimit = memberlist.MetaMaxSize
 
 // Start joins the cluster. Joining fails softly: a node that finds nobody runs alone and others
 // join it later.
@@ -66,7 +77,8 @@ func Start(o Options) (*Members, error) {
 	if len(o.Secret) == 0 && !o.Insecure {
 		return nil, ErrNoSecret
 	}
-	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	m := &Members{onChange: o.OnChange, log: o.Log, kick: make(chan struct{}, 1), done: make(chan struct{}),
+		update: make(chan struct{}, 1), metas: map[string][]byte{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -83,6 +95,7 @@ func Start(o Options) (*Members, error) {
 	c.GossipInterval = 100 * time.Millisecond
 	c.PushPullInterval = 5 * time.Second
 	c.Events = m
+	c.Delegate = m
 	c.Logger = log.New(io.Discard, "", 0)
 	if len(o.Secret) > 0 {
 		c.SecretKey = secretKey(o.Secret)
@@ -93,6 +106,7 @@ func Start(o Options) (*Members, error) {
 	}
 	m.ml = ml
 	go m.notify()
+	go m.advertise()
 	var peers []string
 	for _, j := range o.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
@@ -221,10 +235,93 @@ func (m *Members) notify() {
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (m *Members) NotifyJoin(n *memberlist.Node) { m.changed("joined", n) }
+func (m *Members) NotifyJoin(n *memberlist.Node) {
+	m.keepMeta(n, false)
+	m.changed("joined", n)
+}
 
 // NotifyLeave implements memberlist.EventDelegate (left or died).
-func (m *Members) NotifyLeave(n *memberlist.Node) { m.changed("left", n) }
+func (m *Members) NotifyLeave(n *memberlist.Node) {
+	m.keepMeta(n, true)
+	m.changed("left", n)
+}
 
-// NotifyUpdate implements memberlist.EventDelegate.
-func (m *Members) NotifyUpdate(*memberlist.Node) {}
+// NotifyUpdate implements memberlist.EventDelegate: n's metadata changed.
+func (m *Members) NotifyUpdate(n *memberlist.Node) { m.keepMeta(n, false) }
+
+// SetMeta replaces this node's metadata (at most MetaLimit bytes; longer is an error) and
+// re-advertises the node, so that the others see it within a gossip round or two. It does not
+// block.
+func (m *Members) SetMeta(b []byte) error {
+	if len(b) > MetaLimit {
+		return fmt.Errorf("member metadata of %d bytes, the limit is %d", len(b), MetaLimit)
+	}
+	m.metaMu.Lock()
+	m.meta = slices.Clone(b)
+	m.metaMu.Unlock()
+	select {
+	case m.update <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// advertise re-advertises this node after each SetMeta, until Leave. UpdateNode waits for the
+// broadcast to go out, so it runs here rather than in SetMeta's caller.
+func (m *Members) advertise() {
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.update:
+		}
+		if err := m.ml.UpdateNode(time.Second); err != nil {
+			m.log.Debug("memberlist metadata update", "err", err)
+		}
+	}
+}
+
+// Metas returns the metadata of every alive member by name. The bytes come from other hosts:
+// the caller checks them.
+func (m *Members) Metas() map[string][]byte {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	out := make(map[string][]byte, len(m.metas))
+	for k, v := range m.metas {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// keepMeta records n's metadata (gone: n left or died).
+func (m *Members) keepMeta(n *memberlist.Node, gone bool) {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	if gone {
+		delete(m.metas, n.Name)
+	} else {
+		m.metas[n.Name] = slices.Clone(n.Meta)
+	}
+}
+
+// NodeMeta implements memberlist.Delegate.
+func (m *Members) NodeMeta(limit int) []byte {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	if len(m.meta) > limit {
+		return nil
+	}
+	return slices.Clone(m.meta)
+}
+
+// NotifyMsg implements memberlist.Delegate: no user messages are sent.
+func (m *Members) NotifyMsg([]byte) {}
+
+// GetBroadcasts implements memberlist.Delegate: nothing to broadcast besides the metadata.
+func (m *Members) GetBroadcasts(int, int) [][]byte { return nil }
+
+// LocalState implements memberlist.Delegate: no state is exchanged in push/pull.
+func (m *Members) LocalState(bool) []byte { return nil }
+
+// MergeRemoteState implements memberlist.Delegate.
+func (m *Members) MergeRemoteState([]byte, bool) {}

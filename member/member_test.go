@@ -122,3 +122,30 @@ func TestRejoinFindsPeersLater(t *testing.T) {
 	both := []string{"node01", "node02"}
 	waitFor(t, "both alive on both", func() bool { return slices.Equal(a.Alive(), both) && slices.Equal(b.Alive(), both) })
 }
+
+// Metadata set on one member reaches the others, and a change replaces it.
+func TestMeta(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	a, err := Start(Options{Name: "node01", Bind: netip.AddrPortFrom(lo, freePort(t)), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Leave(time.Second)
+	if err := a.SetMeta([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Start(Options{Name: "node02", Bind: netip.AddrPortFrom(lo, freePort(t)), Insecure: true,
+		Join: []string{a.ml.LocalNode().Address()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Leave(time.Second)
+	waitFor(t, "node01's metadata on node02", func() bool { return string(b.Metas()["node01"]) == "one" })
+	if err := a.SetMeta([]byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node01's new metadata on node02", func() bool { return string(b.Metas()["node01"]) == "two" })
+	if err := a.SetMeta(make([]byte, MetaLimit+1)); err == nil {
+		t.Error("metadata over the limit accepted")
+	}
+}

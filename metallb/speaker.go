@@ -110,6 +110,9 @@ type Speaker struct {
 	l2svcs   []L2Service
 	pending  map[types.NamespacedName]Status // status writes to do
 	kick     chan struct{}
+	// gen counts the changes of inputs; digest is the Digest of generation digestGen.
+	gen, digestGen uint64
+	digest         *PlanDigest
 }
 
 // New returns a Speaker.
@@ -234,12 +237,14 @@ func (s *Speaker) Synced() {
 func (s *Speaker) MembershipChanged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	s.replan()
 }
 
 func (s *Speaker) apply(obj runtime.Object, deleted bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	switch o := obj.(type) {
 	case *v1.Service:
 		k := key(o.Namespace, o.Name)
@@ -596,6 +601,28 @@ func (s *Speaker) replan() {
 	if s.o.Announce == nil {
 		return
 	}
+	plan := lb.PlanL2(s.l2Input())
+	s.tellL2Services(plan)
+	owned := lb.Owned(plan, s.o.Node)
+	if maps.EqualFunc(owned, s.owned, slices.Equal[[]string]) && s.owned != nil {
+		return
+	}
+	for a := range owned {
+		if _, had := s.owned[a]; !had {
+			s.log.Info("announcing load-balancer address", "addr", a.String(), "interfaces", owned[a])
+		}
+	}
+	for a := range s.owned {
+		if _, has := owned[a]; !has {
+			s.log.Info("no longer announcing load-balancer address", "addr", a.String())
+		}
+	}
+	s.owned = owned
+	s.o.Announce(owned)
+}
+
+// l2Input is what the layer-2 plan is made from.
+func (s *Speaker) l2Input() lb.L2Input {
 	in := lb.L2Input{Assignments: s.result.Assignments}
 	for k := range s.result.Assignments {
 		in.Services = append(in.Services, s.services[k])
@@ -615,24 +642,7 @@ func (s *Speaker) replan() {
 		in.Nodes = append(in.Nodes, n)
 	}
 	in.Alive = s.alive()
-	plan := lb.PlanL2(in)
-	s.tellL2Services(plan)
-	owned := lb.Owned(plan, s.o.Node)
-	if maps.EqualFunc(owned, s.owned, slices.Equal[[]string]) && s.owned != nil {
-		return
-	}
-	for a := range owned {
-		if _, had := s.owned[a]; !had {
-			s.log.Info("announcing load-balancer address", "addr", a.String(), "interfaces", owned[a])
-		}
-	}
-	for a := range s.owned {
-		if _, has := owned[a]; !has {
-			s.log.Info("no longer announcing load-balancer address", "addr", a.String())
-		}
-	}
-	s.owned = owned
-	s.o.Announce(owned)
+	return in
 }
 
 // L2Service is a service whose addresses this node answers ARP/NDP for.
@@ -725,15 +735,7 @@ func (s *Speaker) replanBGP() {
 	if s.o.BGP == nil {
 		return
 	}
-	in := lb.BGPInput{Node: s.o.Node, Assignments: s.result.Assignments, Services: s.services,
-		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
-		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms)),
-		BFDProfiles: slices.Collect(maps.Values(s.bfds)), Namespace: s.o.Namespace, Secrets: s.secrets,
-		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
-	if n := s.nodes[s.o.Node]; n != nil {
-		in.NodeLabels = n.Labels
-	}
-	in.Excluded = lb.NodeExcludedReason(s.nodes[s.o.Node])
+	in := s.bgpInput(s.o.Node)
 	if in.Excluded != s.bgpExcluded {
 		if in.Excluded != "" {
 			s.log.Warn("this node advertises no load-balancer address over BGP", "reason", in.Excluded)
@@ -741,11 +743,6 @@ func (s *Speaker) replanBGP() {
 			s.log.Info("this node advertises load-balancer addresses over BGP again")
 		}
 		s.bgpExcluded = in.Excluded
-	}
-	for _, sl := range s.slices {
-		if s.advertisesServiceIPs() || s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
-			in.EndpointSlices = append(in.EndpointSlices, sl)
-		}
 	}
 	peers, advs, problems := lb.PlanBGP(in)
 	seen := make(map[string]lb.Problem, len(problems))
@@ -768,6 +765,25 @@ func (s *Speaker) replanBGP() {
 		s.bgpBusy = true
 		go s.deliverBGP()
 	}
+}
+
+// bgpInput is what node's BGP plan is made from, as this agent sees it.
+func (s *Speaker) bgpInput(node string) lb.BGPInput {
+	in := lb.BGPInput{Node: node, Assignments: s.result.Assignments, Services: s.services,
+		Pools: slices.Collect(maps.Values(s.pools)), Peers: slices.Collect(maps.Values(s.bgpPeers)),
+		Advertisements: slices.Collect(maps.Values(s.bgpAds)), Communities: slices.Collect(maps.Values(s.comms)),
+		BFDProfiles: slices.Collect(maps.Values(s.bfds)), Namespace: s.o.Namespace, Secrets: s.secrets,
+		ClusterIPs: s.o.AdvertiseClusterIPs, ExternalIPs: s.o.AdvertiseExternalIPs}
+	if n := s.nodes[node]; n != nil {
+		in.NodeLabels = n.Labels
+	}
+	in.Excluded = lb.NodeExcludedReason(s.nodes[node])
+	for _, sl := range s.slices {
+		if s.advertisesServiceIPs() || s.holds(s.result, key(sl.Namespace, sl.Labels[discovery.LabelServiceName])) {
+			in.EndpointSlices = append(in.EndpointSlices, sl)
+		}
+	}
+	return in
 }
 
 // deliverBGP hands the newest plan to Options.BGP until none is waiting. It runs without the

@@ -262,6 +262,18 @@ func TestLayer2OneViewAPI(t *testing.T) {
 	wantL2Status(fmt.Sprintf("node%02d excluded", owner), other)
 	wantEvent("nodeAssigned", fmt.Sprintf("announcing from node %q with protocol %q", e.Node(other).Name, "layer2"))
 	fmt.Printf("one view (API mode): 10.0.0.51 owned by node%02d of the two selected nodes; node%02d excluded → node%02d\n", owner, owner, moved)
+	// The agents gossip digests of their decisions: each compares with both others and none
+	// ever disagreed (the exclude label reached them within the grace period).
+	for _, n := range e.Nodes {
+		var m map[string]float64
+		if !Eventually(Scaled(10*time.Second), 100*time.Millisecond, func() bool {
+			m = scrapeMetrics(t, n.NS)
+			return m["nodeagent_lb_plan_peers_compared"] == 2
+		}) || m["nodeagent_lb_plan_peers_disagreeing"] != 0 || m["nodeagent_lb_plan_disagreements_total"] != 0 {
+			t.Errorf("%s: plan check compared %v peers, %v disagreeing, %v disagreements; want 2, 0, 0", n.Name,
+				m["nodeagent_lb_plan_peers_compared"], m["nodeagent_lb_plan_peers_disagreeing"], m["nodeagent_lb_plan_disagreements_total"])
+		}
+	}
 	for i, a := range e.agents {
 		if exited, err := a.Exited(); exited {
 			t.Errorf("agent on node%02d exited: %v\n%s", i, err, a.LogTail(20))
