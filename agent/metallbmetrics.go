@@ -22,6 +22,7 @@ type metallbCollector struct {
 	bgp    func() bgp.Status                   // nil: no BGP speaker
 
 	total, total4, total6, inUse, inUse4, inUse6 *prometheus.Desc
+	services                                     *prometheus.Desc
 	requests, responses, gratuitous              *prometheus.Desc
 	sessionUp, prefixes, updates                 *prometheus.Desc
 }
@@ -38,6 +39,7 @@ func newMetalLBCollector(pools func() map[string]lb.PoolUsage, layer2 func() map
 		inUse:      d("allocator_addresses_in_use_total", "Number of IP addresses in use, per pool", pool),
 		inUse4:     d("allocator_ipv4_addresses_in_use_total", "Number of IPV4 addresses in use, per pool", pool),
 		inUse6:     d("allocator_ipv6_addresses_in_use_total", "Number of IPV6 addresses in use, per pool", pool),
+		services:   d("allocator_services_allocated_total", "Number of services allocated, per pool", pool),
 		requests:   d("layer2_requests_received", "Number of layer2 requests received for owned IPs", ip),
 		responses:  d("layer2_responses_sent", "Number of layer2 responses sent for owned IPs in response to requests", ip),
 		gratuitous: d("layer2_gratuitous_sent", "Number of gratuitous layer2 packets sent for owned IPs as a result of failovers", ip),
@@ -48,7 +50,7 @@ func newMetalLBCollector(pools func() map[string]lb.PoolUsage, layer2 func() map
 }
 
 func (c *metallbCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.total, c.total4, c.total6, c.inUse, c.inUse4, c.inUse6,
+	for _, d := range []*prometheus.Desc{c.total, c.total4, c.total6, c.inUse, c.inUse4, c.inUse6, c.services,
 		c.requests, c.responses, c.gratuitous, c.sessionUp, c.prefixes, c.updates} {
 		ch <- d
 	}
@@ -69,6 +71,7 @@ func (c *metallbCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.inUse, float64(u.InUse), name)
 			gauge(c.inUse4, float64(u.InUseIPv4), name)
 			gauge(c.inUse6, float64(u.InUseIPv6), name)
+			gauge(c.services, float64(u.Services), name)
 		}
 	}
 	if c.layer2 != nil {

@@ -21,7 +21,7 @@ func TestMetalLBMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newMetalLBCollector(
 		func() map[string]lb.PoolUsage {
-			return map[string]lb.PoolUsage{"localip-pool": {Total: 30, IPv4: 30, InUse: 2, InUseIPv4: 2},
+			return map[string]lb.PoolUsage{"localip-pool": {Total: 30, IPv4: 30, InUse: 2, InUseIPv4: 2, Services: 3},
 				"huge": {Total: math.MaxInt64, IPv6: math.MaxInt64}}
 		},
 		func() map[netip.Addr]arp.AddrStats {
@@ -39,6 +39,7 @@ func TestMetalLBMetrics(t *testing.T) {
 		`metallb_allocator_addresses_total{pool="localip-pool"} 30`,
 		`metallb_allocator_addresses_in_use_total{pool="localip-pool"} 2`,
 		`metallb_allocator_ipv4_addresses_in_use_total{pool="localip-pool"} 2`,
+		`metallb_allocator_services_allocated_total{pool="localip-pool"} 3`,
 		`metallb_allocator_ipv6_addresses_total{pool="huge"} 9.223372036854776e+18`,
 		`metallb_layer2_requests_received{ip="10.0.0.51"} 5`,
 		`metallb_layer2_responses_sent{ip="10.0.0.51"} 4`,

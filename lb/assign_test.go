@@ -627,7 +627,8 @@ func TestForeignAndOffLeaveStatus(t *testing.T) {
 }
 
 // MetalLB's allocator figures: usable addresses per pool (avoidBuggyIPs leaves .0 and .255 out,
-// an enormous IPv6 pool is capped) and distinct addresses in use, shared ones counted once.
+// an enormous IPv6 pool is capped), distinct addresses in use, shared ones counted once, and the
+// services holding them, a dual-stack one counted once.
 func TestPoolUsage(t *testing.T) {
 	shared := func(s *v1.Service) { ann(AnnotationAllowSharedIP, "k")(s) }
 	res := Assign(Input{
@@ -638,9 +639,9 @@ func TestPoolUsage(t *testing.T) {
 				families(v1.IPFamilyPolicyRequireDualStack, v1.IPv4Protocol, v1.IPv6Protocol))},
 	})
 	want := map[string]PoolUsage{
-		"localip-pool": {Total: 30, IPv4: 30, InUse: 2, InUseIPv4: 2},
+		"localip-pool": {Total: 30, IPv4: 30, InUse: 2, InUseIPv4: 2, Services: 3},
 		"wide":         {Total: 508, IPv4: 508},
-		"plain":        {Total: 512, IPv4: 256, IPv6: 256, InUse: 2, InUseIPv4: 1, InUseIPv6: 1},
+		"plain":        {Total: 512, IPv4: 256, IPv6: 256, InUse: 2, InUseIPv4: 1, InUseIPv6: 1, Services: 1},
 		"huge":         {Total: math.MaxInt64, IPv6: math.MaxInt64},
 	}
 	if !reflect.DeepEqual(res.Pools, want) {

@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/big"
 	"net/netip"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // PoolUsage is how many addresses one pool has and how many of them services use: MetalLB's
@@ -15,6 +17,10 @@ type PoolUsage struct {
 	Total, IPv4, IPv6 int64
 	// InUse, InUseIPv4 and InUseIPv6 count distinct addresses held by at least one service.
 	InUse, InUseIPv4, InUseIPv6 int64
+	// Services counts the services holding at least one of the pool's addresses
+	// (metallb_allocator_services_allocated_total): a dual-stack service, or several sharing
+	// one address, each count once.
+	Services int64
 }
 
 // usage counts every valid pool's addresses and those a holds.
@@ -33,10 +39,20 @@ func (a *allocator) usage() map[string]PoolUsage {
 		}
 		out[p.name] = u
 	}
+	services := map[string]map[types.NamespacedName]bool{}
 	for addr, use := range a.used {
 		u, ok := out[use.pool]
 		if !ok {
 			continue
+		}
+		if services[use.pool] == nil {
+			services[use.pool] = map[types.NamespacedName]bool{}
+		}
+		for _, s := range use.services {
+			if !services[use.pool][s] {
+				services[use.pool][s] = true
+				u.Services++
+			}
 		}
 		u.InUse++
 		if addr.Is4() {
