@@ -43,16 +43,20 @@ func newStatusWriter(ctx context.Context, client kubernetes.Interface, node stri
 }
 
 // problem records a Warning Event that explains why obj got no address, if this agent is the
-// leader (MetalLB's controller records the same reason, AllocationFailed).
-func (w *statusWriter) problem(obj v1.ObjectReference, reason string) {
+// leader, with the reason MetalLB's controller records: AllocationFailed, or LoadBalancerFailed
+// for requested addresses it cannot use.
+func (w *statusWriter) problem(obj v1.ObjectReference, p lb.Problem) {
 	if !w.leader.Load() {
 		return
 	}
-	if obj.Kind == "Service" {
-		w.events.Eventf(&obj, v1.EventTypeWarning, "AllocationFailed", "Failed to allocate IP for %q: %s", obj.Namespace+"/"+obj.Name, reason)
-		return
+	switch {
+	case p.Event == lb.EventLoadBalancerFailed:
+		w.events.Eventf(&obj, v1.EventTypeWarning, p.Event, "invalid requested loadbalancer IPs: %s", p.Reason)
+	case obj.Kind == "Service":
+		w.events.Eventf(&obj, v1.EventTypeWarning, "AllocationFailed", "Failed to allocate IP for %q: %s", obj.Namespace+"/"+obj.Name, p.Reason)
+	default:
+		w.events.Event(&obj, v1.EventTypeWarning, "InvalidConfiguration", p.Reason)
 	}
-	w.events.Event(&obj, v1.EventTypeWarning, "InvalidConfiguration", reason)
 }
 
 // frontendConflict records a Warning Event FrontendConflict on a Service that lost a frontend (an

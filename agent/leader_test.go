@@ -239,3 +239,38 @@ func TestStatusWriterClassAndAllocationOff(t *testing.T) {
 		t.Errorf("allocation off, yet the writer patched %v", p)
 	}
 }
+
+// The leader records MetalLB's Event reasons for a Service without an address: LoadBalancerFailed
+// when its requested addresses cannot be used as written, AllocationFailed when a usable request
+// cannot be met.
+func TestProblemEventReasons(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	w := &statusWriter{log: slog.New(slog.DiscardHandler), events: rec}
+	w.leader.Store(true)
+	lbSvc := func(name, requested string) *v1.Service {
+		return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name,
+			Annotations: map[string]string{lb.AnnotationLoadBalancerIPs: requested}},
+			Spec: v1.ServiceSpec{Type: v1.ServiceTypeLoadBalancer,
+				Ports: []v1.ServicePort{{Protocol: v1.ProtocolTCP, Port: 80}}}}
+	}
+	s := metallb.New(metallb.Options{Node: "node01", Next: proxier.NewTracker(proxier.Node{Name: "node01"}, proxier.Config{}, nil),
+		Problem: w.problem, Log: slog.New(slog.DiscardHandler)})
+	pool := &lb.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "localip-pool"}}
+	pool.Spec.Addresses = []string{"10.0.0.51-10.0.0.80"}
+	s.Upsert(pool)
+	s.Upsert(lbSvc("typo", "10.0.0.x"))
+	s.Upsert(lbSvc("outside", "192.0.2.7"))
+	s.Synced()
+	got := map[string]bool{}
+	for len(rec.Events) > 0 {
+		got[strings.SplitN(<-rec.Events, ":", 2)[0]] = true
+	}
+	for _, want := range []string{
+		`Warning LoadBalancerFailed invalid requested loadbalancer IPs`,
+		`Warning AllocationFailed Failed to allocate IP for "default/outside"`,
+	} {
+		if !got[want] {
+			t.Errorf("no event %q; got %v", want, got)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -235,7 +236,11 @@ func Assign(in Input) *Result {
 		}
 		req, err := parseRequest(svc)
 		if err != nil {
-			res.problem(name, err.Error())
+			p := Problem{Kind: "Service", Object: name, Reason: err.Error()}
+			if errors.As(err, new(requestedIPsError)) {
+				p.Event = EventLoadBalancerFailed
+			}
+			res.Problems = append(res.Problems, p)
 			continue
 		}
 		req.nsLabels = nsLabels[svc.Namespace]
@@ -395,6 +400,16 @@ func serviceFamilies(svc *v1.Service) []v1.IPFamily {
 	return fams
 }
 
+// EventLoadBalancerFailed is the Event reason MetalLB's controller records for a Service whose
+// requested addresses (spec.loadBalancerIP, the loadBalancerIPs annotation) cannot be used as
+// written, where a failed allocation is AllocationFailed.
+const EventLoadBalancerFailed = "LoadBalancerFailed"
+
+// requestedIPsError is why a Service's requested addresses cannot be used as written.
+type requestedIPsError string
+
+func (e requestedIPsError) Error() string { return string(e) }
+
 func parseRequest(svc *v1.Service) (*request, error) {
 	req := &request{svc: svc, name: types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
 		families: serviceFamilies(svc)}
@@ -419,7 +434,7 @@ func parseRequest(svc *v1.Service) (*request, error) {
 	var list []string
 	switch spec := strings.TrimSpace(svc.Spec.LoadBalancerIP); {
 	case ann != "" && spec != "":
-		return nil, fmt.Errorf("both spec.loadBalancerIP and annotation %s are set; use only the annotation", AnnotationLoadBalancerIPs)
+		return nil, requestedIPsError(fmt.Sprintf("both spec.loadBalancerIP and annotation %s are set; use only the annotation", AnnotationLoadBalancerIPs))
 	case ann != "":
 		list = strings.Split(ann, ",")
 	case spec != "":
@@ -430,14 +445,14 @@ func parseRequest(svc *v1.Service) (*request, error) {
 		for _, s := range list {
 			a, err := parseAddr(strings.TrimSpace(s))
 			if err != nil {
-				return nil, fmt.Errorf("invalid requested address %q: %v", strings.TrimSpace(s), err)
+				return nil, requestedIPsError(fmt.Sprintf("invalid requested address %q: %v", strings.TrimSpace(s), err))
 			}
 			f := familyOf(a)
 			if !slices.Contains(req.families, f) {
-				return nil, fmt.Errorf("requested address %s is %s but the service's families are %v", a, f, req.families)
+				return nil, requestedIPsError(fmt.Sprintf("requested address %s is %s but the service's families are %v", a, f, req.families))
 			}
 			if o, dup := byFamily[f]; dup {
-				return nil, fmt.Errorf("requested addresses %s and %s are both %s", o, a, f)
+				return nil, requestedIPsError(fmt.Sprintf("requested addresses %s and %s are both %s", o, a, f))
 			}
 			byFamily[f] = a
 		}

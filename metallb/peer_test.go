@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"nodeagent/bgp"
+	"nodeagent/lb"
 )
 
 // TestSpeakerPeerSecret: a Secret of the speaker's namespace configures the peer that names it
@@ -17,8 +18,8 @@ func TestSpeakerPeerSecret(t *testing.T) {
 	rec := &secretSpy{}
 	var reasons []string
 	s := New(Options{Node: "node01", Next: rec, Namespace: "kube-system", BGP: func([]bgp.Peer, []bgp.Advertisement) {},
-		Problem: func(ref v1.ObjectReference, reason string) {
-			reasons = append(reasons, ref.Kind+" "+ref.Name+": "+reason)
+		Problem: func(ref v1.ObjectReference, p lb.Problem) {
+			reasons = append(reasons, ref.Kind+" "+ref.Name+": "+p.Reason)
 		}})
 	s.Synced()
 	planned := func() []bgp.Peer {

@@ -60,7 +60,7 @@ type Options struct {
 	// Problem, when set, is told once about each new reason a served Service got no address or a
 	// pool was left out (API mode records it as a Warning Event). Called under the speaker's
 	// lock: it must not block.
-	Problem func(obj v1.ObjectReference, reason string)
+	Problem func(obj v1.ObjectReference, p lb.Problem)
 	// BGP, when set, receives this node's whole BGP plan (sessions and routes) whenever it changes.
 	// It is called from a goroutine of its own, one call at a time and without the speaker's lock
 	// (starting and stopping sessions may take seconds); plans made meanwhile collapse into the
@@ -578,7 +578,7 @@ func (s *Speaker) report(p lb.Problem) {
 			ref.UID = b.UID
 		}
 	}
-	s.o.Problem(ref, p.Reason)
+	s.o.Problem(ref, p)
 }
 
 func compare(a, b string) int {

@@ -113,7 +113,7 @@ func TestProblemsReported(t *testing.T) {
 	var got []event
 	rec := &recorder{services: map[string]*v1.Service{}}
 	s := New(Options{Node: "node01", Next: rec,
-		Problem: func(ref v1.ObjectReference, reason string) { got = append(got, event{ref, reason}) }})
+		Problem: func(ref v1.ObjectReference, p lb.Problem) { got = append(got, event{ref, p.Reason}) }})
 	objs.Deliver(s)
 	if len(got) != 0 {
 		t.Fatalf("problems on the seed: %v", got)
@@ -250,10 +250,10 @@ func TestInvalidBGPEditKeepsPrevious(t *testing.T) {
 	b := &bgpRecorder{entered: make(chan struct{}, 1)}
 	var problems []string
 	var mu sync.Mutex
-	s := New(Options{Node: "node01", Next: rec, BGP: b.set, Problem: func(ref v1.ObjectReference, reason string) {
+	s := New(Options{Node: "node01", Next: rec, BGP: b.set, Problem: func(ref v1.ObjectReference, p lb.Problem) {
 		mu.Lock()
 		defer mu.Unlock()
-		problems = append(problems, ref.Kind+" "+ref.Name+": "+reason)
+		problems = append(problems, ref.Kind+" "+ref.Name+": "+p.Reason)
 	}})
 	s.Synced()
 	planned := func() []bgp.Peer {
@@ -337,10 +337,10 @@ func TestInvalidPoolAndL2EditKeepPrevious(t *testing.T) {
 	rec := &recorder{services: map[string]*v1.Service{}}
 	var problems []string
 	var mu sync.Mutex
-	s := New(Options{Node: "node01", Next: rec, Problem: func(ref v1.ObjectReference, reason string) {
+	s := New(Options{Node: "node01", Next: rec, Problem: func(ref v1.ObjectReference, p lb.Problem) {
 		mu.Lock()
 		defer mu.Unlock()
-		problems = append(problems, ref.Kind+" "+ref.Name+": "+reason)
+		problems = append(problems, ref.Kind+" "+ref.Name+": "+p.Reason)
 	}})
 	s.Synced()
 	pool := &lb.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "pool"}}

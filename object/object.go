@@ -27,6 +27,9 @@ type Problem struct {
 	Kind   string
 	Object types.NamespacedName
 	Reason string
+	// Event is the reason of the Kubernetes Event that reports it, when not its kind's usual one
+	// (MetalLB's LoadBalancerFailed for a Service's unusable requested addresses, say).
+	Event string
 }
 
 // String formats the problem for people: "FILE document N item M: KIND NAMESPACE/NAME: REASON",
