@@ -31,10 +31,11 @@ trap cleanup EXIT INT TERM
 # Explicit limits: podman asks for nofile 1048576 and a large nproc by default, which a host with
 # lower hard limits refuses ("error setting rlimit ...: operation not permitted"; here nofile above
 # 20000 and nproc above a few thousand). nofile is the host's hard limit; nproc does not bind a
-# privileged root anyway (CAP_SYS_RESOURCE).
+# privileged root anyway (CAP_SYS_RESOURCE). --shm-size: test/kube keeps etcd's data in /dev/shm,
+# and podman's default 64 MB ran out with two control planes at once ("no space left on device").
 nofile="$(ulimit -Hn)"
 [ "$nofile" = unlimited ] && nofile=1048576
-cid="$(podman create --runtime runc --privileged --network=none -v "$repo:/src" -w /src \
+cid="$(podman create --runtime runc --privileged --network=none --shm-size=2g -v "$repo:/src" -w /src \
   --ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096 \
   -e GOPROXY=off -e GOFLAGS="-mod=mod -buildvcs=false" \
   "$image" bash -c 'go version && go test -count=1 '"$testflags $pkgs")"
