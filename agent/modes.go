@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/vishvananda/netns"
 
@@ -20,36 +21,27 @@ var AllModes = []string{"iptables", "nftables", "ipvs"}
 // NewProxier returns the proxier of a mode, ready to program this network namespace, with the
 // ipvs: settings of c (nil: the defaults) and a recorder of the mode's metrics (nil: none).
 func NewProxier(mode string, c *config.Config, log *slog.Logger, rec proxier.Recorder) (proxier.Proxier, error) {
+	if !slices.Contains(AllModes, mode) {
+		return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
+	}
+	// Every mode clears stale UDP/SCTP conntrack entries after a sync, as kube-proxy's do; the
+	// cleaner never touches TCP (in ipvs mode expire_nodest_conn ends flows of removed real servers).
+	ct, err := newConntrack(log)
+	if err != nil {
+		return nil, err
+	}
+	ct.Recorder = rec
 	switch mode {
 	case "iptables":
-		ct, err := newConntrack(log)
-		if err != nil {
-			return nil, err
-		}
-		ct.Recorder = rec
 		return iptables.New(iptables.Options{Log: log, Conntrack: ct, Recorder: rec})
 	case "nftables":
-		ct, err := newConntrack(log)
-		if err != nil {
-			return nil, err
-		}
-		ct.Recorder = rec
 		return nftables.New(nftables.Options{Log: log, Conntrack: ct, Recorder: rec})
-	case "ipvs":
+	default:
 		// New fails at once, naming the module, on a kernel without IPVS.
 		o := IPVSOptions(c, log)
-		o.Recorder = rec
-		// Stale UDP/SCTP entries are cleared after a sync, as kube-proxy's ipvs mode does; the
-		// cleaner never touches TCP (IPVS's expire_nodest_conn ends flows of removed real servers).
-		ct, err := newConntrack(log)
-		if err != nil {
-			return nil, err
-		}
-		ct.Recorder = rec
-		o.Conntrack = ct
+		o.Recorder, o.Conntrack = rec, ct
 		return ipvs.New(o)
 	}
-	return nil, fmt.Errorf("unknown --proxy-mode %q (want iptables, nftables or ipvs)", mode)
 }
 
 // familiesOf returns the families px programs (both when it does not say).
