@@ -184,24 +184,6 @@ func (m hairpinMatch) Exprs(f *nft.Family) []expr.Any {
 	}
 }
 
-// sourceVSMatch is "ip saddr . meta l4proto . th dport @set": a packet sent from the address of
-// a virtual server to its port.
-type sourceVSMatch struct{ set string }
-
-func (m sourceVSMatch) AppendText(b []byte, f *nft.Family) []byte {
-	return append(b, f.Name+" saddr . meta l4proto . th dport @"+m.set...)
-}
-
-func (m sourceVSMatch) Exprs(f *nft.Family) []expr.Any {
-	r := uint32(nft.RegConcat)
-	return []expr.Any{
-		nft.LoadAddr(f, true, r, f.AddrLen),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.AddrLen/4},
-		&expr.Payload{DestRegister: r + f.AddrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: r, SetName: m.set},
-	}
-}
-
 // prefixMatch matches the source or destination address against a prefix: the whole address is
 // loaded, and masked unless the prefix is one address.
 type prefixMatch struct {
@@ -320,7 +302,7 @@ func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
 		// cluster IP take that address (bound to the dummy interface) as their source, which
 		// an endpoint on another node cannot answer; masquerade what has a cluster IP and
 		// port as source ("src,dst" of KUBE-CLUSTER-IP).
-		services = append(services, nft.Rule{sourceVSMatch{set: setClusterIPs}, nft.Jump(chainMarkMasq)})
+		services = append(services, nft.Rule{nft.TupleInSet{Src: true, Set: setClusterIPs}, nft.Jump(chainMarkMasq)})
 	}
 	services = append(services, nft.Rule{nft.TupleInSet{Set: setMasquerade}, nft.Jump(chainMarkMasq)})
 	helper(chainServices, services...)

@@ -264,19 +264,28 @@ func (m PortVmap) Exprs(*Family) []expr.Any {
 	}
 }
 
-// TupleInSet matches "daddr . l4proto . dport" against a named set.
-type TupleInSet struct{ Set string }
+// TupleInSet matches "daddr . l4proto . dport" against a named set; with Src, "saddr . l4proto .
+// dport" (a packet sent from a service address to its port).
+type TupleInSet struct {
+	Set string
+	Src bool
+}
 
 func (m TupleInSet) AppendText(b []byte, f *Family) []byte {
 	b = append(b, f.Name...)
-	b = append(b, " daddr . meta l4proto . th dport @"...)
+	if m.Src {
+		b = append(b, " saddr"...)
+	} else {
+		b = append(b, " daddr"...)
+	}
+	b = append(b, " . meta l4proto . th dport @"...)
 	return append(b, m.Set...)
 }
 
 func (m TupleInSet) Exprs(f *Family) []expr.Any {
 	r := uint32(RegConcat)
 	return []expr.Any{
-		LoadAddr(f, false, r, f.AddrLen),
+		LoadAddr(f, m.Src, r, f.AddrLen),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + f.AddrLen/4},
 		&expr.Payload{DestRegister: r + f.AddrLen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: r, SetName: m.Set},
