@@ -57,12 +57,9 @@ const (
 // parseDatapathRequest reads the fields after "ID datapath" back.
 func parseDatapathRequest(f []string) (DatapathProbe, error) {
 	var p DatapathProbe
-	if len(f) != 3 {
-		return p, fmt.Errorf("datapath request: %d fields, want 3", len(f))
-	}
 	var err error
-	if p.Target, err = netip.ParseAddrPort(f[0]); err != nil {
-		return p, fmt.Errorf("datapath request: %w", err)
+	if p.Target, err = parseTarget("datapath", f, 3); err != nil {
+		return p, err
 	}
 	w, err1 := strconv.Atoi(f[1])
 	d, err2 := strconv.Atoi(f[2])

@@ -49,15 +49,25 @@ func (p TrafficProbe) request(id string) string {
 		p.After.Milliseconds(), p.Timeout.Milliseconds())
 }
 
+// parseTarget checks that an observer request of kind has n fields and reads the first, the
+// address and port it is about.
+func parseTarget(kind string, f []string, n int) (netip.AddrPort, error) {
+	if len(f) != n {
+		return netip.AddrPort{}, fmt.Errorf("%s request: %d fields, want %d", kind, len(f), n)
+	}
+	t, err := netip.ParseAddrPort(f[0])
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%s request: %w", kind, err)
+	}
+	return t, nil
+}
+
 // parseTrafficRequest reads the fields after "ID traffic" back.
 func parseTrafficRequest(f []string) (TrafficProbe, error) {
 	var p TrafficProbe
-	if len(f) != 6 {
-		return p, fmt.Errorf("traffic request: %d fields, want 6", len(f))
-	}
 	var err error
-	if p.Target, err = netip.ParseAddrPort(f[0]); err != nil {
-		return p, fmt.Errorf("traffic request: %w", err)
+	if p.Target, err = parseTarget("traffic", f, 6); err != nil {
+		return p, err
 	}
 	if p.Want, err = netip.ParseAddr(f[1]); err != nil {
 		return p, fmt.Errorf("traffic request: %w", err)
