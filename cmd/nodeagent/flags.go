@@ -9,15 +9,20 @@ import (
 	"nodeagent/proxier/ipvs"
 )
 
+// listVar binds a comma-separated list flag to p.
+func listVar(fs *flag.FlagSet, p *[]string, name, usage string) {
+	fs.Func(name, usage, func(s string) error {
+		*p = splitList(s)
+		return nil
+	})
+}
+
 // commonFlags binds the flags every subcommand that reads inputs shares. Flag names are kube-proxy's.
 func commonFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.StringVar(&c.Mode, "proxy-mode", c.Mode, "which proxy mode to use: iptables, nftables or ipvs")
 	fs.StringVar(&c.HostnameOverride, "hostname-override", c.HostnameOverride, "the name of this node (default: the hostname)")
 	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "the pod CIDRs, comma-separated; traffic from outside them to cluster IPs is masqueraded")
-	fs.Func("nodeport-addresses", "comma-separated CIDRs (or \"primary\") of the local addresses that answer node ports (default: all)", func(s string) error {
-		c.NodePortAddresses = splitList(s)
-		return nil
-	})
+	listVar(fs, &c.NodePortAddresses, "nodeport-addresses", "comma-separated CIDRs (or \"primary\") of the local addresses that answer node ports (default: all)")
 	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", c.MasqueradeAll, "SNAT all traffic sent via service cluster IPs")
 	fs.IntVar(&c.MasqueradeBit, "iptables-masquerade-bit", c.MasqueradeBit, "the bit of the fwmark space that marks packets needing SNAT, in [0, 31]")
 	fs.BoolVar(&c.LocalhostNodePorts, "iptables-localhost-nodeports", c.LocalhostNodePorts, "iptables mode, IPv4: node ports answer on 127.0.0.1 too (sets route_localnet)")
@@ -107,10 +112,7 @@ func runFlags(fs *flag.FlagSet, c *config.Config, kp *kubeProxyCLI) {
 	fs.StringVar(&c.MetricsBindAddress, "metrics-bind-address", c.MetricsBindAddress, "ip:port of the /metrics server (empty: off)")
 	fs.BoolVar(&c.EnableProfiling, "profiling", c.EnableProfiling, "serve Go's /debug/pprof/ on the metrics address (kube-proxy's flag)")
 	fs.StringVar(&c.MemberlistBind, "memberlist-bind", c.MemberlistBind, "ip[:port] for memberlist among agents (port 7946 by default); empty: no membership, every node the objects name counts as alive")
-	fs.Func("memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)", func(s string) error {
-		c.MemberlistJoin = splitList(s)
-		return nil
-	})
+	listVar(fs, &c.MemberlistJoin, "memberlist-join", "comma-separated addresses of other agents' memberlist (this node's own may be among them)")
 	fs.StringVar(&c.MemberlistSecret, "memberlist-secret", c.MemberlistSecret, "shared secret that encrypts and authenticates memberlist gossip; visible in /proc/<pid>/cmdline, prefer --memberlist-secret-file or $"+config.EnvMemberlistSecret)
 	fs.StringVar(&c.MemberlistSecretFile, "memberlist-secret-file", c.MemberlistSecretFile, "file holding the memberlist secret (surrounding whitespace ignored); a directory means its file \"secretkey\", as MetalLB mounts its memberlist Secret")
 	fs.BoolVar(&c.MemberlistInsecure, "memberlist-insecure", c.MemberlistInsecure, "run memberlist without a secret on purpose: any host that reaches the memberlist port can then join and take load-balancer addresses over")
