@@ -36,7 +36,7 @@ type planMembers interface {
 // metric, a log line when it starts and when it ends, and a Warning Event on this node's Node.
 type planCheck struct {
 	node    string
-	digest  func() metallb.PlanDigest
+	digest  func() (metallb.PlanDigest, bool)
 	members planMembers
 	log     *slog.Logger
 	// event, when set (API mode), records a Warning Event about a disagreement with peer.
@@ -58,7 +58,7 @@ type peerPlan struct {
 	disagree bool
 }
 
-func newPlanCheck(node string, digest func() metallb.PlanDigest, members planMembers, log *slog.Logger) *planCheck {
+func newPlanCheck(node string, digest func() (metallb.PlanDigest, bool), members planMembers, log *slog.Logger) *planCheck {
 	return &planCheck{node: node, digest: digest, members: members, log: log, grace: planGrace, every: planCheckEvery,
 		peers: map[string]*peerPlan{},
 		totalDesc: prometheus.NewDesc("nodeagent_lb_plan_disagreements_total",
@@ -95,7 +95,10 @@ func (c *planCheck) run(ctx context.Context) {
 
 // tick publishes this agent's digest when it changed and compares it with the peers'.
 func (c *planCheck) tick(now time.Time) {
-	self := c.digest()
+	self, decided := c.digest()
+	if !decided {
+		return // nothing to gossip or compare before the initial state is assigned
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if b := metallb.EncodeDigest(self); !bytes.Equal(b, c.sent) {

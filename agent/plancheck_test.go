@@ -187,3 +187,37 @@ func TestPlanCheckThreeAgents(t *testing.T) {
 		t.Errorf("node01's Events: %q", a1.events)
 	}
 }
+
+// fakeMembers is a membership of one's own metadata and the peers' given.
+type fakeMembers struct {
+	meta  []byte
+	peers map[string][]byte
+}
+
+func (f *fakeMembers) SetMeta(b []byte) error { f.meta = b; return nil }
+func (f *fakeMembers) Metas() map[string][]byte {
+	out := map[string][]byte{"node01": f.meta}
+	for k, v := range f.peers {
+		out[k] = v
+	}
+	return out
+}
+
+// Before its initial state is assigned an agent has inputs but no decisions: it gossips
+// nothing and counts nobody as disagreeing, even a peer with the same inputs.
+func TestPlanCheckWaitsForDecisions(t *testing.T) {
+	peer := metallb.PlanDigest{Inputs: [metallb.DigestSize]byte{1}, Decision: [metallb.DigestSize]byte{1}}
+	self := metallb.PlanDigest{Inputs: peer.Inputs, Decision: [metallb.DigestSize]byte{2}}
+	decided := false
+	m := &fakeMembers{peers: map[string][]byte{"node02": metallb.EncodeDigest(peer)}}
+	c := newPlanCheck("node01", func() (metallb.PlanDigest, bool) { return self, decided }, m, slog.New(slog.DiscardHandler))
+	c.tick(time.Now())
+	if got := gather(t, c); m.meta != nil || got["nodeagent_lb_plan_disagreements_total"] != 0 || got["nodeagent_lb_plan_peers_compared"] != 0 {
+		t.Errorf("undecided: gossiped %x, metrics %v; want nothing gossiped or compared", m.meta, got)
+	}
+	decided = true
+	c.tick(time.Now())
+	if got := gather(t, c); m.meta == nil || got["nodeagent_lb_plan_disagreements_total"] != 1 {
+		t.Errorf("decided: gossiped %x, metrics %v; want the digest gossiped and one disagreement", m.meta, got)
+	}
+}

@@ -179,10 +179,16 @@ func secretKey(s []byte) []byte {
 }
 
 // Alive returns the names of the alive members, this node included, sorted.
-func (m *Members) Alive() []string {
+func (m *Members) Alive() []string { return aliveNames(m.ml.Members()) }
+
+// aliveNames names the members that count as alive: every one not dead or left, suspected ones
+// included, as MetalLB's speaker counts them. A member turns suspect and back without any
+// NotifyJoin or NotifyLeave; leaving suspects out would change the view with no event to replan
+// on, so two agents would keep deciding from different memberships.
+func aliveNames(nodes []*memberlist.Node) []string {
 	var out []string
-	for _, n := range m.ml.Members() {
-		if n.State == memberlist.StateAlive {
+	for _, n := range nodes {
+		if n.State != memberlist.StateDead && n.State != memberlist.StateLeft {
 			out = append(out, n.Name)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func freePort(t *testing.T) uint16 {
@@ -147,5 +149,19 @@ func TestMeta(t *testing.T) {
 	waitFor(t, "node01's new metadata on node02", func() bool { return string(b.Metas()["node01"]) == "two" })
 	if err := a.SetMeta(make([]byte, MetaLimit+1)); err == nil {
 		t.Error("metadata over the limit accepted")
+	}
+}
+
+// A suspected member still counts (memberlist tells nobody when a member turns suspect or
+// recovers, so the view must not change then); a dead or departed one does not.
+func TestAliveNamesKeepSuspects(t *testing.T) {
+	nodes := []*memberlist.Node{
+		{Name: "node03", State: memberlist.StateSuspect},
+		{Name: "node01", State: memberlist.StateAlive},
+		{Name: "node04", State: memberlist.StateDead},
+		{Name: "node05", State: memberlist.StateLeft},
+	}
+	if got, want := aliveNames(nodes), []string{"node01", "node03"}; !slices.Equal(got, want) {
+		t.Errorf("aliveNames = %v, want %v", got, want)
 	}
 }

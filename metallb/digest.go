@@ -99,16 +99,23 @@ func decisionDigest(assign map[types.NamespacedName]lb.Assignment, l2 []lb.L2Ann
 	return d.sum()
 }
 
-// Digest returns the digest of this agent's current view and decisions. It is computed again
-// only after something changed since the last call.
-func (s *Speaker) Digest() PlanDigest {
+// Digest returns the digest of this agent's current view and decisions; ok is false until the
+// initial state has been received and assigned (Synced): until then there are inputs but no
+// decisions yet, which a peer would count as deciding differently from the same view. It is
+// computed again only after something changed since the last call.
+func (s *Speaker) Digest() (d PlanDigest, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.digest != nil && s.digestGen == s.gen {
-		return *s.digest
+	if !s.synced {
+		return PlanDigest{}, false
 	}
-	d := PlanDigest{Inputs: s.inputDigest()}
-	l2 := lb.PlanL2(s.l2Input())
+	if s.digest != nil && s.digestGen == s.gen {
+		return *s.digest, true
+	}
+	// The membership is read once: the inputs and the decisions must come from the same view.
+	l2in := s.l2Input()
+	d.Inputs = s.inputDigest(l2in.Alive)
+	l2 := lb.PlanL2(l2in)
 	routes := map[string][]bgp.Advertisement{}
 	for _, n := range s.planNodes() {
 		in := s.bgpInput(n)
@@ -119,7 +126,7 @@ func (s *Speaker) Digest() PlanDigest {
 	}
 	d.Decision = decisionDigest(s.result.Assignments, l2, routes)
 	s.digest, s.digestGen = &d, s.gen
-	return d
+	return d, true
 }
 
 // planNodes are the nodes whose BGP routes the decision digest covers: every Node known, every
@@ -140,8 +147,8 @@ func (s *Speaker) planNodes() []string {
 	return slices.Sorted(maps.Keys(seen))
 }
 
-// inputDigest sums up the objects and membership the decisions read.
-func (s *Speaker) inputDigest() [DigestSize]byte {
+// inputDigest sums up the objects and membership (alive) the decisions read.
+func (s *Speaker) inputDigest(alive []string) [DigestSize]byte {
 	var d digestWriter
 	// Every LoadBalancer service, not only those served: an agent with another --lb-class has
 	// the same inputs and must show as deciding differently at once.
@@ -170,7 +177,7 @@ func (s *Speaker) inputDigest() [DigestSize]byte {
 	for _, n := range s.nodes {
 		d.add("%s", nodeLine(n))
 	}
-	alive := slices.Clone(s.alive())
+	alive = slices.Clone(alive)
 	slices.Sort(alive)
 	d.add("alive %v", alive)
 	return d.sum()

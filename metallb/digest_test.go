@@ -84,8 +84,19 @@ func TestSpeakerDigest(t *testing.T) {
 		for _, n := range extra {
 			s.Upsert(n)
 		}
+		if _, ok := s.Digest(); ok {
+			t.Error("a digest before the initial state was assigned")
+		}
 		objs.Deliver(s)
-		return s.Digest(), s
+		d, ok := s.Digest()
+		if !ok {
+			t.Fatal("no digest after Synced")
+		}
+		return d, s
+	}
+	digestOf := func(s *Speaker) PlanDigest {
+		d, _ := s.Digest()
+		return d
 	}
 	d1, s1 := digest("node01", "")
 	d2, _ := digest("node02", "")
@@ -105,11 +116,11 @@ func TestSpeakerDigest(t *testing.T) {
 		t.Error("a Node only one agent sees leaves the inputs digest unchanged")
 	}
 	// Cached until something changes.
-	if s1.Digest() != d1 || s1.digestGen != s1.gen {
+	if digestOf(s1) != d1 || s1.digestGen != s1.gen {
 		t.Error("digest not kept")
 	}
 	s1.Upsert(labelled)
-	if s1.Digest() != d4 {
+	if digestOf(s1) != d4 {
 		t.Error("after the same Node came, node01's digest differs from the agent that saw it first")
 	}
 }
