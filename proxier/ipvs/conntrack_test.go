@@ -145,7 +145,7 @@ func (n *stubNet) close()                               {}
 type stubNft struct{}
 
 func (stubNft) replace(*nftTable) error            { return nil }
-func (stubNft) update(_, _ *nftTable) error        { return nil }
+func (stubNft) update(*nftTable, *tableOps) error  { return nil }
 func (stubNft) remove(*nft.Family) error           { return nil }
 func (stubNft) owned(*nft.Family) ([]vsKey, error) { return nil, nil }
 func (stubNft) close()                             {}

@@ -59,13 +59,33 @@ type virtualServer struct {
 	dests      []netip.AddrPort
 }
 
-// desired is everything a full Sync of a State programs.
+// desired is everything a Sync of a State programs, kept between syncs so that a partial sync
+// patches it (patch.go).
 type desired struct {
 	vs    map[vsKey]*virtualServer
 	bySvc map[types.NamespacedName][]vsKey
-	// bind are the addresses the dummy interface holds: cluster, external and load-balancer IPs.
-	bind   map[netip.Addr]bool
+	// bind counts, per address the dummy interface holds (cluster, external and load-balancer
+	// IPs), the virtual servers on it.
+	bind   map[netip.Addr]int
 	tables map[proxier.Family]*nftTable
+
+	// contrib is what each service put in; refs counts the services that put each table
+	// element in.
+	contrib map[types.NamespacedName]*contribution
+	refs    map[elemRef]int
+	// clashes counts virtual servers a second service asked for (a node address reused as a
+	// VIP): the first in state order has it, which only a build from scratch decides.
+	clashes int
+	// removed are the virtual servers patches took out since the last sync's finish.
+	removed []vsKey
+	// log is set while a patch runs.
+	log *patchLog
+
+	// What services are added with.
+	builders map[proxier.Family]*tableBuilder
+	npAddrs  map[proxier.Family][]netip.Addr
+	sched    string
+	warn     func(proxier.ServicePortName, string)
 }
 
 // schedulers are the IPVS schedulers the kernel ships (ip_vs_<name> modules).
@@ -108,30 +128,42 @@ func nodePortAddrs(st *proxier.State, f proxier.Family) []netip.Addr {
 // told about services whose annotation names an unknown scheduler.
 func buildDesired(st *proxier.State, fams []proxier.Family, defaultSched string, warn func(proxier.ServicePortName, string)) *desired {
 	d := &desired{
-		vs:     map[vsKey]*virtualServer{},
-		bySvc:  map[types.NamespacedName][]vsKey{},
-		bind:   map[netip.Addr]bool{},
-		tables: map[proxier.Family]*nftTable{},
+		vs:       map[vsKey]*virtualServer{},
+		bySvc:    map[types.NamespacedName][]vsKey{},
+		bind:     map[netip.Addr]int{},
+		tables:   map[proxier.Family]*nftTable{},
+		contrib:  map[types.NamespacedName]*contribution{},
+		refs:     map[elemRef]int{},
+		builders: map[proxier.Family]*tableBuilder{},
+		npAddrs:  map[proxier.Family][]netip.Addr{},
+		sched:    defaultSched,
+		warn:     warn,
 	}
 	for _, f := range fams {
 		nb := newTableBuilder(st, f)
-		npAddrs := nodePortAddrs(st, f)
+		d.builders[f], d.tables[f], d.npAddrs[f] = nb, nb.t, nodePortAddrs(st, f)
 		for _, sp := range st.ForFamily(f) {
-			d.addService(sp, npAddrs, defaultSched, warn, nb)
+			d.addService(sp)
 		}
-		d.tables[f] = nb.t
 	}
 	return d
 }
 
-func (d *desired) addService(sp *proxier.ServicePort, npAddrs []netip.Addr, defaultSched string,
-	warn func(proxier.ServicePortName, string), nb *tableBuilder) {
-	sched := defaultSched
+// addService puts sp's virtual servers, addresses and table elements in, recorded in its
+// service's contribution.
+func (d *desired) addService(sp *proxier.ServicePort) {
+	n := sp.Name.NamespacedName
+	c := d.contrib[n]
+	if c == nil {
+		c = &contribution{}
+		d.contrib[n] = c
+	}
+	sched := d.sched
 	if sp.Scheduler != "" {
 		if schedulers[sp.Scheduler] {
 			sched = sp.Scheduler
-		} else if warn != nil {
-			warn(sp.Name, sp.Scheduler)
+		} else if d.warn != nil {
+			d.warn(sp.Name, sp.Scheduler)
 		}
 	}
 	var timeout uint32
@@ -155,15 +187,18 @@ func (d *desired) addService(sp *proxier.ServicePort, npAddrs []netip.Addr, defa
 	add := func(a netip.Addr, port uint16, kind vsKind, ds []netip.AddrPort) {
 		k := vsKey{Addr: a.Unmap(), Proto: proto, Port: port}
 		if _, dup := d.vs[k]; dup {
-			return // the tracker keeps frontends unique; a node address reused as a VIP is not ours to split
+			d.clashes++ // the tracker keeps frontends unique; a node address reused as a VIP is not ours to split
+			return
 		}
 		d.vs[k] = &virtualServer{key: k, name: sp.Name, kind: kind, scheduler: sched,
 			persistent: sp.SessionAffinity, timeout: timeout, dests: ds}
-		d.bySvc[sp.Name.NamespacedName] = append(d.bySvc[sp.Name.NamespacedName], k)
+		d.bySvc[n] = append(d.bySvc[n], k)
+		c.vs = append(c.vs, k)
 		if kind != kindNodePort {
-			d.bind[k.Addr] = true
+			d.bind[k.Addr]++
 		}
 	}
+	npAddrs := d.npAddrs[sp.Name.Family]
 	add(sp.ClusterIP, sp.Port, kindClusterIP, internal)
 	for _, a := range sp.ExternalIPs {
 		add(a, sp.Port, kindExternalIP, external)
@@ -176,7 +211,9 @@ func (d *desired) addService(sp *proxier.ServicePort, npAddrs []netip.Addr, defa
 			add(a, sp.NodePort, kindNodePort, external)
 		}
 	}
-	nb.addService(sp, proto, npAddrs)
+	b := d.builders[sp.Name.Family]
+	b.d, b.out = d, c
+	b.addService(sp, proto, npAddrs)
 }
 
 // sortedKeys returns the keys of m in a stable order.

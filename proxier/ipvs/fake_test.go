@@ -1,9 +1,13 @@
 package ipvs
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	mipvs "github.com/moby/ipvs"
@@ -220,16 +224,95 @@ func (n *fakeNet) readSysctl(path string) (string, error) { return n.sysctls[pat
 func (n *fakeNet) writeSysctl(path, value string) error   { n.sysctls[path] = value; return nil }
 func (n *fakeNet) close()                                 {}
 
-// fakeNft keeps the helper tables it was given.
+// fakeNft keeps its own copy of the helper tables: set elements and chains as text, changed
+// only by the operations it is given, so that tests compare it with a table built from scratch.
 type fakeNft struct {
-	tables map[*nft.Family]*nftTable
+	tables map[*nft.Family]*fakeTable
+}
+
+type fakeTable struct {
+	elems  map[string]map[nft.Key]string
+	chains map[string]string
+}
+
+// copyTable is t as the fake keeps it.
+func copyTable(t *nftTable) *fakeTable {
+	ft := &fakeTable{elems: map[string]map[nft.Key]string{}, chains: map[string]string{}}
+	for _, s := range t.sets {
+		ft.elems[s.Name] = maps.Clone(s.elems)
+	}
+	for _, c := range t.chains {
+		ft.chains[c.Name] = string(c.AppendText(nil, t.fam))
+	}
+	return ft
+}
+
+// diff describes how ft differs from t, or is empty.
+func (ft *fakeTable) diff(t *nftTable) string {
+	want := copyTable(t)
+	var out []string
+	for name, els := range want.elems {
+		for k, v := range els {
+			if got, ok := ft.elems[name][k]; !ok || got != v {
+				out = append(out, fmt.Sprintf("set %s: %v missing (want %q)", name, k, v))
+			}
+		}
+		for k := range ft.elems[name] {
+			if _, ok := els[k]; !ok {
+				out = append(out, fmt.Sprintf("set %s: %v extra", name, k))
+			}
+		}
+	}
+	for name, text := range want.chains {
+		if ft.chains[name] != text {
+			out = append(out, "chain "+name+" missing or different")
+		}
+	}
+	for name := range ft.chains {
+		if _, ok := want.chains[name]; !ok {
+			out = append(out, "chain "+name+" extra")
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
 }
 
 var _ nftKernel = (*fakeNft)(nil)
 
-func (k *fakeNft) replace(t *nftTable) error { k.tables[t.fam] = t; return nil }
-func (k *fakeNft) update(_, t *nftTable) error {
-	k.tables[t.fam] = t
+func (k *fakeNft) replace(t *nftTable) error { k.tables[t.fam] = copyTable(t); return nil }
+func (k *fakeNft) update(t *nftTable, ops *tableOps) error {
+	ft := k.tables[t.fam]
+	if ft == nil {
+		return errors.New("update of a table never programmed")
+	}
+	for set, els := range ops.del {
+		for _, e := range els {
+			if _, ok := ft.elems[set][e.key]; !ok {
+				return fmt.Errorf("delete of %v, not in set %s", e.key, set)
+			}
+			delete(ft.elems[set], e.key)
+		}
+	}
+	for _, c := range ops.newChains {
+		if _, ok := ft.chains[c.Name]; ok {
+			return fmt.Errorf("add of chain %s, which exists", c.Name)
+		}
+		ft.chains[c.Name] = string(c.AppendText(nil, t.fam))
+	}
+	for _, c := range ops.rewritten {
+		ft.chains[c.Name] = string(c.AppendText(nil, t.fam))
+	}
+	for set, els := range ops.add {
+		for _, e := range els {
+			if _, ok := ft.elems[set][e.key]; ok {
+				return fmt.Errorf("add of %v, already in set %s", e.key, set)
+			}
+			ft.elems[set][e.key] = e.val
+		}
+	}
+	for _, name := range ops.gone {
+		delete(ft.chains, name)
+	}
 	return nil
 }
 func (k *fakeNft) remove(f *nft.Family) error { delete(k.tables, f); return nil }
@@ -241,7 +324,7 @@ func (k *fakeNft) close() {}
 // fakeProxier is a Proxier over the fakes, logging to log.
 func fakeProxier(log *slog.Logger, missing ...string) (*Proxier, *fakeIPVS) {
 	f := newFakeIPVS(missing...)
-	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*nft.Family]*nftTable{}}), f
+	return newProxier(Options{Log: log, DrainInterval: -1}, f, newFakeNet(), &fakeNft{tables: map[*nft.Family]*fakeTable{}}), f
 }
 
 // weight returns real server ap's weight in k (-1 when absent).

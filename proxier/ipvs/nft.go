@@ -245,11 +245,13 @@ func rejectICMP(f *nft.Family) nft.Term {
 	return relabel{nft.Reject{}, text}
 }
 
-// tableBuilder accumulates one family's table while the desired state is built.
+// tableBuilder makes one family's table: its base, then each service's elements and chains,
+// which go into d recorded as contribution out.
 type tableBuilder struct {
-	st *proxier.State
-	f  *nft.Family
-	t  *nftTable
+	f   *nft.Family
+	t   *nftTable
+	d   *desired
+	out *contribution
 }
 
 func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
@@ -311,10 +313,10 @@ func newTableBuilder(st *proxier.State, pf proxier.Family) *tableBuilder {
 		nft.Rule{nft.TupleInSet{Set: setLocalOnly}, nft.Drop},
 		nft.Rule{nft.TupleInSet{Set: setNoEndpoints}, nft.Goto(chainReject)})
 	helper(chainReject, nft.Rule{nft.L4Proto{Proto: unix.IPPROTO_TCP}, nft.Reject{TCPReset: true}}, nft.Rule{rejectICMP(f)})
-	return &tableBuilder{st: st, f: f, t: t}
+	return &tableBuilder{f: f, t: t}
 }
 
-func (b *tableBuilder) elem(set string, k nft.Key, v string) { b.t.set(set).elems[k] = v }
+func (b *tableBuilder) elem(set string, k nft.Key, v string) { b.d.addElem(b.out, b.f.PF, set, k, v) }
 
 // addService adds sp's elements (and its firewall chain) to the table.
 func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs []netip.Addr) {
@@ -368,34 +370,9 @@ func (b *tableBuilder) addService(sp *proxier.ServicePort, proto uint8, npAddrs 
 			c.Rules = append(c.Rules, nft.Rule{prefixMatch{src: true, p: p}, nft.Return})
 		}
 		c.Rules = append(c.Rules, nft.Rule{nft.Drop})
-		b.t.chains = append(b.t.chains, c)
+		b.d.addChain(b.out, b.f.PF, c)
 		for _, a := range sp.LoadBalancerIPs {
 			b.elem(mapFirewall, vs(a, sp.Port), name)
 		}
 	}
-}
-
-// withOwned returns t with extra keys in the ownership set (virtual servers still draining).
-func (t *nftTable) withOwned(keys []vsKey) *nftTable {
-	if len(keys) == 0 {
-		return t
-	}
-	c := *t
-	c.sets = slices.Clone(t.sets)
-	for i, s := range c.sets {
-		if s.Name == setVirtualServers {
-			n := *s
-			n.elems = make(map[nft.Key]string, len(s.elems)+len(keys))
-			for k, v := range s.elems {
-				n.elems[k] = v
-			}
-			for _, k := range keys {
-				if proxier.FamilyOf(k.Addr) == t.fam.PF {
-					n.elems[vsElem(k)] = ""
-				}
-			}
-			c.sets[i] = &n
-		}
-	}
-	return &c
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"nodeagent/proxier"
 	"nodeagent/proxier/nft"
@@ -118,18 +119,27 @@ func TestTableUpdate(t *testing.T) {
 	}
 	defer ks.close()
 	pf := proxier.IPv4
-	old := buildDesired(before, []proxier.Family{pf}, DefaultScheduler, nil).tables[pf]
-	cur := buildDesired(after, []proxier.Family{pf}, DefaultScheduler, nil).tables[pf]
-	if old.baseText() != cur.baseText() {
-		t.Fatal("service changes must not change the base of the table")
-	}
-	if err := ki.replace(old); err != nil {
+	d := buildDesired(before, []proxier.Family{pf}, DefaultScheduler, nil)
+	if err := ki.replace(d.tables[pf]); err != nil {
 		t.Fatal(err)
 	}
-	if err := ki.update(old, cur); err != nil {
+	names := map[types.NamespacedName]bool{}
+	for _, sp := range append(slices.Clone(before.Services), after.Services...) {
+		names[sp.Name.NamespacedName] = true
+	}
+	ops, ok := d.patch(after, names)
+	if !ok {
+		t.Fatal("patch refused")
+	}
+	if err := ki.update(d.tables[pf], ops[pf]); err != nil {
 		t.Fatal(err)
 	}
-	if err := ks.replace(cur); err != nil {
+	// The removed service's virtual server stays recorded until the sync forgets it.
+	if err := ki.update(d.tables[pf], d.forget(d.removed)[pf]); err != nil {
+		t.Fatal(err)
+	}
+	fresh := buildDesired(after, []proxier.Family{pf}, DefaultScheduler, nil)
+	if err := ks.replace(fresh.tables[pf]); err != nil {
 		t.Fatal(err)
 	}
 	f := nft.FamilyOf(pf)
@@ -140,7 +150,7 @@ func TestTableUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sortedKeys(buildDesired(after, []proxier.Family{pf}, DefaultScheduler, nil).vs)
+	want := sortedKeys(fresh.vs)
 	slices.SortFunc(owned, compareVSKey)
 	if !slices.Equal(owned, want) {
 		t.Errorf("ownership record:\n got %v\nwant %v", owned, want)

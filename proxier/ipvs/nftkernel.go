@@ -1,7 +1,6 @@
 package ipvs
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -20,9 +19,9 @@ import (
 type nftKernel interface {
 	// replace makes the kernel's table of t.fam exactly t, in one transaction.
 	replace(t *nftTable) error
-	// update turns the kernel's table from old into t (same base: only set elements and
-	// firewall chains differ), in one transaction.
-	update(old, t *nftTable) error
+	// update applies ops to the kernel's table of t.fam (t is the table they lead to), in one
+	// transaction.
+	update(t *nftTable, ops *tableOps) error
 	// remove deletes the table of family f; a missing table is not an error.
 	remove(f *nft.Family) error
 	// owned lists the virtual servers recorded in the kernel's table of f.
@@ -215,76 +214,56 @@ func (k *gnftKernel) replace(t *nftTable) error {
 	return nil
 }
 
-func (k *gnftKernel) update(old, t *nftTable) error {
+func (k *gnftKernel) update(t *nftTable, ops *tableOps) error {
 	c, err := k.conn()
 	if err != nil {
 		return err
 	}
 	tbl := table(t.fam)
-	n := 0
 	// Elements first go (vmap elements may point at chains deleted below), new chains come
 	// before the elements that point at them.
 	for _, s := range t.sets {
-		os := old.set(s.Name)
-		var gone []nft.Key
-		for key, v := range os.elems {
-			if nv, ok := s.elems[key]; !ok || nv != v {
-				gone = append(gone, key)
-			}
-		}
-		if len(gone) > 0 {
-			if err := delElements(c, s.gnft(tbl, t.fam), elements(os, gone)); err != nil {
+		if els := ops.del[s.Name]; len(els) > 0 {
+			if err := delElements(c, s.gnft(tbl, t.fam), opElements(s, els)); err != nil {
 				return err
 			}
-			n++
 		}
 	}
-	for _, ch := range t.chains {
-		if ch.Hook != nil {
-			continue
-		}
-		oc := old.chain(ch.Name)
-		switch {
-		case oc == nil:
-			addChains(c, tbl, t.fam, []*nft.Chain{ch}, nil)
-			n++
-		case !bytes.Equal(oc.AppendText(nil, old.fam), ch.AppendText(nil, t.fam)):
-			gc := &gnft.Chain{Name: ch.Name, Table: tbl}
-			c.FlushChain(gc)
-			for _, r := range ch.Rules {
-				c.AddRule(&gnft.Rule{Table: tbl, Chain: gc, Exprs: r.Exprs(t.fam)})
-			}
-			n++
+	addChains(c, tbl, t.fam, ops.newChains, nil)
+	for _, ch := range ops.rewritten {
+		gc := &gnft.Chain{Name: ch.Name, Table: tbl}
+		c.FlushChain(gc)
+		for _, r := range ch.Rules {
+			c.AddRule(&gnft.Rule{Table: tbl, Chain: gc, Exprs: r.Exprs(t.fam)})
 		}
 	}
 	for _, s := range t.sets {
-		os := old.set(s.Name)
-		var added []nft.Key
-		for key, v := range s.elems {
-			if ov, ok := os.elems[key]; !ok || ov != v {
-				added = append(added, key)
-			}
-		}
-		if len(added) > 0 {
-			if err := addElements(c, s.gnft(tbl, t.fam), elements(s, added)); err != nil {
+		if els := ops.add[s.Name]; len(els) > 0 {
+			if err := addElements(c, s.gnft(tbl, t.fam), opElements(s, els)); err != nil {
 				return err
 			}
-			n++
 		}
 	}
-	for _, oc := range old.chains {
-		if oc.Hook == nil && t.chain(oc.Name) == nil {
-			c.DelChain(&gnft.Chain{Name: oc.Name, Table: tbl})
-			n++
-		}
-	}
-	if n == 0 {
-		return nil
+	for _, name := range ops.gone {
+		c.DelChain(&gnft.Chain{Name: name, Table: tbl})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("update table %s %s: %w", t.fam.Name, tableName, err)
 	}
 	return nil
+}
+
+// opElements are els as netlink elements of s.
+func opElements(s *nftSet, els []tableElem) []gnft.SetElement {
+	out := make([]gnft.SetElement, 0, len(els))
+	for _, e := range els {
+		ge := gnft.SetElement{Key: nft.AppendKeyBytes(nil, s.Kind, e.key)}
+		if s.IsMap {
+			ge.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.val}
+		}
+		out = append(out, ge)
+	}
+	return out
 }
 
 func (k *gnftKernel) remove(f *nft.Family) error {

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -95,14 +96,15 @@ type Proxier struct {
 	mu sync.Mutex
 	// last is what the last successful Sync programmed (nil before).
 	last *desired
-	// tables are the helper tables as programmed; a missing entry means unknown: replace it.
-	tables map[proxier.Family]*nftTable
 	// owned are the virtual servers this proxier owns that may exist in the kernel: the
 	// desired ones and those waiting for their real servers to drain. nil until learnt.
 	owned map[vsKey]bool
 	// draining are the real servers at weight 0 waiting for their connections to end.
 	draining map[vsKey]map[netip.AddrPort]bool
-	full     bool // the kernel's state is unknown: the next Sync is full
+	// leaving are owned virtual servers no service wants: recorded in the ownership set until
+	// they are retired.
+	leaving map[vsKey]bool
+	full    bool // the kernel's state is unknown: the next Sync is full
 	// bound are the addresses on the dummy interface as this proxier left them; nil means
 	// unknown (listed again). Listing a thousand addresses on every sync was the largest fixed
 	// cost of a one-service change.
@@ -207,7 +209,7 @@ func NewRenderer(opts Options) *Proxier { return newProxier(opts, nil, nil, nil)
 
 func newProxier(opts Options, h ipvsKernel, nk netKernel, fk nftKernel) *Proxier {
 	p := &Proxier{log: opts.Log, opts: opts, sched: opts.Scheduler, ipvs: h, net: nk, nft: fk,
-		tables: map[proxier.Family]*nftTable{}, draining: map[vsKey]map[netip.AddrPort]bool{},
+		draining: map[vsKey]map[netip.AddrPort]bool{}, leaving: map[vsKey]bool{},
 		warned: map[string]bool{}, refused: map[vsKey]Refusal{}, full: true}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -286,13 +288,27 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State, ch proxier.Change
 	}
 	start := time.Now()
 	full := ch.Full || p.full || p.last == nil
-	d := p.desired(st)
-	s := &syncer{p: p, d: d, full: full, stats: SyncStats{Full: full}}
-	if err := s.run(ch); err != nil {
+	var d *desired
+	var ops map[proxier.Family]*tableOps
+	if !full {
+		d = p.last
+		var ok bool
+		if ops, ok = d.patch(st, ch.Services); !ok {
+			full = true
+		}
+	}
+	if full {
+		d = p.desired(st)
+	}
+	s := &syncer{p: p, d: d, full: full, ops: ops, stats: SyncStats{Full: full}}
+	err := s.run(ch)
+	// d is patched in place: the previous state is gone either way. After a failure the next
+	// sync is full.
+	p.last = d
+	if err != nil {
 		p.full, p.bound = true, nil
 		return err
 	}
-	p.last = d
 	p.full = false
 	for k := range p.refused {
 		if d.vs[k] == nil {
@@ -323,9 +339,11 @@ func (p *Proxier) drainingCount() int {
 
 // syncer is one Sync's work.
 type syncer struct {
-	p     *Proxier
-	d     *desired
-	full  bool
+	p    *Proxier
+	d    *desired
+	full bool
+	// ops are the helper-table operations of a partial sync (the patch's).
+	ops   map[proxier.Family]*tableOps
 	stats SyncStats
 	// kernel are the examined virtual servers as the kernel has them (nil: absent).
 	kernel map[vsKey]*mipvs.Service
@@ -433,7 +451,11 @@ func (s *syncer) run(ch proxier.Changes) error {
 	if err := s.programTables(); err != nil {
 		return err
 	}
-	for _, a := range sortedAddrs(s.d.bind) {
+	bind := s.d.boundOf(ch.Services)
+	if s.full {
+		bind = sortedAddrs(s.d.bind)
+	}
+	for _, a := range bind {
 		if !p.bound[a] {
 			if err := p.net.addAddr(a); err != nil {
 				return err
@@ -459,7 +481,7 @@ func (s *syncer) run(ch proxier.Changes) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return p.finish(s.d, &s.stats)
+	return p.finish(s.d, s.full)
 }
 
 // learnOwned finds the virtual servers an earlier run left: those recorded in the helper
@@ -522,9 +544,9 @@ func (s *syncer) readKernel(ch proxier.Changes, bound map[netip.Addr]bool) error
 		for _, k := range s.d.bySvc[n] {
 			look[k] = true
 		}
-		for _, k := range p.last.bySvc[n] {
-			look[k] = true
-		}
+	}
+	for _, k := range s.d.removed {
+		look[k] = true
 	}
 	for k := range p.draining {
 		look[k] = true
@@ -770,19 +792,41 @@ func (p *Proxier) destination(svc *mipvs.Service, ap netip.AddrPort) (*mipvs.Des
 	return nil, nil
 }
 
-// finish removes addresses nothing uses any more and shrinks the ownership record to what
-// still exists.
-func (p *Proxier) finish(d *desired, stats *SyncStats) error {
-	inUse := map[netip.Addr]bool{}
-	for a := range d.bind {
-		inUse[a] = true
+// finish forgets the virtual servers retired since the last finish (their ownership record and,
+// when nothing else uses it, their address). After a full sync it also removes every address
+// nothing uses, whoever left it.
+func (p *Proxier) finish(d *desired, full bool) error {
+	var gone []vsKey
+	check := map[netip.Addr]bool{}
+	for _, k := range d.removed {
+		switch {
+		case d.vs[k] != nil: // wanted again
+		case p.owned[k]:
+			p.leaving[k] = true
+		default: // retired in this sync, or never created
+			gone = append(gone, k)
+			check[k.Addr] = true
+		}
 	}
-	for k := range p.owned {
-		inUse[k.Addr] = true
+	d.removed = nil
+	for _, k := range sortedKeys(p.leaving) {
+		if d.vs[k] != nil {
+			delete(p.leaving, k)
+		} else if !p.owned[k] {
+			delete(p.leaving, k)
+			gone = append(gone, k)
+			check[k.Addr] = true
+		}
+	}
+	if full {
+		check = maps.Clone(p.bound)
+	}
+	for k := range p.leaving {
+		delete(check, k.Addr) // still in use by a virtual server that is draining
 	}
 	var errs []error
-	for _, a := range sortedAddrs(p.bound) {
-		if !inUse[a] && p.wantFamily(a) {
+	for _, a := range sortedAddrs(check) {
+		if p.bound[a] && d.bind[a] == 0 && p.wantFamily(a) {
 			if err := p.net.delAddr(a); err != nil {
 				errs = append(errs, err)
 				continue
@@ -790,41 +834,50 @@ func (p *Proxier) finish(d *desired, stats *SyncStats) error {
 			delete(p.bound, a)
 		}
 	}
-	errs = append(errs, p.updateTables(d, false))
+	errs = append(errs, p.applyOps(d, d.forget(gone)))
 	return errors.Join(errs...)
 }
 
-// programTables brings the helper tables to d's, recording desired and owned virtual servers.
-func (s *syncer) programTables() error { return s.p.updateTables(s.d, s.full) }
-
-func (p *Proxier) updateTables(d *desired, replace bool) error {
-	var extra []vsKey
+// programTables brings the helper tables to s.d's, with the ownership record of every virtual
+// server that exists or is about to: a full sync replaces them (adding the owned virtual servers
+// no service wants, still to be retired), a partial one applies its patch's operations.
+func (s *syncer) programTables() error {
+	p := s.p
+	if !s.full {
+		return p.applyOps(s.d, s.ops)
+	}
+	clear(p.leaving)
 	for k := range p.owned {
-		if d.vs[k] == nil {
-			extra = append(extra, k)
+		if s.d.vs[k] == nil {
+			p.leaving[k] = true
 		}
 	}
-	slices.SortFunc(extra, compareVSKey)
+	s.d.keep(sortedKeys(p.leaving))
 	for _, pf := range p.fams {
-		t := d.tables[pf].withOwned(extra)
-		old := p.tables[pf]
-		var err error
-		if replace || old == nil || old.baseText() != t.baseText() {
-			err = p.nft.replace(t)
-		} else {
-			err = p.nft.update(old, t)
-		}
-		if err != nil {
-			delete(p.tables, pf)
+		if err := p.nft.replace(s.d.tables[pf]); err != nil {
 			p.opts.Recorder.RestoreFailed(pf)
 			return err
 		}
-		p.tables[pf] = t
 	}
 	return nil
 }
 
-func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
+// applyOps applies table operations of d's tables.
+func (p *Proxier) applyOps(d *desired, ops map[proxier.Family]*tableOps) error {
+	for _, pf := range p.fams {
+		o := ops[pf]
+		if o == nil || o.empty() {
+			continue
+		}
+		if err := p.nft.update(d.tables[pf], o); err != nil {
+			p.opts.Recorder.RestoreFailed(pf)
+			return err
+		}
+	}
+	return nil
+}
+
+func sortedAddrs[V any](m map[netip.Addr]V) []netip.Addr {
 	out := make([]netip.Addr, 0, len(m))
 	for a := range m {
 		out = append(out, a)
@@ -943,7 +996,7 @@ func (p *Proxier) drain() error {
 	}
 	if stats.DestsDeleted+stats.ServicesDeleted > 0 {
 		p.log.Info("drained real servers deleted", "realServers", stats.DestsDeleted, "virtualServers", stats.ServicesDeleted)
-		errs = append(errs, p.finish(p.last, &stats))
+		errs = append(errs, p.finish(p.last, false))
 	}
 	if err := errors.Join(errs...); err != nil {
 		p.full, p.bound = true, nil
@@ -965,8 +1018,8 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 		return errors.New("ipvs proxier is closed or render-only")
 	}
 	p.full, p.last, p.owned, p.bound = true, nil, nil, nil
-	p.tables = map[proxier.Family]*nftTable{}
 	p.draining = map[vsKey]map[netip.AddrPort]bool{}
+	clear(p.leaving)
 	owned := map[vsKey]bool{}
 	for _, f := range []*nft.Family{nft.IPv4, nft.IPv6} {
 		ks, err := p.nft.owned(f)
