@@ -112,3 +112,70 @@ func TestPartialSyncsMatchFullBuild(t *testing.T) {
 		}
 	}
 }
+
+// A removed service whose real server still has a connection keeps its virtual server, address
+// and ownership record through partial syncs while it drains; the drain check then deletes all
+// three, leaving the kernel as a build from scratch describes it.
+func TestRemovedServiceDrains(t *testing.T) {
+	p, f := fakeProxier(slog.New(slog.DiscardHandler))
+	k, n := p.nft.(*fakeNft), p.net.(*fakeNet)
+	st := testState()
+	mustSync(t, p, st, proxier.Changes{Full: true})
+	vip, ext := vsKey{Addr: addr("10.96.0.30"), Proto: 6, Port: 8080}, vsKey{Addr: addr("10.0.0.200"), Proto: 6, Port: 8080}
+	busy := netip.MustParseAddrPort("10.244.1.9:8080")
+	setConns := func(c int) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.dests[vip][busy].ActiveConnections = c
+	}
+	setConns(1)
+	owned := func(key vsKey) bool {
+		_, ok := k.tables[nft.IPv4].elems[setVirtualServers][vsElem(key)]
+		return ok
+	}
+	check := func(when string, wantVIP bool) {
+		t.Helper()
+		if got := f.scheduler(vip) != ""; got != wantVIP {
+			t.Errorf("%s: virtual server %s exists %v, want %v", when, vip, got, wantVIP)
+		}
+		if owned(vip) != wantVIP || n.addrs[vip.Addr] != wantVIP {
+			t.Errorf("%s: %s recorded as owned %v, address bound %v; want %v", when, vip, owned(vip), n.addrs[vip.Addr], wantVIP)
+		}
+		if f.scheduler(ext) != "" || owned(ext) || n.addrs[ext.Addr] {
+			t.Errorf("%s: %s (no connections) left behind", when, ext)
+		}
+	}
+	st = cloneState(st)
+	st.Services = slices.DeleteFunc(st.Services, func(sp *proxier.ServicePort) bool { return sp.Name.Name == "sticky" })
+	mustSync(t, p, st, changed(nsName("default", "sticky")))
+	check("removed, draining", true)
+	mustSync(t, p, st, changed(nsName("default", "demoapp")))
+	check("another service synced", true)
+	setConns(0)
+	if err := p.drain(); err != nil {
+		t.Fatal(err)
+	}
+	check("drained", false)
+	fresh := buildDesired(st, p.fams, DefaultScheduler, nil)
+	if d := k.tables[nft.IPv4].diff(fresh.tables[proxier.IPv4]); d != "" {
+		t.Errorf("after the drain the table differs from a fresh build:\n%s", d)
+	}
+
+	// Two ports on one cluster IP: the UDP one goes at once, the TCP one drains; the address
+	// stays until both are gone.
+	dnsTCP, dnsUDP := vsKey{Addr: addr("10.96.0.53"), Proto: 6, Port: 53}, vsKey{Addr: addr("10.96.0.53"), Proto: 17, Port: 53}
+	st = cloneState(st)
+	i := slices.IndexFunc(st.Services, func(sp *proxier.ServicePort) bool { return sp.Name.Port == "dns-tcp" })
+	withEndpoints(st.Services[i], ep("10.244.1.53", 53, "node01"))
+	mustSync(t, p, st, changed(nsName("kube-system", "dns")))
+	f.mu.Lock()
+	f.dests[dnsTCP][netip.MustParseAddrPort("10.244.1.53:53")].ActiveConnections = 1
+	f.mu.Unlock()
+	st = cloneState(st)
+	st.Services = slices.DeleteFunc(st.Services, func(sp *proxier.ServicePort) bool { return sp.Name.Name == "dns" })
+	mustSync(t, p, st, changed(nsName("kube-system", "dns")))
+	if f.scheduler(dnsUDP) != "" || f.scheduler(dnsTCP) == "" || !n.addrs[dnsTCP.Addr] {
+		t.Errorf("dns removed: UDP virtual server exists %v (want false), TCP %v (want true), address bound %v (want true)",
+			f.scheduler(dnsUDP) != "", f.scheduler(dnsTCP) != "", n.addrs[dnsTCP.Addr])
+	}
+}
