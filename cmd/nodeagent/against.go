@@ -28,6 +28,7 @@ type againstOptions struct {
 	dpSeconds *time.Duration
 	dpRounds  *int
 	dpWorkers *int
+	create    *time.Duration
 }
 
 func againstFlags(fs *flag.FlagSet) againstOptions {
@@ -42,6 +43,8 @@ func againstFlags(fs *flag.FlagSet) againstOptions {
 			"through a cluster IP per period of the datapath phase; 0 skips it"),
 		dpRounds:  fs.Int("datapath-rounds", 3, "with --against: datapath periods per proxy, alternating between the two"),
 		dpWorkers: fs.Int("datapath-workers", 2*runtime.NumCPU(), "with --against: connections the datapath load keeps in flight at once"),
+		create: fs.Duration("create-timeout", 15*time.Minute, "with --against: how long both proxies may take, from the first API write, "+
+			"to program the last created service (writing 25,000 services and their slices can take longer than the default)"),
 	}
 }
 
@@ -77,7 +80,7 @@ func benchAgainst(ctx context.Context, fs *flag.FlagSet, against string, ao agai
 	o := bench.AgainstOptions{Modes: splitList(modes), Sizes: sizes, EndpointsPerService: eps, Changes: changes,
 		Writers: *ao.writers, ChangeGap: *ao.changeGap, Nodeagent: self, KubeBinDir: binDir, Log: log,
 		TrafficSamples: *ao.traffic, KubeProxyArgs: strings.Fields(*ao.kpArgs),
-		DatapathDuration: *ao.dpSeconds, DatapathRounds: *ao.dpRounds, DatapathWorkers: *ao.dpWorkers}
+		DatapathDuration: *ao.dpSeconds, DatapathRounds: *ao.dpRounds, DatapathWorkers: *ao.dpWorkers, CreateTimeout: *ao.create}
 	results, err := bench.Against(ctx, o)
 	bench.WriteAgainstTable(stdout, results)
 	bench.WriteTrafficTable(stdout, results)
