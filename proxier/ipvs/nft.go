@@ -100,20 +100,6 @@ func (t *nftTable) chain(name string) *nft.Chain {
 	return nil
 }
 
-// baseText is the table without set elements: when it changes, the table is rebuilt.
-func (t *nftTable) baseText() string {
-	var b strings.Builder
-	for _, s := range t.sets {
-		fmt.Fprintf(&b, "%s %v %v\n", s.Name, s.Kind, s.IsMap)
-	}
-	for _, c := range t.chains {
-		if c.Hook != nil || !strings.HasPrefix(c.Name, "firewall-") {
-			b.Write(c.AppendText(nil, t.fam))
-		}
-	}
-	return b.String()
-}
-
 // writeText writes the table in nft -f syntax.
 func (t *nftTable) writeText(w io.Writer) error {
 	var b strings.Builder

@@ -107,14 +107,20 @@ func (s *nftSet) gnft(t *gnft.Table, f *nft.Family) *gnft.Set {
 	return gs
 }
 
-func elements(s *nftSet, keys []nft.Key) []gnft.SetElement {
-	out := make([]gnft.SetElement, 0, len(keys))
-	for _, k := range keys {
-		e := gnft.SetElement{Key: nft.AppendKeyBytes(nil, s.Kind, k)}
-		if s.IsMap {
-			e.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: s.elems[k]}
-		}
-		out = append(out, e)
+// element is one element of s (key, and the chain to go to when s is a verdict map).
+func element(s *nftSet, key nft.Key, val string) gnft.SetElement {
+	e := gnft.SetElement{Key: nft.AppendKeyBytes(nil, s.Kind, key)}
+	if s.IsMap {
+		e.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: val}
+	}
+	return e
+}
+
+// allElements are every element of s.
+func allElements(s *nftSet) []gnft.SetElement {
+	out := make([]gnft.SetElement, 0, len(s.elems))
+	for k, v := range s.elems {
+		out = append(out, element(s, k, v))
 	}
 	return out
 }
@@ -174,14 +180,6 @@ func addChains(c *gnft.Conn, t *gnft.Table, f *nft.Family, chs []*nft.Chain, ids
 	}
 }
 
-func sortedElemKeys(s *nftSet) []nft.Key {
-	keys := make([]nft.Key, 0, len(s.elems))
-	for k := range s.elems {
-		keys = append(keys, k)
-	}
-	return keys
-}
-
 func (k *gnftKernel) replace(t *nftTable) error {
 	c, err := k.conn()
 	if err != nil {
@@ -204,7 +202,7 @@ func (k *gnftKernel) replace(t *nftTable) error {
 	}
 	addChains(c, tbl, t.fam, t.chains, ids)
 	for _, s := range t.sets {
-		if err := addElements(c, gsets[s.Name], elements(s, sortedElemKeys(s))); err != nil {
+		if err := addElements(c, gsets[s.Name], allElements(s)); err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
 	}
@@ -257,11 +255,7 @@ func (k *gnftKernel) update(t *nftTable, ops *tableOps) error {
 func opElements(s *nftSet, els []tableElem) []gnft.SetElement {
 	out := make([]gnft.SetElement, 0, len(els))
 	for _, e := range els {
-		ge := gnft.SetElement{Key: nft.AppendKeyBytes(nil, s.Kind, e.key)}
-		if s.IsMap {
-			ge.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.val}
-		}
-		out = append(out, ge)
+		out = append(out, element(s, e.key, e.val))
 	}
 	return out
 }
