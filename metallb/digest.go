@@ -117,7 +117,7 @@ func (s *Speaker) Digest() (d PlanDigest, ok bool) {
 	d.Inputs = s.inputDigest(l2in.Alive)
 	l2 := lb.PlanL2(l2in)
 	routes := map[string][]bgp.Advertisement{}
-	for _, n := range s.planNodes() {
+	for _, n := range s.planNodes(l2in.Alive) {
 		in := s.bgpInput(n)
 		_, advs, _ := lb.PlanBGP(in)
 		if len(advs) > 0 {
@@ -130,8 +130,8 @@ func (s *Speaker) Digest() (d PlanDigest, ok bool) {
 }
 
 // planNodes are the nodes whose BGP routes the decision digest covers: every Node known, every
-// alive member, and this node.
-func (s *Speaker) planNodes() []string {
+// alive member (alive, the view the digest was begun with), and this node.
+func (s *Speaker) planNodes(alive []string) []string {
 	seen := map[string]bool{}
 	if s.o.Node != "" {
 		seen[s.o.Node] = true
@@ -140,7 +140,7 @@ func (s *Speaker) planNodes() []string {
 		seen[n] = true
 	}
 	if s.o.Alive != nil {
-		for _, n := range s.o.Alive() {
+		for _, n := range alive {
 			seen[n] = true
 		}
 	}
